@@ -1,1 +1,110 @@
-//! placeholder
+//! The block store: content-addressed blocks on local disk, with pins and a hard capacity.
+//!
+//! It owns the storage directory: block bodies in append-only pack files (`<dir>/packs/pack-NNNNNNNNNN.dat`)
+//! and a sled index (`<dir>/index/`) saying where each block is, how many pins need it and which files are
+//! pinned. Blocks become "stored" only when a [`BlockWriter`] commits; a crash at any point leaves every
+//! committed block readable and never serves a half-written one. Every read is checked against its CID.
+//!
+//! It never builds DAGs, talks to the network or reads the environment: callers hand it CIDs and bytes
+//! (from `xnode-dag` or from peers) and a [`StoreConfig`]. It does not check a body against its CID on
+//! `put` (the caller just computed or verified that hash); it checks on every `get`.
+//!
+//! The API is synchronous; async callers use `spawn_blocking`. The design and its measurements are in
+//! `docs/storage.md`.
+
+mod error;
+mod index;
+mod pack;
+mod store;
+mod verify;
+mod writer;
+
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+
+pub use error::StoreError;
+pub use store::Store;
+pub use writer::{BlockWriter, CommitStats};
+
+/// How the store is sized. Built by the node from its own config; the store never reads the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Most bytes of blocks the store holds; a put past it fails with [`StoreError::Full`].
+    /// Bytes; `u64::MAX` (the default) means unlimited. It overrides any capacity saved by `set_capacity`.
+    pub capacity: u64,
+    /// A writer starts a new pack file once its pack has reached this many bytes. Bytes; default 1 GiB.
+    /// Smaller packs are deleted sooner once their blocks go; larger ones mean fewer files.
+    pub pack_target_size: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { capacity: u64::MAX, pack_target_size: 1 << 30 }
+    }
+}
+
+/// A file the store keeps: its root block and every block committed with it stay until it is unpinned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The file's root CID.
+    #[serde(with = "cid_string")]
+    pub root: Cid,
+    /// The file's name as added.
+    pub name: String,
+    /// The file's size in bytes (its content, not its blocks).
+    pub size: u64,
+    /// When it was added, in seconds since the Unix epoch.
+    pub added_at: u64,
+}
+
+/// What the store holds, for status pages and placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Blocks stored.
+    pub blocks: u64,
+    /// Bytes of the stored blocks (each block counted once however many files share it).
+    pub bytes_held: u64,
+    /// The capacity in bytes (`u64::MAX` = unlimited).
+    pub capacity: u64,
+    /// Bytes that puts may still add: capacity minus held bytes minus bytes pending in open writers.
+    pub free: u64,
+    /// Bytes the storage directory occupies on disk (allocated blocks of packs and index).
+    pub disk_bytes: u64,
+    /// Files pinned.
+    pub pins: u64,
+}
+
+/// What an `unpin` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnpinStats {
+    /// Blocks whose pin count went down.
+    pub blocks_released: u64,
+    /// Blocks deleted because nothing needs them any more.
+    pub blocks_deleted: u64,
+    /// Bytes of the deleted blocks.
+    pub bytes_freed: u64,
+}
+
+/// What a `gc` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GcStats {
+    /// Unpinned blocks deleted.
+    pub blocks_deleted: u64,
+    /// Bytes of the deleted blocks.
+    pub bytes_freed: u64,
+}
+
+/// Serialises a CID as its canonical string so pin records stay readable.
+mod cid_string {
+    use cid::Cid;
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(cid: &Cid, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(cid)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Cid, D::Error> {
+        let s = String::deserialize(d)?;
+        Cid::try_from(s.as_str()).map_err(D::Error::custom)
+    }
+}

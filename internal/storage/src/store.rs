@@ -1,0 +1,532 @@
+//! The [`Store`] handle: opening and recovering, reads, pins, deletion and stats.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+use cid::Cid;
+use tracing::{error, info, warn};
+
+use crate::index::{self, Entry, PackRecord};
+use crate::pack;
+use crate::verify;
+use crate::writer::BlockWriter;
+use crate::{GcStats, Pin, StoreConfig, StoreError, StoreStats, UnpinStats};
+
+/// A cheap-to-clone handle on one storage directory. All methods block on disk I/O.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    packs_dir: PathBuf,
+    index_dir: PathBuf,
+    pub(crate) db: sled::Db,
+    pub(crate) pack_target_size: u64,
+    /// Every change to the index goes through this lock, so a read-modify-write of refcounts and the
+    /// counters below stays consistent. Reads (`get`, `has`) do not take it.
+    state: Mutex<State>,
+    /// Read handles, one per pack, opened read-write so deletion can punch holes through them.
+    readers: RwLock<HashMap<u32, Arc<File>>>,
+    /// Set after the first "cannot punch holes" warning so it is logged once.
+    punch_unsupported: AtomicBool,
+}
+
+/// Counters that change together with the index; cloned, changed, and swapped in after the sled batch
+/// succeeds, so a failed batch leaves them untouched.
+#[derive(Clone, Default)]
+pub(crate) struct Counters {
+    pub(crate) bytes_held: u64,
+    pub(crate) blocks: u64,
+    pub(crate) pins: u64,
+    pub(crate) packs: BTreeMap<u32, PackState>,
+}
+
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PackState {
+    pub(crate) record: PackRecord,
+    /// A writer is appending to this pack; nobody else may, and it may not be deleted.
+    pub(crate) busy: bool,
+}
+
+pub(crate) struct State {
+    pub(crate) counters: Counters,
+    pub(crate) capacity: u64,
+    /// Bytes put by open writers and not yet committed or discarded; counted against the capacity.
+    pub(crate) pending: u64,
+    next_pack: u32,
+    /// Blocks that open writers found already stored and will reference at commit, by CID bytes, with
+    /// the number of writers relying on each. They are never deleted while listed here.
+    pub(crate) protected: HashMap<Vec<u8>, u32>,
+}
+
+impl State {
+    pub(crate) fn unprotect(&mut self, keys: &[Vec<u8>]) {
+        for key in keys {
+            if let Some(n) = self.protected.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.protected.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// Disk space to give back once the index change that freed it is durable.
+#[derive(Default)]
+pub(crate) struct Removal {
+    /// (pack, offset, len) ranges to punch out.
+    pub(crate) ranges: Vec<(u32, u64, u64)>,
+    /// Packs to delete whole.
+    pub(crate) dead_packs: Vec<u32>,
+    blocks: u64,
+    bytes: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` and recovers from any crash: each pack is cut back to
+    /// the length its last commit recorded, and pack files the index does not know are deleted.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+        let packs_dir = dir.join("packs");
+        let index_dir = dir.join("index");
+        for d in [&packs_dir, &index_dir] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| StoreError::io(format!("creating storage directory {}", d.display()), e))?;
+        }
+        // The index holds small entries only; a small cache keeps the node's memory flat.
+        let db = sled::Config::new().path(&index_dir).cache_capacity(32 << 20).open()?;
+
+        let mut counters = Counters::default();
+        for item in db.scan_prefix(index::PACK_PREFIX) {
+            let (key, value) = item?;
+            let record = PackRecord::decode(&value)?;
+            counters.bytes_held += record.live_bytes;
+            counters.blocks += record.live_blocks;
+            counters.packs.insert(index::pack_id(&key)?, PackState { record, busy: false });
+        }
+        for item in db.scan_prefix(index::PIN_PREFIX) {
+            item?;
+            counters.pins += 1;
+        }
+        recover_packs(&packs_dir, &counters.packs)?;
+
+        db.insert(index::CAPACITY_KEY, &config.capacity.to_le_bytes())?;
+        db.flush()?;
+        let next_pack = counters.packs.keys().next_back().map_or(0, |id| id + 1);
+        let state = State { counters, capacity: config.capacity, pending: 0, next_pack, protected: HashMap::new() };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                packs_dir,
+                index_dir,
+                db,
+                pack_target_size: config.pack_target_size.max(1),
+                state: Mutex::new(state),
+                readers: RwLock::new(HashMap::new()),
+                punch_unsupported: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Starts a write session. Its blocks are stored only when [`BlockWriter::commit`] returns.
+    pub fn writer(&self) -> BlockWriter {
+        BlockWriter::new(self.clone())
+    }
+
+    /// The block `cid`, checked against its hash; `None` if it is not stored.
+    pub fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        verify::check_supported(cid)?;
+        let key = index::block_key(&cid.to_bytes());
+        // A block deleted while we read it reads as holes; then the index no longer lists it (None), or
+        // lists it somewhere else (another try).
+        for _ in 0..3 {
+            let Some(raw) = self.inner.db.get(&key)? else { return Ok(None) };
+            let entry = Entry::decode(&raw)?;
+            let read = self.inner.read(&entry);
+            if let Ok(data) = &read {
+                if verify::matches(cid, data) {
+                    return Ok(Some(Bytes::from(read.expect("checked Ok"))));
+                }
+            }
+            match self.inner.db.get(&key)? {
+                None => return Ok(None),
+                Some(now) if !same_place(&Entry::decode(&now)?, &entry) => continue,
+                Some(_) => {}
+            }
+            return match read {
+                Ok(_) => Err(StoreError::Corrupted { cid: *cid }),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupted { cid: *cid }),
+                Err(e) => Err(StoreError::io(format!("reading block {cid} from pack {}", entry.pack), e)),
+            };
+        }
+        Err(StoreError::Corrupted { cid: *cid })
+    }
+
+    /// Whether `cid` is stored (committed).
+    pub fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        Ok(self.inner.db.contains_key(index::block_key(&cid.to_bytes()))?)
+    }
+
+    /// The size in bytes of the stored block `cid`, if stored.
+    pub fn block_size(&self, cid: &Cid) -> Result<Option<u64>, StoreError> {
+        match self.inner.db.get(index::block_key(&cid.to_bytes()))? {
+            Some(raw) => Ok(Some(u64::from(Entry::decode(&raw)?.len))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every pinned file.
+    pub fn pins(&self) -> Result<Vec<Pin>, StoreError> {
+        self.inner.db.scan_prefix(index::PIN_PREFIX).map(|item| decode_pin(&item?.1)).collect()
+    }
+
+    /// The pin of `root`, if pinned.
+    pub fn pin(&self, root: &Cid) -> Result<Option<Pin>, StoreError> {
+        self.inner.db.get(index::pin_key(&root.to_bytes()))?.map(|raw| decode_pin(&raw)).transpose()
+    }
+
+    /// Unpins `root`: each block its commit counted loses one reference, and blocks nothing needs any more
+    /// are deleted and their disk space released.
+    pub fn unpin(&self, root: &Cid) -> Result<UnpinStats, StoreError> {
+        let inner = &self.inner;
+        let root_bytes = root.to_bytes();
+        let pin_key = index::pin_key(&root_bytes);
+        let mut removal = Removal::default();
+        let mut released = 0;
+        {
+            let st = inner.lock();
+            if !inner.db.contains_key(&pin_key)? {
+                return Err(StoreError::NotPinned { root: *root });
+            }
+            let mut next = st.counters.clone();
+            let mut batch = sled::Batch::default();
+            let mut touched = BTreeSet::new();
+            let prefix = index::pin_blocks_prefix(&root_bytes);
+            for item in inner.db.scan_prefix(&prefix) {
+                let (pair_key, _) = item?;
+                let block = &pair_key[prefix.len()..];
+                let block_key = index::block_key(block);
+                batch.remove(pair_key.clone());
+                let Some(raw) = inner.db.get(&block_key)? else {
+                    warn!(root = %root, "pinned block missing from the index; skipping it");
+                    continue;
+                };
+                let mut entry = Entry::decode(&raw)?;
+                entry.refcount = entry.refcount.saturating_sub(1);
+                released += 1;
+                if entry.refcount == 0 && !st.protected.contains_key(block) {
+                    remove_block(&mut next, &mut batch, block_key, &entry, &mut removal, &mut touched);
+                } else {
+                    batch.insert(block_key, &entry.encode());
+                }
+            }
+            batch.remove(pin_key);
+            next.pins -= 1;
+            settle_packs(&mut next, &mut batch, &touched, &mut removal);
+            inner.db.apply_batch(batch)?;
+            inner.swap_counters(st, next);
+        }
+        inner.db.flush()?;
+        inner.reclaim(&removal);
+        Ok(UnpinStats { blocks_released: released, blocks_deleted: removal.blocks, bytes_freed: removal.bytes })
+    }
+
+    /// Blocks stored but needed by no pin (committed without a pin, or left by unpins while a writer was
+    /// about to reuse them). `gc` deletes them.
+    pub fn unpinned_blocks(&self) -> Result<Vec<Cid>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(index::BLOCK_PREFIX) {
+            let (key, value) = item?;
+            if Entry::decode(&value)?.refcount == 0 {
+                out.push(decode_cid(&key[1..])?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every block no pin needs, except those an open writer is about to reference.
+    pub fn gc(&self) -> Result<GcStats, StoreError> {
+        let inner = &self.inner;
+        let mut removal = Removal::default();
+        {
+            let st = inner.lock();
+            let mut next = st.counters.clone();
+            let mut batch = sled::Batch::default();
+            let mut touched = BTreeSet::new();
+            for item in inner.db.scan_prefix(index::BLOCK_PREFIX) {
+                let (key, value) = item?;
+                let entry = Entry::decode(&value)?;
+                if entry.refcount == 0 && !st.protected.contains_key(&key[1..]) {
+                    remove_block(&mut next, &mut batch, key.to_vec(), &entry, &mut removal, &mut touched);
+                }
+            }
+            settle_packs(&mut next, &mut batch, &touched, &mut removal);
+            inner.db.apply_batch(batch)?;
+            inner.swap_counters(st, next);
+        }
+        inner.db.flush()?;
+        inner.reclaim(&removal);
+        Ok(GcStats { blocks_deleted: removal.blocks, bytes_freed: removal.bytes })
+    }
+
+    /// What the store holds and how much disk it takes.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let (counters, capacity, pending) = {
+            let st = self.inner.lock();
+            (st.counters.clone(), st.capacity, st.pending)
+        };
+        let du = |p: &Path| {
+            pack::allocated_bytes(p).map_err(|e| StoreError::io(format!("measuring {}", p.display()), e))
+        };
+        Ok(StoreStats {
+            blocks: counters.blocks,
+            bytes_held: counters.bytes_held,
+            capacity,
+            free: capacity.saturating_sub(counters.bytes_held.saturating_add(pending)),
+            disk_bytes: du(&self.inner.packs_dir)? + du(&self.inner.index_dir)?,
+            pins: counters.pins,
+        })
+    }
+
+    /// Changes the capacity now. Stored blocks are kept even if they exceed it; further puts fail.
+    /// The value is saved in the index, but the capacity given to `open` wins at the next start.
+    pub fn set_capacity(&self, capacity: u64) -> Result<(), StoreError> {
+        let mut st = self.inner.lock();
+        self.inner.db.insert(index::CAPACITY_KEY, &capacity.to_le_bytes())?;
+        st.capacity = capacity;
+        drop(st);
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Makes every index change so far durable. Commits already do this; call it at shutdown.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// The storage directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock happens between a successful batch and the counter swap at
+        // worst; the counters are then stale but the index is right, so carry on.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn swap_counters(&self, mut st: MutexGuard<'_, State>, next: Counters) {
+        st.counters = next;
+    }
+
+    pub(crate) fn pack_path(&self, id: u32) -> PathBuf {
+        pack::pack_path(&self.packs_dir, id)
+    }
+
+    /// Takes an idle pack that is not full, or a new one, for a writer. Returns its id and committed length.
+    pub(crate) fn acquire_pack(&self) -> (u32, u64) {
+        let mut st = self.lock();
+        let target = self.pack_target_size;
+        if let Some((&id, ps)) =
+            st.counters.packs.iter_mut().find(|(_, ps)| !ps.busy && ps.record.committed_len < target)
+        {
+            ps.busy = true;
+            return (id, ps.record.committed_len);
+        }
+        let id = st.next_pack;
+        st.next_pack += 1;
+        st.counters.packs.insert(id, PackState { record: PackRecord::default(), busy: true });
+        (id, 0)
+    }
+
+    /// Gives a writer's packs back; packs without live blocks are deleted.
+    pub(crate) fn release_packs(&self, ids: &[u32]) {
+        let mut removal = Removal::default();
+        {
+            let mut st = self.lock();
+            let mut batch = sled::Batch::default();
+            for id in ids {
+                let Some(ps) = st.counters.packs.get_mut(id) else { continue };
+                ps.busy = false;
+                if ps.record.live_blocks == 0 {
+                    st.counters.packs.remove(id);
+                    batch.remove(&index::pack_key(*id));
+                    removal.dead_packs.push(*id);
+                }
+            }
+            if removal.dead_packs.is_empty() {
+                return;
+            }
+            if let Err(e) = self.db.apply_batch(batch) {
+                // The pack's record stays; its file is kept, and it is reused or deleted at the next open.
+                error!(error = %e, "could not forget empty packs in the index");
+                return;
+            }
+        }
+        if let Err(e) = self.db.flush() {
+            error!(error = %e, "could not flush the index after forgetting empty packs");
+            return;
+        }
+        self.reclaim(&removal);
+    }
+
+    fn reader(&self, id: u32) -> std::io::Result<Arc<File>> {
+        if let Some(f) = self.readers.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(f.clone());
+        }
+        let file = Arc::new(OpenOptions::new().read(true).write(true).open(self.pack_path(id))?);
+        let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
+        Ok(readers.entry(id).or_insert(file).clone())
+    }
+
+    fn read(&self, entry: &Entry) -> std::io::Result<Vec<u8>> {
+        let file = self.reader(entry.pack)?;
+        let mut buf = vec![0; entry.len as usize];
+        file.read_exact_at(&mut buf, entry.offset)?;
+        Ok(buf)
+    }
+
+    /// Punches out a range of a pack. Failing only wastes space, so it logs rather than fails.
+    pub(crate) fn punch(&self, id: u32, offset: u64, len: u64) {
+        let result = self.reader(id).and_then(|f| pack::punch_hole(&f, offset, len));
+        match result {
+            Ok(()) => {}
+            Err(e) if pack::is_unsupported(&e) => {
+                if !self.punch_unsupported.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        dir = %self.packs_dir.display(),
+                        "this file system cannot punch holes; deleted blocks keep using disk space until their \
+                         whole pack is deleted"
+                    );
+                }
+            }
+            Err(e) => warn!(pack = id, offset, len, error = %e, "could not release a deleted block's disk space"),
+        }
+    }
+
+    /// Gives disk space back after the index change that freed it has been flushed.
+    fn reclaim(&self, removal: &Removal) {
+        for &(id, offset, len) in &removal.ranges {
+            if !removal.dead_packs.contains(&id) {
+                self.punch(id, offset, len);
+            }
+        }
+        for &id in &removal.dead_packs {
+            self.readers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            let path = self.pack_path(id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(path = %path.display(), error = %e, "could not delete an empty pack; open deletes it"),
+            }
+        }
+    }
+}
+
+/// Removes a block from the index (in `batch`) and from the counters.
+fn remove_block(
+    next: &mut Counters,
+    batch: &mut sled::Batch,
+    block_key: Vec<u8>,
+    entry: &Entry,
+    removal: &mut Removal,
+    touched: &mut BTreeSet<u32>,
+) {
+    batch.remove(block_key);
+    let len = u64::from(entry.len);
+    if let Some(ps) = next.packs.get_mut(&entry.pack) {
+        ps.record.live_bytes -= len;
+        ps.record.live_blocks -= 1;
+    }
+    next.bytes_held -= len;
+    next.blocks -= 1;
+    removal.ranges.push((entry.pack, entry.offset, len));
+    removal.blocks += 1;
+    removal.bytes += len;
+    touched.insert(entry.pack);
+}
+
+/// Writes the new records of packs that lost blocks, deleting those left empty and idle.
+fn settle_packs(next: &mut Counters, batch: &mut sled::Batch, touched: &BTreeSet<u32>, removal: &mut Removal) {
+    for &id in touched {
+        let Some(ps) = next.packs.get(&id) else { continue };
+        if ps.record.live_blocks == 0 && !ps.busy {
+            next.packs.remove(&id);
+            batch.remove(&index::pack_key(id));
+            removal.dead_packs.push(id);
+        } else {
+            batch.insert(&index::pack_key(id), &ps.record.encode());
+        }
+    }
+}
+
+/// Cuts each pack back to its committed length and deletes pack files the index does not know: whatever
+/// a crashed writer appended after its last commit is gone before anything can read it.
+fn recover_packs(packs_dir: &Path, packs: &BTreeMap<u32, PackState>) -> Result<(), StoreError> {
+    let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
+    let dir = std::fs::read_dir(packs_dir).map_err(|e| StoreError::io(ctx("listing", packs_dir), e))?;
+    for item in dir {
+        let item = item.map_err(|e| StoreError::io(ctx("listing", packs_dir), e))?;
+        let path = item.path();
+        let Some(id) = item.file_name().to_str().and_then(pack::parse_pack_name) else {
+            warn!(path = %path.display(), "ignoring a file that is not a pack");
+            continue;
+        };
+        let Some(ps) = packs.get(&id) else {
+            info!(path = %path.display(), "deleting a pack no commit recorded (left by an interrupted add)");
+            std::fs::remove_file(&path).map_err(|e| StoreError::io(ctx("deleting", &path), e))?;
+            continue;
+        };
+        let len = item.metadata().map_err(|e| StoreError::io(ctx("reading metadata of", &path), e))?.len();
+        let committed = ps.record.committed_len;
+        if len > committed {
+            info!(path = %path.display(), discarded = len - committed, "discarding uncommitted bytes");
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::io(ctx("opening", &path), e))?;
+            file.set_len(committed).map_err(|e| StoreError::io(ctx("truncating", &path), e))?;
+            file.sync_all().map_err(|e| StoreError::io(ctx("syncing", &path), e))?;
+        } else if len < committed {
+            error!(
+                path = %path.display(), len, committed,
+                "pack is shorter than its committed length; blocks past its end will read as corrupted"
+            );
+        }
+    }
+    for (id, ps) in packs {
+        let path = pack::pack_path(packs_dir, *id);
+        if ps.record.live_blocks > 0 && !path.exists() {
+            error!(path = %path.display(), blocks = ps.record.live_blocks, "pack file is missing; its blocks will read as corrupted");
+        }
+    }
+    Ok(())
+}
+
+fn same_place(a: &Entry, b: &Entry) -> bool {
+    (a.pack, a.offset, a.len) == (b.pack, b.offset, b.len)
+}
+
+fn decode_pin(raw: &[u8]) -> Result<Pin, StoreError> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::IndexDamaged { what: format!("pin record: {e}") })
+}
+
+fn decode_cid(bytes: &[u8]) -> Result<Cid, StoreError> {
+    Cid::try_from(bytes).map_err(|e| StoreError::IndexDamaged { what: format!("block key: {e}") })
+}

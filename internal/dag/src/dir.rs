@@ -188,7 +188,7 @@ fn import_entry<S: BlockSink + ?Sized>(
         dir.build(sink)?
     } else {
         let file = fs::File::open(path).map_err(io_err)?;
-        import_file(opts, std::io::BufReader::with_capacity(opts.chunk_size, file), sink).map_err(|e| match e {
+        import_file(opts, file, sink).map_err(|e| match e {
             ImportError::Read(source) => ImportError::Path { path: path.to_path_buf(), source },
             other => other,
         })?

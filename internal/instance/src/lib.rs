@@ -1,1 +1,256 @@
-//! placeholder
+//! The node's file operations over its own store: add (import + store + pin in one commit), cat with ranges, get
+//! of files and directories, list, remove.
+//!
+//! Owns the glue between `xnode-dag` (shapes) and `xnode-storage` (bytes on disk). Never parses flags or reads the
+//! environment: the binary hands it a data directory and a capacity. Later the networked node grows here too.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cid::Cid;
+use xnode_dag::{
+    import_path, list_directory, stat, Added, Block, BlockSink, BlockSource, Discard, FileReader, ImportError,
+    ImportOptions, NodeKind, ReadError, SinkError,
+};
+use xnode_storage::{BlockWriter, Pin, Store, StoreConfig, StoreError, StoreStats, UnpinStats};
+
+/// Why a file operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// Importing failed (unreadable path, bad options, full store).
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// Reading a DAG back failed (missing or malformed block).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A path given to add does not exist.
+    #[error("{0}: no such file or directory")]
+    NoSuchPath(PathBuf),
+    /// A directory was given to add without `-r`.
+    #[error("{0} is a directory; use -r to add directories")]
+    IsDirectory(PathBuf),
+    /// Writing output failed.
+    #[error("writing {path} failed: {source}")]
+    Write {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Settings of one `add`.
+#[derive(Clone, Debug, Default)]
+pub struct AddOptions {
+    /// The DAG shape.
+    pub import: ImportOptions,
+    /// Allow directories.
+    pub recursive: bool,
+    /// Compute CIDs without storing anything.
+    pub only_hash: bool,
+}
+
+/// A node's local data: its block store and what is pinned in it.
+#[derive(Clone, Debug)]
+pub struct Repo {
+    store: Store,
+}
+
+impl Repo {
+    /// Opens (or creates) the store under `data_dir`.
+    pub fn open(data_dir: &Path, config: StoreConfig) -> Result<Self, InstanceError> {
+        Ok(Self { store: Store::open(&data_dir.join("store"), config)? })
+    }
+
+    /// The block store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Adds a file or (with `recursive`) a directory, like `ipfs add`, and pins its root. `on_entry` sees every
+    /// file and directory, children first. Nothing is stored unless the whole path is; a crash or error midway
+    /// leaves the store as it was.
+    pub fn add(
+        &self,
+        path: &Path,
+        opts: &AddOptions,
+        on_entry: &mut dyn FnMut(&Path, &Added),
+    ) -> Result<Added, InstanceError> {
+        if opts.only_hash {
+            return Self::hash_only(path, opts, on_entry);
+        }
+        check_addable(path, opts.recursive)?;
+        let mut sink = WriterSink(self.store.writer());
+        let added = import_path(&opts.import, path, &mut sink, on_entry)?;
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let added_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        sink.0.commit(Some(Pin { root: added.cid, name, size: added.size, added_at }))?;
+        Ok(added)
+    }
+
+    /// Computes the CIDs `add` would produce without storing anything (`add --only-hash`).
+    pub fn hash_only(
+        path: &Path,
+        opts: &AddOptions,
+        on_entry: &mut dyn FnMut(&Path, &Added),
+    ) -> Result<Added, InstanceError> {
+        check_addable(path, opts.recursive)?;
+        Ok(import_path(&opts.import, path, &mut Discard, on_entry)?)
+    }
+
+    /// Writes `length` bytes of the file at `cid` from `offset` to `out`; returns the bytes written.
+    pub fn cat(&self, cid: &Cid, offset: u64, length: u64, out: &mut dyn Write) -> Result<u64, InstanceError> {
+        let mut reader = FileReader::open(self, cid, offset, length)?;
+        let mut written = 0;
+        while let Some(chunk) = reader.next_chunk()? {
+            out.write_all(&chunk).map_err(|source| InstanceError::Write { path: "output".into(), source })?;
+            written += chunk.len() as u64;
+        }
+        Ok(written)
+    }
+
+    /// Writes the file or directory at `cid` to `dest` (which must not exist yet).
+    pub fn get(&self, cid: &Cid, dest: &Path) -> Result<(), InstanceError> {
+        let write_err = |source| InstanceError::Write { path: dest.to_path_buf(), source };
+        match stat(self, cid)? {
+            NodeKind::File { .. } => {
+                let mut file = io::BufWriter::new(fs::File::create(dest).map_err(write_err)?);
+                self.cat(cid, 0, u64::MAX, &mut file).map_err(|e| match e {
+                    InstanceError::Write { source, .. } => write_err(source),
+                    other => other,
+                })?;
+                file.flush().map_err(write_err)?;
+            }
+            NodeKind::Directory => {
+                fs::create_dir(dest).map_err(write_err)?;
+                for entry in list_directory(self, cid)? {
+                    if entry.name.contains('/') || entry.name == ".." || entry.name == "." || entry.name.is_empty() {
+                        return Err(ReadError::Inconsistent { cid: *cid, what: "directory entry with an unsafe name" }.into());
+                    }
+                    self.get(&entry.cid, &dest.join(&entry.name))?;
+                }
+            }
+            NodeKind::Symlink { target } => std::os::unix::fs::symlink(target, dest).map_err(write_err)?,
+        }
+        Ok(())
+    }
+
+    /// What kind of node `cid` is.
+    pub fn stat(&self, cid: &Cid) -> Result<NodeKind, InstanceError> {
+        Ok(stat(self, cid)?)
+    }
+
+    /// The pinned files, oldest first.
+    pub fn pins(&self) -> Result<Vec<Pin>, InstanceError> {
+        let mut pins = self.store.pins()?;
+        pins.sort_by_key(|p| (p.added_at, p.name.clone()));
+        Ok(pins)
+    }
+
+    /// Unpins a file; blocks no other file needs are deleted and their disk space released.
+    pub fn remove(&self, root: &Cid) -> Result<UnpinStats, InstanceError> {
+        Ok(self.store.unpin(root)?)
+    }
+
+    /// Store figures.
+    pub fn stats(&self) -> Result<StoreStats, InstanceError> {
+        Ok(self.store.stats()?)
+    }
+}
+
+impl BlockSource for Repo {
+    fn get_block(&self, cid: &Cid) -> Result<Bytes, ReadError> {
+        match self.store.get(cid) {
+            Ok(Some(data)) => Ok(data),
+            Ok(None) => Err(ReadError::NotFound(*cid)),
+            Err(e) => Err(ReadError::Source(Box::new(e))),
+        }
+    }
+}
+
+fn check_addable(path: &Path, recursive: bool) -> Result<(), InstanceError> {
+    match fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(InstanceError::NoSuchPath(path.to_path_buf())),
+        Err(source) => Err(ImportError::Path { path: path.to_path_buf(), source }.into()),
+        Ok(meta) if meta.is_dir() && !recursive => Err(InstanceError::IsDirectory(path.to_path_buf())),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Feeds imported blocks into one store write session.
+struct WriterSink(BlockWriter);
+
+impl BlockSink for WriterSink {
+    fn put(&mut self, block: Block) -> Result<(), SinkError> {
+        self.0.put(&block.cid, &block.data).map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(dir: &Path, capacity: u64) -> Repo {
+        Repo::open(dir, StoreConfig { capacity, ..StoreConfig::default() }).unwrap()
+    }
+
+    #[test]
+    fn add_then_cat_and_get_roundtrip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("sub/empty")).unwrap();
+        let big: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+        fs::write(src.join("big.bin"), &big).unwrap();
+        fs::write(src.join("sub/a.txt"), b"hello").unwrap();
+        let r = repo(&tmp.path().join("data"), u64::MAX);
+        let opts = AddOptions { recursive: true, ..AddOptions::default() };
+        let mut seen = Vec::new();
+        let root = r.add(&src, &opts, &mut |p, _| seen.push(p.to_path_buf())).unwrap();
+        assert_eq!(seen.last().unwrap(), Path::new("src"));
+        assert!(seen.contains(&PathBuf::from("src/sub/empty")));
+
+        let out = tmp.path().join("out");
+        r.get(&root.cid, &out).unwrap();
+        assert_eq!(fs::read(out.join("big.bin")).unwrap(), big);
+        assert_eq!(fs::read(out.join("sub/a.txt")).unwrap(), b"hello");
+        assert!(out.join("sub/empty").is_dir());
+
+        let file = r.add(&src.join("big.bin"), &AddOptions::default(), &mut |_, _| {}).unwrap();
+        let mut part = Vec::new();
+        r.cat(&file.cid, 300_000, 10, &mut part).unwrap();
+        assert_eq!(part, &big[300_000..300_010]);
+    }
+
+    #[test]
+    fn add_of_a_directory_needs_recursive_and_missing_paths_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = repo(&tmp.path().join("data"), u64::MAX);
+        let err = r.add(tmp.path(), &AddOptions::default(), &mut |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("use -r"), "{err}");
+        let err = r.add(&tmp.path().join("nope"), &AddOptions::default(), &mut |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("nope: no such file"), "{err}");
+    }
+
+    #[test]
+    fn a_full_store_refuses_the_add_and_keeps_what_it_had() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = repo(&tmp.path().join("data"), 1_000_000);
+        fs::write(tmp.path().join("small"), vec![1u8; 100_000]).unwrap();
+        fs::write(tmp.path().join("big"), vec![2u8; 2_000_000]).unwrap();
+        let small = r.add(&tmp.path().join("small"), &AddOptions::default(), &mut |_, _| {}).unwrap();
+        let err = r.add(&tmp.path().join("big"), &AddOptions::default(), &mut |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains("storage full"), "{err}");
+        assert_eq!(r.pins().unwrap().len(), 1);
+        let mut out = Vec::new();
+        r.cat(&small.cid, 0, u64::MAX, &mut out).unwrap();
+        assert_eq!(out.len(), 100_000);
+        assert_eq!(r.stats().unwrap().bytes_held, r.stats().unwrap().bytes_held.min(1_000_000));
+    }
+}

@@ -5,6 +5,7 @@
 //! `depth x max_links` links, never by the file's size.
 
 use std::io::{self, Read};
+use std::sync::mpsc;
 
 use bytes::Bytes;
 use cid::Cid;
@@ -25,23 +26,67 @@ pub struct Added {
 }
 
 /// Imports one file from `reader`, handing every block to `sink` leaves first, root last.
-pub fn import_file<R: Read, S: BlockSink + ?Sized>(
+///
+/// A second thread reads ahead while this one hashes, so reading and hashing overlap.
+pub fn import_file<R: Read + Send, S: BlockSink + ?Sized>(
     opts: &ImportOptions,
     reader: R,
     sink: &mut S,
 ) -> Result<Added, ImportError> {
     opts.validate().map_err(ImportError::Options)?;
-    let mut builder = Balanced { opts, chunks: Chunker::new(reader, opts.chunk_size)?, sink };
-    builder.layout()
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel(READ_AHEAD);
+        let size = opts.chunk_size;
+        scope.spawn(move || read_chunks(reader, size, &tx));
+        let mut builder = Balanced { opts, chunks: Chunker::new(rx)?, sink };
+        builder.layout()
+        // Returning drops the receiver, which stops the reader if the import failed midway.
+    })
 }
 
-struct Balanced<'a, R, S: ?Sized> {
+/// Chunks read ahead of hashing: enough to keep both threads busy, little enough to keep memory flat.
+const READ_AHEAD: usize = 8;
+
+/// Room left before a chunk's bytes for the largest leaf header (`0a` len `08 02 12` len), and after it for the
+/// trailer (`18` len), so a leaf block is built around the chunk without copying it.
+const HEAD_ROOM: usize = 1 + 10 + 2 + 1 + 10;
+const TAIL_ROOM: usize = 1 + 10;
+
+/// A chunk of file bytes at `buf[HEAD_ROOM..HEAD_ROOM + len]`.
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+fn read_chunks<R: Read>(mut reader: R, size: usize, tx: &mpsc::SyncSender<io::Result<Chunk>>) {
+    loop {
+        let mut buf = Vec::with_capacity(HEAD_ROOM + size + TAIL_ROOM);
+        buf.resize(HEAD_ROOM + size, 0);
+        let mut filled = 0;
+        while filled < size {
+            match reader.read(&mut buf[HEAD_ROOM + filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        if filled == 0 || tx.send(Ok(Chunk { buf, len: filled })).is_err() || filled < size {
+            return;
+        }
+    }
+}
+
+struct Balanced<'a, S: ?Sized> {
     opts: &'a ImportOptions,
-    chunks: Chunker<R>,
+    chunks: Chunker,
     sink: &'a mut S,
 }
 
-impl<R: Read, S: BlockSink + ?Sized> Balanced<'_, R, S> {
+impl<S: BlockSink + ?Sized> Balanced<'_, S> {
     fn layout(&mut self) -> Result<Added, ImportError> {
         let mut root = self.leaf()?;
         let mut depth = 1;
@@ -66,13 +111,13 @@ impl<R: Read, S: BlockSink + ?Sized> Balanced<'_, R, S> {
 
     /// The next chunk as a leaf; an empty leaf when the input is empty.
     fn leaf(&mut self) -> Result<Added, ImportError> {
-        let chunk = self.chunks.next()?.unwrap_or_default();
-        let size = chunk.len() as u64;
+        let chunk = self.chunks.next()?.unwrap_or(Chunk { buf: vec![0; HEAD_ROOM], len: 0 });
+        let size = chunk.len as u64;
         let block = if self.opts.raw_leaves {
-            let data = Bytes::from(chunk);
+            let data = Bytes::from(chunk.buf).slice(HEAD_ROOM..HEAD_ROOM + chunk.len);
             Block { cid: cid_v1(RAW, &data), data }
         } else {
-            let data = Bytes::from(file_leaf_bytes(&chunk));
+            let data = file_leaf(chunk);
             let cid = if self.opts.cid_version == 0 { cid_v0(&data) } else { cid_v1(DAG_PB, &data) };
             Block { cid, data }
         };
@@ -82,23 +127,26 @@ impl<R: Read, S: BlockSink + ?Sized> Balanced<'_, R, S> {
     }
 }
 
-/// `PBNode { Data: UnixFS { Type: File, Data: chunk, filesize: len } }`, written in one allocation: this runs once
-/// per 256 KiB of every add, so it avoids the intermediate message [`UnixFsData::encode`] would build.
-fn file_leaf_bytes(chunk: &[u8]) -> Vec<u8> {
-    let n = chunk.len() as u64;
-    let inner_len = 2 + if chunk.is_empty() { 0 } else { 1 + varint_len(n) + chunk.len() } + 1 + varint_len(n);
-    let mut out = Vec::with_capacity(1 + varint_len(inner_len as u64) + inner_len);
-    out.push(0x0a);
-    put_varint(&mut out, inner_len as u64);
-    out.extend_from_slice(&[0x08, DataType::File as u8]);
-    if !chunk.is_empty() {
-        out.push(0x12);
-        put_varint(&mut out, n);
-        out.extend_from_slice(chunk);
+/// `PBNode { Data: UnixFS { Type: File, Data: chunk, filesize: len } }`, written around the chunk in place: this
+/// runs once per 256 KiB of every add, so it neither copies the chunk nor builds the intermediate [`UnixFsData`].
+fn file_leaf(chunk: Chunk) -> Bytes {
+    let Chunk { mut buf, len } = chunk;
+    let n = len as u64;
+    let inner_len = 2 + if len == 0 { 0 } else { 1 + varint_len(n) + len } + 1 + varint_len(n);
+    let mut head = Vec::with_capacity(HEAD_ROOM);
+    head.push(0x0a);
+    put_varint(&mut head, inner_len as u64);
+    head.extend_from_slice(&[0x08, DataType::File as u8]);
+    if len > 0 {
+        head.push(0x12);
+        put_varint(&mut head, n);
     }
-    out.push(0x18);
-    put_varint(&mut out, n);
-    out
+    let start = HEAD_ROOM - head.len();
+    buf[start..HEAD_ROOM].copy_from_slice(&head);
+    buf.truncate(HEAD_ROOM + len);
+    buf.push(0x18);
+    put_varint(&mut buf, n);
+    Bytes::from(buf).slice(start..)
 }
 
 #[derive(Default)]
@@ -131,16 +179,15 @@ impl Interior {
 }
 
 /// Fixed-size chunks with one chunk of look-ahead, so "is there more?" is known before a node is closed.
-struct Chunker<R> {
-    reader: R,
-    size: usize,
-    next: Option<Vec<u8>>,
+struct Chunker {
+    rx: mpsc::Receiver<io::Result<Chunk>>,
+    next: Option<Chunk>,
 }
 
-impl<R: Read> Chunker<R> {
-    fn new(reader: R, size: usize) -> Result<Self, ImportError> {
-        let mut c = Self { reader, size, next: None };
-        c.next = c.read_chunk()?;
+impl Chunker {
+    fn new(rx: mpsc::Receiver<io::Result<Chunk>>) -> Result<Self, ImportError> {
+        let mut c = Self { rx, next: None };
+        c.next = c.receive()?;
         Ok(c)
     }
 
@@ -148,30 +195,21 @@ impl<R: Read> Chunker<R> {
         self.next.is_none()
     }
 
-    fn next(&mut self) -> Result<Option<Vec<u8>>, ImportError> {
+    fn next(&mut self) -> Result<Option<Chunk>, ImportError> {
         let out = self.next.take();
         if out.is_some() {
-            self.next = self.read_chunk()?;
+            self.next = self.receive()?;
         }
         Ok(out)
     }
 
-    fn read_chunk(&mut self) -> Result<Option<Vec<u8>>, ImportError> {
-        let mut buf = vec![0u8; self.size];
-        let mut filled = 0;
-        while filled < self.size {
-            match self.reader.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(ImportError::Read(e)),
-            }
+    fn receive(&mut self) -> Result<Option<Chunk>, ImportError> {
+        match self.rx.recv() {
+            Ok(Ok(chunk)) => Ok(Some(chunk)),
+            Ok(Err(e)) => Err(ImportError::Read(e)),
+            // The reader hung up: end of input.
+            Err(mpsc::RecvError) => Ok(None),
         }
-        if filled == 0 {
-            return Ok(None);
-        }
-        buf.truncate(filled);
-        Ok(Some(buf))
     }
 }
 
@@ -208,7 +246,9 @@ mod tests {
             d.data = (!chunk.is_empty()).then(|| Bytes::from(chunk.clone()));
             d.filesize = Some(len as u64);
             let generic = PbNode { links: vec![], data: Some(d.encode().into()) }.encode();
-            assert_eq!(file_leaf_bytes(&chunk), generic, "len {len}");
+            let mut buf = vec![0u8; HEAD_ROOM];
+            buf.extend_from_slice(&chunk);
+            assert_eq!(file_leaf(Chunk { buf, len }), generic, "len {len}");
         }
     }
 

@@ -7,6 +7,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -87,11 +88,28 @@ impl Repo {
             return Self::hash_only(path, opts, on_entry);
         }
         check_addable(path, opts.recursive)?;
-        let mut sink = WriterSink(self.store.writer());
-        let added = import_path(&opts.import, path, &mut sink, on_entry)?;
+        // Blocks are written on their own thread so disk writes overlap with hashing.
+        let (added, writer) = std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::sync_channel::<Block>(WRITE_QUEUE);
+            let mut writer = self.store.writer();
+            let disk = scope.spawn(move || -> Result<BlockWriter, StoreError> {
+                for block in rx {
+                    writer.put(&block.cid, &block.data)?;
+                }
+                Ok(writer)
+            });
+            let imported = import_path(&opts.import, path, &mut ChannelSink(tx), on_entry);
+            let written = disk.join().expect("the block writer thread panicked");
+            match (imported, written) {
+                (Ok(added), Ok(writer)) => Ok((added, writer)),
+                // A store error (a full store, say) is the cause; the import only saw the channel close.
+                (_, Err(store)) => Err(InstanceError::from(store)),
+                (Err(import), Ok(_discarded)) => Err(import.into()),
+            }
+        })?;
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
         let added_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        sink.0.commit(Some(Pin { root: added.cid, name, size: added.size, added_at }))?;
+        writer.commit(Some(Pin { root: added.cid, name, size: added.size, added_at }))?;
         Ok(added)
     }
 
@@ -184,12 +202,15 @@ fn check_addable(path: &Path, recursive: bool) -> Result<(), InstanceError> {
     }
 }
 
-/// Feeds imported blocks into one store write session.
-struct WriterSink(BlockWriter);
+/// Blocks queued for the writer thread: 16 x 256 KiB keeps the disk busy without growing memory.
+const WRITE_QUEUE: usize = 16;
 
-impl BlockSink for WriterSink {
+/// Hands imported blocks to the writer thread.
+struct ChannelSink(mpsc::SyncSender<Block>);
+
+impl BlockSink for ChannelSink {
     fn put(&mut self, block: Block) -> Result<(), SinkError> {
-        self.0.put(&block.cid, &block.data).map_err(Into::into)
+        self.0.send(block).map_err(|_| "the block writer stopped".into())
     }
 }
 

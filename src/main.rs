@@ -119,10 +119,13 @@ fn run(cli: Cli) -> Result<()> {
     let data_dir = cli.data_dir.or(env.data_dir).unwrap_or_else(|| PathBuf::from("./xnode-data"));
     let capacity = match env.storage_max.as_deref().map(str::trim) {
         None | Some("") => u64::MAX,
-        Some(s) => parse_size(s).with_context(|| format!("XNODE_STORAGE_MAX={s:?} is not a size; use e.g. 10GiB, 500MB or a number of bytes"))?,
+        Some(s) => parse_size(s).with_context(|| {
+            format!("XNODE_STORAGE_MAX={s:?} is not a size; use e.g. 10GiB, 500MB or a number of bytes")
+        })?,
     };
     let store_config = StoreConfig { capacity, ..StoreConfig::default() };
-    let open = || Repo::open(&data_dir, store_config).with_context(|| format!("opening the store in {}", data_dir.display()));
+    let open =
+        || Repo::open(&data_dir, store_config).with_context(|| format!("opening the store in {}", data_dir.display()));
 
     match cli.command {
         Command::Add(args) => add(args, open),
@@ -158,12 +161,20 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Rm { cid } => {
             let stats = open()?.remove(&parse_cid(&cid)?)?;
-            println!("removed {cid}: {} blocks deleted, {} freed", stats.blocks_deleted, ByteSize(stats.bytes_freed).display().iec());
+            println!(
+                "removed {cid}: {} blocks deleted, {} freed",
+                stats.blocks_deleted,
+                ByteSize(stats.bytes_freed).display().iec()
+            );
             Ok(())
         }
         Command::Stats => {
             let s = open()?.stats()?;
-            let cap = if s.capacity == u64::MAX { "unlimited".to_string() } else { ByteSize(s.capacity).display().iec().to_string() };
+            let cap = if s.capacity == u64::MAX {
+                "unlimited".to_string()
+            } else {
+                ByteSize(s.capacity).display().iec().to_string()
+            };
             println!("files:    {}", s.pins);
             println!("blocks:   {}", s.blocks);
             println!("held:     {} ({} bytes)", ByteSize(s.bytes_held).display().iec(), s.bytes_held);
@@ -207,7 +218,8 @@ fn describe(e: InstanceError) -> anyhow::Error {
 }
 
 fn parse_cid(s: &str) -> Result<cid::Cid> {
-    cid::Cid::try_from(s.trim()).map_err(|e| anyhow::anyhow!("{s:?} is not a valid CID ({e}); CIDs look like Qm... or bafy..."))
+    cid::Cid::try_from(s.trim())
+        .map_err(|e| anyhow::anyhow!("{s:?} is not a valid CID ({e}); CIDs look like Qm... or bafy..."))
 }
 
 fn parse_size(s: &str) -> Result<u64> {

@@ -44,8 +44,11 @@ impl<'o> DirectoryBuilder<'o> {
         let estimate: usize = match self.opts.size_estimation {
             SizeEstimation::Links => self.entries.iter().map(|(name, a)| name.len() + a.cid.encoded_len()).sum(),
             SizeEstimation::Block => {
-                let links: usize =
-                    self.entries.iter().map(|(name, a)| link_encoded_len(a.cid.encoded_len(), name.len(), a.tsize)).sum();
+                let links: usize = self
+                    .entries
+                    .iter()
+                    .map(|(name, a)| link_encoded_len(a.cid.encoded_len(), name.len(), a.tsize))
+                    .sum();
                 links + 4 // the `Data` field: 0a 02 08 01
             }
         };
@@ -56,9 +59,12 @@ impl<'o> DirectoryBuilder<'o> {
     pub fn build<S: BlockSink + ?Sized>(self, sink: &mut S) -> Result<Added, ImportError> {
         let size = self.entries.values().map(|a| a.size).sum();
         let root = if self.needs_sharding() {
-            let mut entries: Vec<HamtEntry> =
-                self.entries.into_iter().map(|(name, added)| HamtEntry { hash: murmur3_64(&name), name, added }).collect();
-            entries.sort_by(|a, b| a.hash.cmp(&b.hash));
+            let mut entries: Vec<HamtEntry> = self
+                .entries
+                .into_iter()
+                .map(|(name, added)| HamtEntry { hash: murmur3_64(&name), name, added })
+                .collect();
+            entries.sort_by_key(|e| e.hash);
             build_shard(self.opts, entries, 0, sink)?
         } else {
             let links = self

@@ -131,12 +131,13 @@ pub fn stat(source: &dyn BlockSource, cid: &Cid) -> Result<NodeKind, ReadError> 
     let (node, fs) = decode(cid, &data)?;
     Ok(match fs.kind {
         DataType::Directory | DataType::HamtShard => NodeKind::Directory,
-        DataType::Symlink => NodeKind::Symlink {
-            target: String::from_utf8_lossy(fs.data.as_deref().unwrap_or_default()).into_owned(),
-        },
+        DataType::Symlink => {
+            NodeKind::Symlink { target: String::from_utf8_lossy(fs.data.as_deref().unwrap_or_default()).into_owned() }
+        }
         DataType::File | DataType::Raw => NodeKind::File {
             size: fs.filesize.unwrap_or_else(|| {
-                fs.data.as_ref().map_or(0, |d| d.len() as u64) + fs.blocksizes.iter().sum::<u64>() * u64::from(!node.links.is_empty())
+                fs.data.as_ref().map_or(0, |d| d.len() as u64)
+                    + fs.blocksizes.iter().sum::<u64>() * u64::from(!node.links.is_empty())
             }),
         },
         DataType::Metadata => return Err(ReadError::WrongKind { cid: *cid, found: "metadata node", wanted: "file" }),
@@ -204,7 +205,8 @@ pub struct FileReader<S> {
 impl<S: BlockSource> FileReader<S> {
     /// Opens the file at `root`, positioned at `offset`, reading at most `limit` bytes (`u64::MAX`: to the end).
     pub fn open(source: S, root: &Cid, offset: u64, limit: u64) -> Result<Self, ReadError> {
-        let mut reader = Self { source, stack: Vec::new(), current: Bytes::new(), remaining: limit, handed: Bytes::new() };
+        let mut reader =
+            Self { source, stack: Vec::new(), current: Bytes::new(), remaining: limit, handed: Bytes::new() };
         reader.descend(root, offset)?;
         Ok(reader)
     }

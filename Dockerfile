@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# Xnode image: a multi-stage build from the official Rust image to a slim, non-root runtime.
+#
+#   docker build -t xnode .                       # the usual build: compiles inside the `build` stage
+#   docker build --target prebuilt -t xnode .     # same runtime image around a binary built on the host
+#                                                 # (target/release/xnode); used by the tests, where no
+#                                                 # registry is reachable (see scripts/docker-image.sh)
+#
+# The runtime stages come first so that `--target prebuilt` never needs the Rust image, even with the classic
+# builder, which builds every stage above its target.
+
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+ARG RUST_IMAGE=rust:1-bookworm
+
+FROM ${RUNTIME_IMAGE} AS runtime-base
+RUN groupadd --system --gid 10001 xnode \
+ && useradd --system --uid 10001 --gid xnode --home-dir /data --shell /usr/sbin/nologin xnode \
+ && mkdir -p /data && chown xnode:xnode /data
+ENV XNODE_DATA_DIR=/data \
+    XNODE_API_PORT=8080 \
+    XNODE_GOSSIP_PORT=9090 \
+    XNODE_P2P_PORT=10090
+VOLUME ["/data"]
+EXPOSE 8080/tcp 9090/udp 10090/tcp 10090/udp
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 CMD ["xnode", "health"]
+USER xnode
+WORKDIR /data
+ENTRYPOINT ["xnode"]
+CMD ["run"]
+
+FROM runtime-base AS prebuilt
+COPY target/release/xnode /usr/local/bin/xnode
+
+FROM ${RUST_IMAGE} AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin xnode
+
+FROM runtime-base AS runtime
+COPY --from=build /src/target/release/xnode /usr/local/bin/xnode

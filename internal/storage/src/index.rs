@@ -153,14 +153,6 @@ impl PackRecord {
     }
 }
 
-/// Decodes a little-endian u64 metadata value.
-pub(crate) fn decode_u64(bytes: &[u8]) -> Result<u64, StoreError> {
-    bytes
-        .try_into()
-        .map(u64::from_le_bytes)
-        .map_err(|_| damaged(format!("metadata value of {} bytes, expected 8", bytes.len())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -288,9 +288,8 @@ impl Store {
             let st = self.inner.lock();
             (st.counters.clone(), st.capacity, st.pending)
         };
-        let du = |p: &Path| {
-            pack::allocated_bytes(p).map_err(|e| StoreError::io(format!("measuring {}", p.display()), e))
-        };
+        let du =
+            |p: &Path| pack::allocated_bytes(p).map_err(|e| StoreError::io(format!("measuring {}", p.display()), e));
         Ok(StoreStats {
             blocks: counters.blocks,
             bytes_held: counters.bytes_held,
@@ -497,10 +496,8 @@ fn recover_packs(packs_dir: &Path, packs: &BTreeMap<u32, PackState>) -> Result<(
         let committed = ps.record.committed_len;
         if len > committed {
             info!(path = %path.display(), discarded = len - committed, "discarding uncommitted bytes");
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| StoreError::io(ctx("opening", &path), e))?;
+            let file =
+                OpenOptions::new().write(true).open(&path).map_err(|e| StoreError::io(ctx("opening", &path), e))?;
             file.set_len(committed).map_err(|e| StoreError::io(ctx("truncating", &path), e))?;
             file.sync_all().map_err(|e| StoreError::io(ctx("syncing", &path), e))?;
         } else if len < committed {

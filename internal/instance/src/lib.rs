@@ -265,8 +265,10 @@ mod tests {
     fn a_full_store_refuses_the_add_and_keeps_what_it_had() {
         let tmp = tempfile::tempdir().unwrap();
         let r = repo(&tmp.path().join("data"), 1_000_000);
-        fs::write(tmp.path().join("small"), vec![1u8; 100_000]).unwrap();
-        fs::write(tmp.path().join("big"), vec![2u8; 2_000_000]).unwrap();
+        // Distinct chunks: identical ones would be stored once and fit.
+        let varied = |n: u32| (0..n).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<_>>();
+        fs::write(tmp.path().join("small"), varied(100_000)).unwrap();
+        fs::write(tmp.path().join("big"), varied(2_000_000)).unwrap();
         let small = r.add(&tmp.path().join("small"), &AddOptions::default(), &mut |_, _| {}).unwrap();
         let err = r.add(&tmp.path().join("big"), &AddOptions::default(), &mut |_, _| {}).unwrap_err();
         assert!(err.to_string().contains("storage full"), "{err}");
@@ -274,6 +276,6 @@ mod tests {
         let mut out = Vec::new();
         r.cat(&small.cid, 0, u64::MAX, &mut out).unwrap();
         assert_eq!(out.len(), 100_000);
-        assert_eq!(r.stats().unwrap().bytes_held, r.stats().unwrap().bytes_held.min(1_000_000));
+        assert!(r.stats().unwrap().bytes_held < 200_000, "the refused add left blocks behind");
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cid::Cid;
 
 use crate::block::{cid_v0, cid_v1, Block, DAG_PB};
-use crate::file::{import_file, Added};
+use crate::file::{import_file, import_small_file, Added};
 use crate::pb::{link_encoded_len, DataType, PbLink, PbNode, UnixFsData};
 use crate::{BlockSink, ImportError, ImportOptions, SizeEstimation};
 
@@ -149,6 +149,10 @@ fn emit<S: BlockSink + ?Sized>(opts: &ImportOptions, node: PbNode, sink: &mut S)
     Ok(added)
 }
 
+/// Files of at most this many chunks are hashed on the importing thread (a directory of many small files would
+/// otherwise start threads per file).
+const SMALL_FILE_CHUNKS: usize = 4;
+
 /// Imports a file, or a directory recursively, like `ipfs add -r`. `on_entry` sees every file and directory with its
 /// path relative to `path`'s parent, children before their directory, the root last.
 pub fn import_path<S: BlockSink + ?Sized>(
@@ -194,7 +198,12 @@ fn import_entry<S: BlockSink + ?Sized>(
         dir.build(sink)?
     } else {
         let file = fs::File::open(path).map_err(io_err)?;
-        import_file(opts, file, sink).map_err(|e| match e {
+        let imported = if meta.len() <= (SMALL_FILE_CHUNKS * opts.chunk_size) as u64 {
+            import_small_file(opts, file, sink)
+        } else {
+            import_file(opts, file, sink)
+        };
+        imported.map_err(|e| match e {
             ImportError::Read(source) => ImportError::Path { path: path.to_path_buf(), source },
             other => other,
         })?

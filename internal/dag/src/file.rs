@@ -27,25 +27,76 @@ pub struct Added {
 
 /// Imports one file from `reader`, handing every block to `sink` leaves first, root last.
 ///
-/// A second thread reads ahead while this one hashes, so reading and hashing overlap.
+/// Hashing is the bottleneck of an add (SHA-256 runs near 1 GiB/s per core, slower than a disk), so leaves are made
+/// on worker threads: one thread reads chunks and deals them round-robin to the hashers, and this thread collects
+/// the leaves in the same order and builds the tree above them.
 pub fn import_file<R: Read + Send, S: BlockSink + ?Sized>(
     opts: &ImportOptions,
     reader: R,
     sink: &mut S,
 ) -> Result<Added, ImportError> {
     opts.validate().map_err(ImportError::Options)?;
+    let hashers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_HASHERS);
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel(READ_AHEAD);
+        let mut to_hashers = Vec::with_capacity(hashers);
+        let mut from_hashers = Vec::with_capacity(hashers);
+        for _ in 0..hashers {
+            let (chunk_tx, chunk_rx) = mpsc::sync_channel::<io::Result<Chunk>>(READ_AHEAD);
+            let (leaf_tx, leaf_rx) = mpsc::sync_channel::<io::Result<Leaf>>(READ_AHEAD);
+            let leaf_opts = (opts.raw_leaves, opts.cid_version);
+            scope.spawn(move || {
+                for chunk in chunk_rx {
+                    if leaf_tx.send(chunk.map(|c| make_leaf(c, leaf_opts))).is_err() {
+                        return;
+                    }
+                }
+            });
+            to_hashers.push(chunk_tx);
+            from_hashers.push(leaf_rx);
+        }
         let size = opts.chunk_size;
-        scope.spawn(move || read_chunks(reader, size, &tx));
-        let mut builder = Balanced { opts, chunks: Chunker::new(rx)?, sink };
+        scope.spawn(move || read_chunks(reader, size, &to_hashers));
+        let mut builder = Balanced { opts, chunks: Chunker::from_workers(from_hashers)?, sink };
         builder.layout()
-        // Returning drops the receiver, which stops the reader if the import failed midway.
+        // Returning drops the receivers, which stops the workers if the import failed midway.
     })
 }
 
-/// Chunks read ahead of hashing: enough to keep both threads busy, little enough to keep memory flat.
-const READ_AHEAD: usize = 8;
+/// Imports a file on the calling thread alone: [`import_file`] for inputs of a few chunks, where starting threads
+/// would cost more than hashing.
+pub(crate) fn import_small_file<R: Read, S: BlockSink + ?Sized>(
+    opts: &ImportOptions,
+    reader: R,
+    sink: &mut S,
+) -> Result<Added, ImportError> {
+    opts.validate().map_err(ImportError::Options)?;
+    Balanced { opts, chunks: Chunker::inline(reader, opts)?, sink }.layout()
+}
+
+/// Chunks queued per hasher: enough to keep every thread busy, little enough to keep memory flat.
+const READ_AHEAD: usize = 4;
+/// More hashers than this only add memory: the reader and the disk become the limit.
+const MAX_HASHERS: usize = 4;
+
+/// A finished leaf: its block and what its parent needs to know.
+struct Leaf {
+    block: Block,
+    added: Added,
+}
+
+fn make_leaf(chunk: Chunk, (raw_leaves, cid_version): (bool, u8)) -> Leaf {
+    let size = chunk.len as u64;
+    let block = if raw_leaves {
+        let data = Bytes::from(chunk.buf).slice(HEAD_ROOM..HEAD_ROOM + chunk.len);
+        Block { cid: cid_v1(RAW, &data), data }
+    } else {
+        let data = file_leaf(chunk);
+        let cid = if cid_version == 0 { cid_v0(&data) } else { cid_v1(DAG_PB, &data) };
+        Block { cid, data }
+    };
+    let added = Added { cid: block.cid, size, tsize: block.data.len() as u64 };
+    Leaf { block, added }
+}
 
 /// Room left before a chunk's bytes for the largest leaf header (`0a` len `08 02 12` len), and after it for the
 /// trailer (`18` len), so a leaf block is built around the chunk without copying it.
@@ -58,31 +109,53 @@ struct Chunk {
     len: usize,
 }
 
-fn read_chunks<R: Read>(mut reader: R, size: usize, tx: &mpsc::SyncSender<io::Result<Chunk>>) {
-    loop {
-        let mut buf = Vec::with_capacity(HEAD_ROOM + size + TAIL_ROOM);
-        buf.resize(HEAD_ROOM + size, 0);
-        let mut filled = 0;
-        while filled < size {
-            match reader.read(&mut buf[HEAD_ROOM + filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
+/// Reads fixed-size chunks and deals them to the hashers in turn, so chunk `i` goes to hasher `i % n`.
+fn read_chunks<R: Read>(mut reader: R, size: usize, hashers: &[mpsc::SyncSender<io::Result<Chunk>>]) {
+    for tx in hashers.iter().cycle() {
+        match read_chunk(&mut reader, size) {
+            Ok(None) => return,
+            Ok(Some(chunk)) => {
+                let last = chunk.len < size;
+                if tx.send(Ok(chunk)).is_err() || last {
                     return;
                 }
             }
-        }
-        if filled == 0 || tx.send(Ok(Chunk { buf, len: filled })).is_err() || filled < size {
-            return;
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
         }
     }
 }
 
+/// The next chunk: `size` bytes, fewer at the end of the input, `None` after it.
+fn read_chunk<R: Read + ?Sized>(reader: &mut R, size: usize) -> io::Result<Option<Chunk>> {
+    let mut buf = Vec::with_capacity(HEAD_ROOM + size + TAIL_ROOM);
+    buf.resize(HEAD_ROOM + size, 0);
+    let mut filled = 0;
+    while filled < size {
+        match reader.read(&mut buf[HEAD_ROOM + filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if filled == 0 {
+        return Ok(None);
+    }
+    if filled < size / 2 {
+        // A short last chunk would otherwise pin a whole chunk-sized allocation for as long as its block lives.
+        buf.truncate(HEAD_ROOM + filled);
+        buf.reserve_exact(TAIL_ROOM);
+        buf.shrink_to(HEAD_ROOM + filled + TAIL_ROOM);
+    }
+    Ok(Some(Chunk { buf, len: filled }))
+}
+
 struct Balanced<'a, S: ?Sized> {
     opts: &'a ImportOptions,
-    chunks: Chunker,
+    chunks: Chunker<'a>,
     sink: &'a mut S,
 }
 
@@ -109,21 +182,14 @@ impl<S: BlockSink + ?Sized> Balanced<'_, S> {
         Ok(added)
     }
 
-    /// The next chunk as a leaf; an empty leaf when the input is empty.
+    /// The next leaf; an empty leaf when the input is empty.
     fn leaf(&mut self) -> Result<Added, ImportError> {
-        let chunk = self.chunks.next()?.unwrap_or(Chunk { buf: vec![0; HEAD_ROOM], len: 0 });
-        let size = chunk.len as u64;
-        let block = if self.opts.raw_leaves {
-            let data = Bytes::from(chunk.buf).slice(HEAD_ROOM..HEAD_ROOM + chunk.len);
-            Block { cid: cid_v1(RAW, &data), data }
-        } else {
-            let data = file_leaf(chunk);
-            let cid = if self.opts.cid_version == 0 { cid_v0(&data) } else { cid_v1(DAG_PB, &data) };
-            Block { cid, data }
+        let leaf = match self.chunks.next()? {
+            Some(leaf) => leaf,
+            None => make_leaf(Chunk { buf: vec![0; HEAD_ROOM], len: 0 }, (self.opts.raw_leaves, self.opts.cid_version)),
         };
-        let added = Added { cid: block.cid, size, tsize: block.data.len() as u64 };
-        self.sink.put(block).map_err(ImportError::Sink)?;
-        Ok(added)
+        self.sink.put(leaf.block).map_err(ImportError::Sink)?;
+        Ok(leaf.added)
     }
 }
 
@@ -178,38 +244,51 @@ impl Interior {
     }
 }
 
-/// Fixed-size chunks with one chunk of look-ahead, so "is there more?" is known before a node is closed.
-struct Chunker {
-    rx: mpsc::Receiver<io::Result<Chunk>>,
-    next: Option<Chunk>,
+/// Leaves in file order with one of look-ahead, so "is there more?" is known before a node is closed.
+struct Chunker<'r> {
+    source: Box<dyn FnMut() -> Result<Option<Leaf>, ImportError> + 'r>,
+    next: Option<Leaf>,
 }
 
-impl Chunker {
-    fn new(rx: mpsc::Receiver<io::Result<Chunk>>) -> Result<Self, ImportError> {
-        let mut c = Self { rx, next: None };
-        c.next = c.receive()?;
-        Ok(c)
+impl<'r> Chunker<'r> {
+    /// Leaves from hashing threads, collected in the order chunks were dealt to them.
+    fn from_workers(hashers: Vec<mpsc::Receiver<io::Result<Leaf>>>) -> Result<Self, ImportError> {
+        let mut turn = 0;
+        Self::new(Box::new(move || {
+            let rx = &hashers[turn];
+            turn = (turn + 1) % hashers.len();
+            match rx.recv() {
+                Ok(Ok(leaf)) => Ok(Some(leaf)),
+                Ok(Err(e)) => Err(ImportError::Read(e)),
+                // The reader stopped dealing: end of input.
+                Err(mpsc::RecvError) => Ok(None),
+            }
+        }))
+    }
+
+    /// Leaves read and hashed on this thread: for small files, where starting threads costs more than it saves.
+    fn inline<R: Read + 'r>(mut reader: R, opts: &ImportOptions) -> Result<Self, ImportError> {
+        let (size, leaf_opts) = (opts.chunk_size, (opts.raw_leaves, opts.cid_version));
+        Self::new(Box::new(move || {
+            Ok(read_chunk(&mut reader, size).map_err(ImportError::Read)?.map(|c| make_leaf(c, leaf_opts)))
+        }))
+    }
+
+    fn new(mut source: Box<dyn FnMut() -> Result<Option<Leaf>, ImportError> + 'r>) -> Result<Self, ImportError> {
+        let next = source()?;
+        Ok(Self { source, next })
     }
 
     fn done(&self) -> bool {
         self.next.is_none()
     }
 
-    fn next(&mut self) -> Result<Option<Chunk>, ImportError> {
+    fn next(&mut self) -> Result<Option<Leaf>, ImportError> {
         let out = self.next.take();
         if out.is_some() {
-            self.next = self.receive()?;
+            self.next = (self.source)()?;
         }
         Ok(out)
-    }
-
-    fn receive(&mut self) -> Result<Option<Chunk>, ImportError> {
-        match self.rx.recv() {
-            Ok(Ok(chunk)) => Ok(Some(chunk)),
-            Ok(Err(e)) => Err(ImportError::Read(e)),
-            // The reader hung up: end of input.
-            Err(mpsc::RecvError) => Ok(None),
-        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! The `xnode` command: parse flags and `XNODE_*` variables once, then run one operation on the local store.
+//! The `xnode` command: parse flags and `XNODE_*` variables once, then run the node, talk to a running one, or run
+//! one operation on the local store.
 
 use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -8,8 +10,10 @@ use anyhow::{bail, Context, Result};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 use xnode_dag::{ImportOptions, Profile};
-use xnode_instance::{AddOptions, InstanceError, Repo};
+use xnode_gossip::{GossipConfig, Member};
+use xnode_instance::{AddOptions, InstanceError, Node, NodeConfig, Repo};
 use xnode_storage::StoreConfig;
 
 /// Xnode pools the disks of many machines into one IPFS-compatible content-addressed store.
@@ -25,6 +29,23 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a node: join the cluster (XNODE_KNOWN_PEERS), serve the HTTP API, until SIGTERM or Ctrl-C.
+    Run,
+    /// List the cluster's members as a running node sees them.
+    Members {
+        /// The node's API [env: XNODE_API] [default: http://127.0.0.1:$XNODE_API_PORT]
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if a running node answers its health check (used by the image's HEALTHCHECK).
+    Health {
+        /// The node's API [env: XNODE_API] [default: http://127.0.0.1:$XNODE_API_PORT]
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+    },
     /// Add files or directories, printing `added <cid> <name>` lines like `ipfs add`.
     Add(AddArgs),
     /// Print a file's bytes to standard output.
@@ -89,13 +110,48 @@ struct AddArgs {
     hidden: bool,
 }
 
-/// The `XNODE_*` environment, read once here and nowhere else.
+/// The `XNODE_*` environment, read once here and nowhere else. Values stay strings until [`parse`] turns them
+/// into typed settings, so a bad one is reported with its variable's name.
 #[derive(Deserialize, Debug, Default)]
 struct EnvConfig {
     /// XNODE_DATA_DIR: the data directory (default `./xnode-data`).
     data_dir: Option<PathBuf>,
     /// XNODE_STORAGE_MAX: the store's hard capacity, e.g. `10GiB` (default: unlimited).
     storage_max: Option<String>,
+    /// XNODE_NAME: this node's unique name in the cluster (default: the hostname).
+    name: Option<String>,
+    /// XNODE_GOSSIP_PORT: UDP port for membership gossip (default 9090).
+    gossip_port: Option<String>,
+    /// XNODE_KNOWN_PEERS: comma-separated `host:port` seeds; blank starts a new cluster.
+    known_peers: Option<String>,
+    /// XNODE_GROUP_NAME: cluster name; nodes of other groups are ignored (default `Xnode`).
+    group_name: Option<String>,
+    /// XNODE_ADVERTISE_ADDR: `host` or `host:port` other nodes reach our gossip at (default: our hostname's IP).
+    advertise_addr: Option<String>,
+    /// XNODE_BIND_ADDR: the IP the API and gossip listen on (default `0.0.0.0`).
+    bind_addr: Option<String>,
+    /// XNODE_API_PORT: TCP port of the HTTP API (default 8080).
+    api_port: Option<String>,
+    /// XNODE_P2P_PORT: libp2p port (default 10090), advertised for the libp2p node.
+    p2p_port: Option<String>,
+    /// XNODE_API: base URL of a running node for `members` and `health`.
+    api: Option<String>,
+}
+
+impl EnvConfig {
+    fn port(value: Option<&String>, var: &str, default: u16) -> Result<u16> {
+        match value.map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            None => Ok(default),
+            Some(v) => v.parse().with_context(|| format!("{var}={v:?} is not a port number; use 1-65535")),
+        }
+    }
+
+    fn api_url(&self, flag: Option<String>) -> Result<String> {
+        if let Some(url) = flag.or_else(|| self.api.clone()).filter(|u| !u.trim().is_empty()) {
+            return Ok(url.trim_end_matches('/').to_string());
+        }
+        Ok(format!("http://127.0.0.1:{}", Self::port(self.api_port.as_ref(), "XNODE_API_PORT", 8080)?))
+    }
 }
 
 fn main() -> ExitCode {
@@ -116,7 +172,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let env: EnvConfig = envy::prefixed("XNODE_").from_env().context("reading XNODE_* environment variables")?;
-    let data_dir = cli.data_dir.or(env.data_dir).unwrap_or_else(|| PathBuf::from("./xnode-data"));
+    let data_dir = cli.data_dir.or_else(|| env.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./xnode-data"));
     let capacity = match env.storage_max.as_deref().map(str::trim) {
         None | Some("") => u64::MAX,
         Some(s) => parse_size(s).with_context(|| {
@@ -128,6 +184,13 @@ fn run(cli: Cli) -> Result<()> {
         || Repo::open(&data_dir, store_config).with_context(|| format!("opening the store in {}", data_dir.display()));
 
     match cli.command {
+        Command::Run => run_node(&env, data_dir, store_config),
+        Command::Members { api, json } => members(&env.api_url(api)?, json),
+        Command::Health { api } => {
+            let url = format!("{}/healthz", env.api_url(api)?);
+            http_get(&url)?;
+            Ok(())
+        }
         Command::Add(args) => add(args, open),
         Command::Cat { cid, offset, length } => {
             let repo = open()?;
@@ -231,4 +294,151 @@ fn parse_size(s: &str) -> Result<u64> {
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+}
+
+/// `xnode run`: everything the node needs comes from `XNODE_*`, checked before anything starts.
+fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()> {
+    let gossip_port = EnvConfig::port(env.gossip_port.as_ref(), "XNODE_GOSSIP_PORT", 9090)?;
+    let api_port = EnvConfig::port(env.api_port.as_ref(), "XNODE_API_PORT", 8080)?;
+    let p2p_port = EnvConfig::port(env.p2p_port.as_ref(), "XNODE_P2P_PORT", 10090)?;
+    let name = match env.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+        Some(n) => n.to_string(),
+        None => hostname().context("XNODE_NAME is not set and the hostname cannot be read; set XNODE_NAME")?,
+    };
+    let bind: IpAddr = match env.bind_addr.as_deref().map(str::trim).filter(|b| !b.is_empty()) {
+        None => IpAddr::from([0, 0, 0, 0]),
+        Some(b) => b.parse().with_context(|| format!("XNODE_BIND_ADDR={b:?} is not an IP address"))?,
+    };
+    let advertise = advertise_addr(env.advertise_addr.as_deref(), bind, gossip_port)?;
+    let seeds: Vec<String> = env
+        .known_peers
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let mut gossip = GossipConfig::new(name, SocketAddr::new(bind, gossip_port));
+    gossip.advertise_addr = advertise;
+    gossip.seeds = seeds;
+    if let Some(group) = env.group_name.as_deref().map(str::trim).filter(|g| !g.is_empty()) {
+        gossip.group = group.to_string();
+    }
+    let config = NodeConfig {
+        data_dir,
+        store,
+        gossip,
+        api_url: format!("http://{}", SocketAddr::new(advertise.ip(), api_port)),
+        p2p_addrs: vec![format!("/ip4/{}/tcp/{p2p_port}", advertise.ip())],
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve_node(config, SocketAddr::new(bind, api_port)))
+}
+
+async fn serve_node(config: NodeConfig, api_addr: SocketAddr) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {api_addr} for the API; free the port or set XNODE_API_PORT"))?;
+    let node = Node::start(config, shutdown.clone()).await?;
+    tracing::info!(name = node.name(), api = %api_addr, "node started");
+    eprintln!("xnode {} running as {:?}; API on http://{api_addr}", env!("CARGO_PKG_VERSION"), node.name());
+    let server = tokio::spawn(xnode_api::serve(listener, xnode_api::router(node.clone()), shutdown.clone()));
+
+    let fatal = tokio::select! {
+        () = terminate_signal() => None,
+        reason = fatal_error(node.clone()) => Some(reason),
+    };
+    shutdown.cancel();
+    server.await.context("API server task")?.context("API server")?;
+    node.stop().await?;
+    match fatal {
+        None => {
+            eprintln!("xnode stopped: left the cluster and flushed the store");
+            Ok(())
+        }
+        Some(reason) => bail!(reason),
+    }
+}
+
+/// Resolves when membership gives up for good (e.g. another live node already uses our name).
+async fn fatal_error(node: std::sync::Arc<Node>) -> String {
+    loop {
+        if let Some(e) = node.fatal_error() {
+            return e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn terminate_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    let name = name.trim();
+    if name.is_empty() {
+        bail!("empty hostname");
+    }
+    Ok(name.to_string())
+}
+
+/// The gossip address other nodes should use: `XNODE_ADVERTISE_ADDR` (`host` or `host:port`), else the bind IP if
+/// it is a real one, else the IP our hostname resolves to (a container's address), else loopback.
+fn advertise_addr(value: Option<&str>, bind: IpAddr, port: u16) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) {
+        let with_port =
+            if v.parse::<IpAddr>().is_ok() || !v.contains(':') { format!("{v}:{port}") } else { v.to_string() };
+        return with_port
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.find(|a| a.is_ipv4()))
+            .with_context(|| format!("XNODE_ADVERTISE_ADDR={v:?} does not resolve to an IPv4 address"));
+    }
+    if !bind.is_unspecified() {
+        return Ok(SocketAddr::new(bind, port));
+    }
+    let own = hostname()
+        .ok()
+        .and_then(|h| (h.as_str(), port).to_socket_addrs().ok())
+        .and_then(|mut addrs| addrs.find(|a| a.is_ipv4() && !a.ip().is_loopback()));
+    Ok(own.unwrap_or_else(|| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port)))
+}
+
+fn http_get(url: &str) -> Result<ureq::Response> {
+    ureq::get(url)
+        .timeout(std::time::Duration::from_secs(5))
+        .call()
+        .map_err(|e| anyhow::anyhow!("no answer from {url}: {e}; is `xnode run` up there? (set --api or XNODE_API)"))
+}
+
+fn members(api: &str, json: bool) -> Result<()> {
+    let url = format!("{api}/api/v1/members");
+    let members: Vec<Member> = http_get(&url)?.into_json().with_context(|| format!("reading {url}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&members)?);
+        return Ok(());
+    }
+    println!("{:<20} {:<6} {:<22} {:<18} {:>22} {:>8}", "NAME", "STATE", "GOSSIP", "PHASE", "STORAGE", "BLOCKS");
+    for m in members {
+        let cap = if m.meta.capacity == u64::MAX {
+            "unlimited".to_string()
+        } else {
+            ByteSize(m.meta.capacity).display().iec().to_string()
+        };
+        let storage = format!("{} / {cap}", ByteSize(m.meta.used).display().iec());
+        let name = if m.is_self { format!("{} (self)", m.name) } else { m.name };
+        let state = format!("{:?}", m.state).to_lowercase();
+        println!("{name:<20} {state:<6} {:<22} {:<18} {storage:>22} {:>8}", m.gossip_addr, m.meta.phase, m.meta.blocks);
+    }
+    Ok(())
 }

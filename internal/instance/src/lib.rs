@@ -2,7 +2,12 @@
 //! of files and directories, list, remove.
 //!
 //! Owns the glue between `xnode-dag` (shapes) and `xnode-storage` (bytes on disk). Never parses flags or reads the
-//! environment: the binary hands it a data directory and a capacity. Later the networked node grows here too.
+//! environment: the binary hands it a data directory and a capacity. [`Node`] is the running node: the store plus
+//! its membership in the cluster.
+
+mod node;
+
+pub use node::{Node, NodeConfig, NodeStatus, Phase};
 
 use std::fs;
 use std::io::{self, Write};
@@ -36,6 +41,12 @@ pub enum InstanceError {
     /// A directory was given to add without `-r`.
     #[error("{0} is a directory; use -r to add directories")]
     IsDirectory(PathBuf),
+    /// Membership failed (bad address, a name already in use).
+    #[error(transparent)]
+    Gossip(#[from] xnode_gossip::GossipError),
+    /// `stop` was called while API handlers still hold the node.
+    #[error("the node is still in use; stop the API before the node")]
+    StillInUse,
     /// Writing output failed.
     #[error("writing {path} failed: {source}")]
     Write {

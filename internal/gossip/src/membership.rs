@@ -242,7 +242,7 @@ fn validate(config: &GossipConfig) -> Result<(), GossipError> {
     if config.gossip_interval.is_zero() {
         return bad("the gossip interval must be positive");
     }
-    if !(config.phi_threshold > 0.0) {
+    if !config.phi_threshold.is_finite() || config.phi_threshold <= 0.0 {
         return bad("the phi threshold must be positive");
     }
     Ok(())

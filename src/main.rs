@@ -1,6 +1,8 @@
 //! The `xnode` command: parse flags and `XNODE_*` variables once, then run the node, talk to a running one, or run
 //! one operation on the local store.
 
+mod client;
+
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use xnode_api::ApiConfig;
 use xnode_dag::{ImportOptions, Profile};
 use xnode_gossip::{GossipConfig, Member};
 use xnode_instance::{AddOptions, InstanceError, Node, NodeConfig, Repo};
@@ -23,6 +26,15 @@ struct Cli {
     /// Where the node keeps its blocks and index [env: XNODE_DATA_DIR] [default: ./xnode-data]
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The running node add/cat/get/ls/rm/members talk to [env: XNODE_API] [default: http://127.0.0.1:$XNODE_API_PORT]
+    #[arg(long, global = true, value_name = "URL")]
+    api: Option<String>,
+    /// Admin token for changes through the API [env: XNODE_ADMIN_TOKEN] [default: DATA_DIR/admin-token if readable]
+    #[arg(long, global = true, value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Work on the local data dir instead of a running node (add/cat/get/ls/rm/stats)
+    #[arg(long, global = true)]
+    offline: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,19 +45,12 @@ enum Command {
     Run,
     /// List the cluster's members as a running node sees them.
     Members {
-        /// The node's API [env: XNODE_API] [default: http://127.0.0.1:$XNODE_API_PORT]
-        #[arg(long, value_name = "URL")]
-        api: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Exit 0 if a running node answers its health check (used by the image's HEALTHCHECK).
-    Health {
-        /// The node's API [env: XNODE_API] [default: http://127.0.0.1:$XNODE_API_PORT]
-        #[arg(long, value_name = "URL")]
-        api: Option<String>,
-    },
+    Health,
     /// Add files or directories, printing `added <cid> <name>` lines like `ipfs add`.
     Add(AddArgs),
     /// Print a file's bytes to standard output.
@@ -78,7 +83,7 @@ enum Command {
         /// The root CID of a file listed by `xnode ls`.
         cid: String,
     },
-    /// Show what the store holds and how much room is left.
+    /// Show what the local store holds and how much room is left (reads the data dir).
     Stats,
 }
 
@@ -134,8 +139,12 @@ struct EnvConfig {
     api_port: Option<String>,
     /// XNODE_P2P_PORT: libp2p port (default 10090), advertised for the libp2p node.
     p2p_port: Option<String>,
-    /// XNODE_API: base URL of a running node for `members` and `health`.
+    /// XNODE_API: base URL of a running node for the client commands.
     api: Option<String>,
+    /// XNODE_ADMIN_TOKEN: the token that authorizes changes through the API (default: random, logged at start).
+    admin_token: Option<String>,
+    /// XNODE_MAX_UPLOAD: the largest upload the API accepts (default `16GiB`).
+    max_upload: Option<String>,
 }
 
 impl EnvConfig {
@@ -183,36 +192,77 @@ fn run(cli: Cli) -> Result<()> {
     let open =
         || Repo::open(&data_dir, store_config).with_context(|| format!("opening the store in {}", data_dir.display()));
 
+    let api_url = env.api_url(cli.api.clone())?;
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| env.admin_token.clone())
+        .filter(|t| !t.is_empty())
+        .or_else(|| std::fs::read_to_string(data_dir.join(TOKEN_FILE)).ok().map(|t| t.trim().to_string()));
+    let api = || client::Api::new(api_url.clone(), token.clone());
+    let offline = cli.offline;
+
     match cli.command {
         Command::Run => run_node(&env, data_dir, store_config),
-        Command::Members { api, json } => members(&env.api_url(api)?, json),
-        Command::Health { api } => {
-            let url = format!("{}/healthz", env.api_url(api)?);
-            http_get(&url)?;
+        Command::Members { json } => members(&api_url, json),
+        Command::Health => {
+            http_get(&format!("{api_url}/healthz"))?;
             Ok(())
         }
-        Command::Add(args) => add(args, open),
+        Command::Add(args) if offline || args.only_hash => add(args, open),
+        Command::Add(args) => {
+            let stdout = io::stdout();
+            let mut print = |cid: &str, path: &str| {
+                if !args.quiet && !args.quieter {
+                    let _ = writeln!(stdout.lock(), "added {cid} {path}");
+                }
+            };
+            let mut req = client::AddRequest {
+                recursive: args.recursive,
+                cid_version: args.cid_version,
+                profile: args.profile.map(|p| p.to_string()),
+                hidden: args.hidden,
+                on_added: &mut print,
+            };
+            let api = api();
+            api.check_token()?;
+            for path in &args.paths {
+                let root = api.add(path, &mut req)?;
+                if args.quieter && !args.quiet {
+                    println!("{root}");
+                }
+            }
+            Ok(())
+        }
         Command::Cat { cid, offset, length } => {
-            let repo = open()?;
-            let cid = parse_cid(&cid)?;
             let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            repo.cat(&cid, offset, length.unwrap_or(u64::MAX), &mut out)?;
+            if offline {
+                let repo = open()?;
+                let cid = parse_cid(&cid)?;
+                repo.cat(&cid, offset, length.unwrap_or(u64::MAX), &mut out)?;
+            } else {
+                parse_cid(&cid)?;
+                api().cat(&cid, offset, length, &mut out)?;
+            }
             out.flush()?;
             Ok(())
         }
         Command::Get { cid, output } => {
-            let repo = open()?;
             let parsed = parse_cid(&cid)?;
             let dest = output.unwrap_or_else(|| PathBuf::from(&cid));
             if dest.exists() {
                 bail!("{} already exists; choose another path with -o", dest.display());
             }
-            repo.get(&parsed, &dest)?;
+            if offline {
+                open()?.get(&parsed, &dest)?;
+            } else {
+                api().get(&cid, &dest)?;
+            }
             println!("Saved {} to {}", cid, dest.display());
             Ok(())
         }
         Command::Ls { json } => {
-            let pins = open()?.pins()?;
+            let pins = if offline { open()?.pins()? } else { api().ls()? };
             if json {
                 println!("{}", serde_json::to_string_pretty(&pins)?);
             } else {
@@ -223,12 +273,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Rm { cid } => {
-            let stats = open()?.remove(&parse_cid(&cid)?)?;
-            println!(
-                "removed {cid}: {} blocks deleted, {} freed",
-                stats.blocks_deleted,
-                ByteSize(stats.bytes_freed).display().iec()
-            );
+            let (deleted, freed) = if offline {
+                let s = open()?.remove(&parse_cid(&cid)?)?;
+                (s.blocks_deleted, s.bytes_freed)
+            } else {
+                parse_cid(&cid)?;
+                let v = api().rm(&cid)?;
+                (v["blocks_deleted"].as_u64().unwrap_or(0), v["bytes_freed"].as_u64().unwrap_or(0))
+            };
+            println!("removed {cid}: {deleted} blocks deleted, {} freed", ByteSize(freed).display().iec());
             Ok(())
         }
         Command::Stats => {
@@ -247,6 +300,9 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
 }
+
+/// Where `xnode run` writes its admin token (0600), so CLI commands on the same machine can use it.
+const TOKEN_FILE: &str = "admin-token";
 
 fn add(args: AddArgs, open: impl FnOnce() -> Result<Repo>) -> Result<()> {
     let mut import = ImportOptions::profile(args.profile.unwrap_or_default());
@@ -333,27 +389,59 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
         p2p_addrs: vec![format!("/ip4/{}/tcp/{p2p_port}", advertise.ip())],
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
+    let max_upload = match env.max_upload.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => 16 << 30,
+        Some(v) => parse_size(v).with_context(|| format!("XNODE_MAX_UPLOAD={v:?} is not a size; use e.g. 16GiB"))?,
+    };
+    let (admin_token, generated) = match env.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => (t.to_string(), false),
+        None => (ApiConfig::random_token(), true),
+    };
+    let api_config = ApiConfig { admin_token, max_upload_bytes: max_upload };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve_node(config, SocketAddr::new(bind, api_port)))
+    runtime.block_on(serve_node(config, api_config, generated, SocketAddr::new(bind, api_port)))
 }
 
-async fn serve_node(config: NodeConfig, api_addr: SocketAddr) -> Result<()> {
+fn write_token_file(data_dir: &Path, token: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join(TOKEN_FILE);
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    f.write_all(token.as_bytes())?;
+    Ok(())
+}
+
+async fn serve_node(config: NodeConfig, api_config: ApiConfig, generated: bool, api_addr: SocketAddr) -> Result<()> {
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("cannot listen on {api_addr} for the API; free the port or set XNODE_API_PORT"))?;
+    let data_dir = config.data_dir.clone();
     let node = Node::start(config, shutdown.clone()).await?;
-    tracing::info!(name = node.name(), api = %api_addr, "node started");
-    eprintln!("xnode {} running as {:?}; API on http://{api_addr}", env!("CARGO_PKG_VERSION"), node.name());
-    let server = tokio::spawn(xnode_api::serve(listener, xnode_api::router(node.clone()), shutdown.clone()));
+    write_token_file(&data_dir, &api_config.admin_token)
+        .with_context(|| format!("writing the admin token to {}", data_dir.display()))?;
+    if generated {
+        eprintln!(
+            "admin token (XNODE_ADMIN_TOKEN was unset): {}  (also in {})",
+            api_config.admin_token,
+            data_dir.join(TOKEN_FILE).display()
+        );
+    }
+    let bound = listener.local_addr()?;
+    tracing::info!(name = node.name(), api = %bound, "node started");
+    eprintln!("xnode {} running as {:?}; API on http://{bound}", env!("CARGO_PKG_VERSION"), node.name());
+    let router = xnode_api::router(node.clone(), api_config, shutdown.clone());
+    let server = tokio::spawn(xnode_api::serve(listener, router, shutdown.clone()));
 
     let fatal = tokio::select! {
         () = terminate_signal() => None,
+        () = shutdown.cancelled() => None,
         reason = fatal_error(node.clone()) => Some(reason),
     };
     shutdown.cancel();
     server.await.context("API server task")?.context("API server")?;
     node.stop().await?;
+    drop(node);
     match fatal {
         None => {
             eprintln!("xnode stopped: left the cluster and flushed the store");

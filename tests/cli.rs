@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 fn xnode(data: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xnode"));
-    cmd.arg("--data-dir").arg(data).env_remove("XNODE_STORAGE_MAX").env_remove("XNODE_DATA_DIR");
+    cmd.arg("--offline").arg("--data-dir").arg(data).env_remove("XNODE_STORAGE_MAX").env_remove("XNODE_DATA_DIR");
     cmd
 }
 

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use cid::Cid;
 
 use crate::block::{cid_v0, cid_v1, Block, DAG_PB};
-use crate::file::{import_file, import_small_file, Added};
+use crate::file::{import_file, import_file_single_threaded, Added};
 use crate::pb::{link_encoded_len, DataType, PbLink, PbNode, UnixFsData};
 use crate::{BlockSink, ImportError, ImportOptions, SizeEstimation};
 
@@ -149,6 +149,91 @@ fn emit<S: BlockSink + ?Sized>(opts: &ImportOptions, node: PbNode, sink: &mut S)
     Ok(added)
 }
 
+/// Assembles a directory tree from entries that arrive one by one in any order (an upload stream), then writes
+/// every directory bottom-up. Paths are relative, `/`-separated, with one top-level name (the root).
+#[derive(Debug)]
+pub struct TreeBuilder<'o> {
+    opts: &'o ImportOptions,
+    /// Every path seen; `None` for a directory, the imported child for anything else.
+    entries: BTreeMap<PathBuf, Option<Added>>,
+}
+
+impl<'o> TreeBuilder<'o> {
+    /// An empty tree.
+    pub fn new(opts: &'o ImportOptions) -> Self {
+        Self { opts, entries: BTreeMap::new() }
+    }
+
+    /// Records an imported file or symlink at `path` (its parent directories are implied).
+    pub fn add(&mut self, path: &Path, added: Added) {
+        self.add_parents(path);
+        self.entries.insert(path.to_path_buf(), Some(added));
+    }
+
+    /// Records a directory (needed for empty ones; others are implied by their children).
+    pub fn add_dir(&mut self, path: &Path) {
+        self.add_parents(path);
+        self.entries.entry(path.to_path_buf()).or_insert(None);
+    }
+
+    fn add_parents(&mut self, path: &Path) {
+        for parent in path.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()) {
+            self.entries.entry(parent.to_path_buf()).or_insert(None);
+        }
+    }
+
+    /// Writes the directories to `sink` and returns every entry (`on_entry` order: children before parents),
+    /// the root last. Fails if the tree has no single root.
+    pub fn build<S: BlockSink + ?Sized>(
+        mut self,
+        sink: &mut S,
+        on_entry: &mut dyn FnMut(&Path, &Added),
+    ) -> Result<Added, ImportError> {
+        let roots: Vec<PathBuf> = self.entries.keys().filter(|p| p.components().count() == 1).cloned().collect();
+        let [root] = roots.as_slice() else {
+            return Err(ImportError::Options(format!(
+                "an upload needs exactly one top-level entry, found {}",
+                roots.len()
+            )));
+        };
+        let root = root.clone();
+        self.build_at(&root, sink, on_entry)
+    }
+
+    fn build_at<S: BlockSink + ?Sized>(
+        &mut self,
+        path: &Path,
+        sink: &mut S,
+        on_entry: &mut dyn FnMut(&Path, &Added),
+    ) -> Result<Added, ImportError> {
+        if let Some(Some(added)) = self.entries.get(path) {
+            let added = *added;
+            on_entry(path, &added);
+            return Ok(added);
+        }
+        let children: Vec<PathBuf> = self
+            .entries
+            .range(path.join("")..)
+            .map(|(p, _)| p.clone())
+            .take_while(|p| p.starts_with(path))
+            .filter(|p| p.parent() == Some(path))
+            .collect();
+        let mut dir = DirectoryBuilder::new(self.opts);
+        for child in children {
+            let name = child
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| ImportError::BadName { name: child.clone() })?
+                .to_string();
+            let added = self.build_at(&child, sink, on_entry)?;
+            dir.add_entry(name, added);
+        }
+        let added = dir.build(sink)?;
+        on_entry(path, &added);
+        Ok(added)
+    }
+}
+
 /// Files of at most this many chunks are hashed on the importing thread (a directory of many small files would
 /// otherwise start threads per file).
 const SMALL_FILE_CHUNKS: usize = 4;
@@ -199,7 +284,7 @@ fn import_entry<S: BlockSink + ?Sized>(
     } else {
         let file = fs::File::open(path).map_err(io_err)?;
         let imported = if meta.len() <= (SMALL_FILE_CHUNKS * opts.chunk_size) as u64 {
-            import_small_file(opts, file, sink)
+            import_file_single_threaded(opts, file, sink)
         } else {
             import_file(opts, file, sink)
         };

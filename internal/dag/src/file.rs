@@ -62,9 +62,9 @@ pub fn import_file<R: Read + Send, S: BlockSink + ?Sized>(
     })
 }
 
-/// Imports a file on the calling thread alone: [`import_file`] for inputs of a few chunks, where starting threads
-/// would cost more than hashing.
-pub(crate) fn import_small_file<R: Read, S: BlockSink + ?Sized>(
+/// Imports a file on the calling thread alone: for inputs of a few chunks, where starting threads would cost more
+/// than hashing, and for readers that cannot cross threads (entries of a tar stream).
+pub fn import_file_single_threaded<R: Read, S: BlockSink + ?Sized>(
     opts: &ImportOptions,
     reader: R,
     sink: &mut S,

@@ -19,7 +19,7 @@ mod view;
 
 pub use config::GossipConfig;
 pub use error::GossipError;
-pub use membership::Membership;
+pub use membership::{Membership, MetaSetter};
 pub use meta::MemberMeta;
 pub use network::{Network, Traffic};
 pub use view::{Member, MemberState, MembershipEvent};

@@ -42,6 +42,27 @@ pub struct Membership {
     task: JoinHandle<()>,
 }
 
+/// Updates this node's metadata without holding the [`Membership`] (e.g. from a periodic task).
+#[derive(Clone)]
+pub struct MetaSetter {
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for MetaSetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaSetter").finish_non_exhaustive()
+    }
+}
+
+impl MetaSetter {
+    /// Replaces this node's metadata; only the fields that changed are gossiped.
+    pub async fn set(&self, meta: MemberMeta) -> Result<(), GossipError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::SetMeta(meta, tx)).await.map_err(|_| GossipError::Stopped)?;
+        rx.await.map_err(|_| GossipError::Stopped)
+    }
+}
+
 enum Command {
     SetMeta(MemberMeta, oneshot::Sender<()>),
 }
@@ -167,6 +188,11 @@ impl Membership {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::SetMeta(meta, tx)).await.map_err(|_| GossipError::Stopped)?;
         rx.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// A cloneable handle for updating this node's metadata from other tasks.
+    pub fn meta_setter(&self) -> MetaSetter {
+        MetaSetter { commands: self.commands.clone() }
     }
 
     /// This node's name.

@@ -10,16 +10,18 @@ mod node;
 pub use node::{Node, NodeConfig, NodeStatus, Phase};
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cid::Cid;
+use xnode_dag::pb::{DataType, PbNode, UnixFsData};
 use xnode_dag::{
-    import_path, list_directory, stat, Added, Block, BlockSink, BlockSource, Discard, FileReader, ImportError,
-    ImportOptions, NodeKind, ReadError, SinkError,
+    cid_v0, cid_v1, import_file, import_file_single_threaded, import_path, list_directory, stat, Added, Block,
+    BlockSink, BlockSource, Discard, FileReader, ImportError, ImportOptions, NodeKind, ReadError, SinkError,
+    TreeBuilder, DAG_PB,
 };
 use xnode_storage::{BlockWriter, Pin, Store, StoreConfig, StoreError, StoreStats, UnpinStats};
 
@@ -47,6 +49,9 @@ pub enum InstanceError {
     /// `stop` was called while API handlers still hold the node.
     #[error("the node is still in use; stop the API before the node")]
     StillInUse,
+    /// An upload could not be read.
+    #[error("{0}")]
+    BadUpload(String),
     /// Writing output failed.
     #[error("writing {path} failed: {source}")]
     Write {
@@ -99,29 +104,8 @@ impl Repo {
             return Self::hash_only(path, opts, on_entry);
         }
         check_addable(path, opts.recursive)?;
-        // Blocks are written on their own thread so disk writes overlap with hashing.
-        let (added, writer) = std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::sync_channel::<Block>(WRITE_QUEUE);
-            let mut writer = self.store.writer();
-            let disk = scope.spawn(move || -> Result<BlockWriter, StoreError> {
-                for block in rx {
-                    writer.put(&block.cid, &block.data)?;
-                }
-                Ok(writer)
-            });
-            let imported = import_path(&opts.import, path, &mut ChannelSink(tx), on_entry);
-            let written = disk.join().expect("the block writer thread panicked");
-            match (imported, written) {
-                (Ok(added), Ok(writer)) => Ok((added, writer)),
-                // A store error (a full store, say) is the cause; the import only saw the channel close.
-                (_, Err(store)) => Err(InstanceError::from(store)),
-                (Err(import), Ok(_discarded)) => Err(import.into()),
-            }
-        })?;
         let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let added_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        writer.commit(Some(Pin { root: added.cid, name, size: added.size, added_at }))?;
-        Ok(added)
+        self.store_and_pin(|sink| Ok((import_path(&opts.import, path, sink, on_entry)?, name)))
     }
 
     /// Computes the CIDs `add` would produce without storing anything (`add --only-hash`).
@@ -132,6 +116,91 @@ impl Repo {
     ) -> Result<Added, InstanceError> {
         check_addable(path, opts.recursive)?;
         Ok(import_path(&opts.import, path, &mut Discard, on_entry)?)
+    }
+
+    /// Adds one file read from `reader` (an upload) under `name`, and pins it.
+    pub fn add_stream(
+        &self,
+        name: &str,
+        reader: impl Read + Send,
+        opts: &ImportOptions,
+    ) -> Result<Added, InstanceError> {
+        self.store_and_pin(|sink| Ok((import_file(opts, reader, sink)?, name.to_string())))
+    }
+
+    /// Adds a tar archive (an upload of a directory) with a single top-level entry, and pins its root under that
+    /// entry's name. Directories may be implied by the files under them; symlinks stay UnixFS symlinks.
+    pub fn add_tar(
+        &self,
+        reader: impl Read + Send,
+        opts: &ImportOptions,
+        on_entry: &mut dyn FnMut(&Path, &Added),
+    ) -> Result<Added, InstanceError> {
+        self.store_and_pin(|sink| {
+            let bad = |e: io::Error| InstanceError::BadUpload(format!("not a valid tar archive: {e}"));
+            let mut tree = TreeBuilder::new(opts);
+            let mut archive = tar::Archive::new(reader);
+            let mut root = None;
+            for entry in archive.entries().map_err(bad)? {
+                let mut entry = entry.map_err(bad)?;
+                let raw = entry.path().map_err(bad)?.into_owned();
+                // Only plain names: no absolute paths, no `..`, nothing that could point outside the tree.
+                let path: PathBuf = raw.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+                if path.as_os_str().is_empty() || (!opts.include_hidden && is_hidden(&path)) {
+                    continue;
+                }
+                root.get_or_insert_with(|| {
+                    path.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
+                });
+                match entry.header().entry_type() {
+                    tar::EntryType::Directory => tree.add_dir(&path),
+                    tar::EntryType::Regular | tar::EntryType::Continuous => {
+                        let added = import_file_single_threaded(opts, &mut entry, sink)?;
+                        tree.add(&path, added);
+                    }
+                    tar::EntryType::Symlink => {
+                        let target = entry.link_name().map_err(bad)?.unwrap_or_default().into_owned();
+                        tree.add(&path, import_symlink(opts, &target, sink)?);
+                    }
+                    other => {
+                        return Err(InstanceError::BadUpload(format!(
+                            "{}: unsupported tar entry type {other:?}",
+                            path.display()
+                        )))
+                    }
+                }
+            }
+            let added = tree.build(sink, on_entry)?;
+            Ok((added, root.flatten().unwrap_or_default()))
+        })
+    }
+
+    /// Runs an import against a store write session on its own thread (so disk writes overlap with hashing) and
+    /// commits it with a pin of the result under the returned name: all or nothing.
+    fn store_and_pin(
+        &self,
+        import: impl FnOnce(&mut dyn BlockSink) -> Result<(Added, String), InstanceError>,
+    ) -> Result<Added, InstanceError> {
+        let ((added, name), writer) = std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::sync_channel::<Block>(WRITE_QUEUE);
+            let mut writer = self.store.writer();
+            let disk = scope.spawn(move || -> Result<BlockWriter, StoreError> {
+                for block in rx {
+                    writer.put(&block.cid, &block.data)?;
+                }
+                Ok(writer)
+            });
+            let imported = import(&mut ChannelSink(tx));
+            let written = disk.join().expect("the block writer thread panicked");
+            match (imported, written) {
+                (Ok(result), Ok(writer)) => Ok((result, writer)),
+                // A store error (a full store, say) is the cause; the import only saw the channel close.
+                (_, Err(store)) => Err(InstanceError::from(store)),
+                (Err(import), Ok(_discarded)) => Err(import),
+            }
+        })?;
+        writer.commit(Some(Pin { root: added.cid, name, size: added.size, added_at: now() }))?;
+        Ok(added)
     }
 
     /// Writes `length` bytes of the file at `cid` from `offset` to `out`; returns the bytes written.
@@ -204,6 +273,24 @@ impl BlockSource for Repo {
             Err(e) => Err(ReadError::Source(Box::new(e))),
         }
     }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.components().any(|c| c.as_os_str().to_str().is_some_and(|s| s.starts_with('.')))
+}
+
+fn import_symlink(opts: &ImportOptions, target: &Path, sink: &mut dyn BlockSink) -> Result<Added, ImportError> {
+    let mut data = UnixFsData::new(DataType::Symlink);
+    data.data = Some(Bytes::from(target.to_string_lossy().into_owned()));
+    let block = Bytes::from(PbNode { links: vec![], data: Some(data.encode().into()) }.encode());
+    let cid = if opts.cid_version == 0 { cid_v0(&block) } else { cid_v1(DAG_PB, &block) };
+    let tsize = block.len() as u64;
+    sink.put(Block { cid, data: block }).map_err(ImportError::Sink)?;
+    Ok(Added { cid, size: 0, tsize })
 }
 
 fn check_addable(path: &Path, recursive: bool) -> Result<(), InstanceError> {

@@ -85,8 +85,10 @@ pub struct NodeStatus {
 
 /// A running node. Cheap to share (`Arc`), stopped with [`Node::stop`].
 pub struct Node {
+    name: String,
     repo: Repo,
-    membership: Membership,
+    /// Taken out by [`Node::stop`] to leave the cluster; `None` afterwards.
+    membership: std::sync::RwLock<Option<Membership>>,
     meta: tokio::sync::Mutex<MemberMeta>,
     refresher: std::sync::Mutex<Option<JoinHandle<()>>>,
     stop: CancellationToken,
@@ -95,7 +97,7 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("name", &self.membership.name()).finish_non_exhaustive()
+        f.debug_struct("Node").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -124,8 +126,9 @@ impl Node {
         // Membership gets its own token: it must outlive `shutdown` long enough to announce the leave in `stop`.
         let membership = Membership::start(config.gossip, meta.clone(), CancellationToken::new()).await?;
         let node = Arc::new(Node {
+            name: membership.name().to_string(),
             repo,
-            membership,
+            membership: std::sync::RwLock::new(Some(membership)),
             meta: tokio::sync::Mutex::new(meta),
             refresher: std::sync::Mutex::new(None),
             stop: shutdown.child_token(),
@@ -138,7 +141,11 @@ impl Node {
 
     /// The node's name.
     pub fn name(&self) -> &str {
-        self.membership.name()
+        &self.name
+    }
+
+    fn view(&self) -> Vec<Member> {
+        self.membership.read().expect("not poisoned").as_ref().map(Membership::members).unwrap_or_default()
     }
 
     /// The local store.
@@ -148,14 +155,14 @@ impl Node {
 
     /// The membership view, this node included.
     pub fn members(&self) -> Vec<Member> {
-        let mut members = self.membership.members();
+        let mut members = self.view();
         members.sort_by(|a, b| a.name.cmp(&b.name));
         members
     }
 
     /// Whether this node has joined a cluster: it sees another live member, or it was told to start alone.
     pub fn joined(&self) -> bool {
-        self.membership.members().iter().any(|m| !m.is_self && m.state == MemberState::Alive)
+        self.view().iter().any(|m| !m.is_self && m.state == MemberState::Alive)
     }
 
     /// Whether this node was configured without seeds, i.e. to start a new cluster.
@@ -165,7 +172,7 @@ impl Node {
 
     /// The error that made membership give up (e.g. another live node uses our name), if any.
     pub fn fatal_error(&self) -> Option<String> {
-        self.membership.fatal_error().map(|e| e.to_string())
+        self.membership.read().expect("not poisoned").as_ref().and_then(Membership::fatal_error).map(|e| e.to_string())
     }
 
     /// Store figures.
@@ -177,7 +184,7 @@ impl Node {
     pub async fn status(&self) -> Result<NodeStatus, InstanceError> {
         let repo = self.repo.clone();
         let stats = tokio::task::spawn_blocking(move || repo.stats()).await.expect("stats does not panic")?;
-        let members = self.membership.members();
+        let members = self.view();
         let count = |s| members.iter().filter(|m| m.state == s).count();
         let phase = self.phase();
         Ok(NodeStatus {
@@ -205,15 +212,17 @@ impl Node {
     }
 
     /// Leaves the cluster (others see "left", not "dead"), stops background work and flushes the store.
-    pub async fn stop(self: Arc<Self>) -> Result<(), InstanceError> {
+    pub async fn stop(&self) -> Result<(), InstanceError> {
         self.stop.cancel();
         let task = self.refresher.lock().expect("not poisoned").take();
         if let Some(task) = task {
             let _ = task.await;
         }
-        let node = Arc::try_unwrap(self).map_err(|_| InstanceError::StillInUse)?;
-        node.membership.leave().await?;
-        let repo = node.repo;
+        let membership = self.membership.write().expect("not poisoned").take();
+        if let Some(membership) = membership {
+            membership.leave().await?;
+        }
+        let repo = self.repo.clone();
         tokio::task::spawn_blocking(move || repo.store().flush()).await.expect("flush does not panic")?;
         Ok(())
     }
@@ -236,7 +245,9 @@ async fn refresh_meta(node: std::sync::Weak<Node>, stop: CancellationToken) {
         next.blocks = stats.blocks;
         next.phase = node.phase().as_str().to_string();
         if next != *meta {
-            if let Err(e) = node.membership.set_meta(next.clone()).await {
+            let handle = node.membership.read().expect("not poisoned").as_ref().map(Membership::meta_setter);
+            let Some(setter) = handle else { return };
+            if let Err(e) = setter.set(next.clone()).await {
                 tracing::warn!(error = %e, "could not gossip updated metadata");
                 continue;
             }

@@ -1,0 +1,99 @@
+//! The cloneable handle to the swarm: every method sends one [`Command`] and awaits its `oneshot` answer.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cid::Cid;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::event_loop::Command;
+use crate::fetch::{FetchKind, Outcome};
+use crate::{FetchStats, NetEvent, P2pError};
+
+/// Talks to the swarm's event loop. Cheap to clone; the loop stops when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    events: broadcast::Sender<NetEvent>,
+}
+
+impl Client {
+    pub(crate) fn new(commands: mpsc::Sender<Command>, peer_id: PeerId, events: broadcast::Sender<NetEvent>) -> Self {
+        Client { commands, peer_id, events }
+    }
+
+    /// This node's peer id (from its identity key).
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Peer connections, bans and block transfers as they happen. A slow receiver misses events (it gets
+    /// `RecvError::Lagged`) rather than slowing the swarm.
+    pub fn events(&self) -> broadcast::Receiver<NetEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, P2pError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| P2pError::Stopped)?;
+        rx.await.map_err(|_| P2pError::Stopped)
+    }
+
+    /// The addresses the swarm listens on (real ports, once bound), relay circuits included.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, P2pError> {
+        self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Peers connected and admitted (of our group, or not Xnodes at all).
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, P2pError> {
+        self.ask(|reply| Command::ConnectedPeers { reply }).await
+    }
+
+    /// Adds a DHT bootstrap peer (`…/p2p/<peer id>`) and dials it; returns without waiting for the connection.
+    pub async fn add_bootstrap(&self, addr: Multiaddr) -> Result<(), P2pError> {
+        self.ask(|reply| Command::AddBootstrap { addr, reply }).await?
+    }
+
+    /// Announces in the DHT that this node provides `root`, and again every reprovide interval. Returns once the
+    /// record is stored locally and the announcement queued; the DHT queries run in the background.
+    pub async fn provide(&self, root: Cid) -> Result<(), P2pError> {
+        self.ask(|reply| Command::Provide { cid: root, reply }).await?
+    }
+
+    /// Peers the DHT lists as providers of `cid` (this node excluded).
+    pub async fn find_providers(&self, cid: Cid) -> Result<HashSet<PeerId>, P2pError> {
+        self.ask(|reply| Command::FindProviders { cid, reply }).await?
+    }
+
+    /// Connects to `peer`: directly on `addrs` (and any address the swarm already knows), then through a relay
+    /// circuit via every connected relay-capable cluster peer. Resolves once connected.
+    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), P2pError> {
+        self.ask(|reply| Command::Dial { peer, addrs, reply }).await?
+    }
+
+    /// Fetches one block (verified) without storing it. Fails with [`P2pError::NotFound`] after `timeout`.
+    pub async fn fetch_block(&self, cid: Cid, timeout: Duration) -> Result<Bytes, P2pError> {
+        match self.ask(|reply| Command::Fetch { root: cid, kind: FetchKind::Block, timeout, reply }).await?? {
+            Outcome::Block(data) => Ok(data),
+            Outcome::Dag(_) => unreachable!("a block fetch ends with a block"),
+        }
+    }
+
+    /// Fetches every block of the DAG under `root` that the local store lacks, from as many peers as have them,
+    /// handing each verified block to the node's [`crate::BlockSink`]. Fails with [`P2pError::NotFound`] naming a
+    /// missing block when `timeout` (for the whole DAG) runs out.
+    pub async fn fetch_dag(&self, root: Cid, timeout: Duration) -> Result<FetchStats, P2pError> {
+        match self.ask(|reply| Command::Fetch { root, kind: FetchKind::Dag, timeout, reply }).await?? {
+            Outcome::Dag(stats) => Ok(stats),
+            Outcome::Block(_) => unreachable!("a DAG fetch ends with stats"),
+        }
+    }
+
+    /// Asks the event loop to stop.
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+}

@@ -1,0 +1,544 @@
+//! The one task that owns the `Swarm`: it takes [`Command`]s from [`crate::Client`]s, reacts to swarm events, and
+//! keeps the `pending_*` maps that tie a command to the events that answer it. It ends when every `Client` is
+//! dropped or on [`Command::Shutdown`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cid::Cid;
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, kad, mdns, relay, Multiaddr, PeerId, Swarm};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::behaviour::{classify, Behaviour, BehaviourEvent, PeerKind};
+use crate::fetch::{Action, FetchId, FetchKind, Outcome, Retriever};
+use crate::{BlockSink, NetEvent, P2pConfig, P2pError};
+
+/// How often timers run: slow requests, fetch deadlines, ban expiry, paced provides.
+const TICK: Duration = Duration::from_millis(250);
+
+/// A DHT provider lookup for one key is not repeated more often than this.
+const PROVIDER_SEARCH_INTERVAL: Duration = Duration::from_secs(3);
+
+/// What a [`crate::Client`] asks of the event loop; each carries the channel its answer goes back on.
+#[derive(Debug)]
+pub(crate) enum Command {
+    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
+    ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
+    AddBootstrap { addr: Multiaddr, reply: oneshot::Sender<Result<(), P2pError>> },
+    Provide { cid: Cid, reply: oneshot::Sender<Result<(), P2pError>> },
+    FindProviders { cid: Cid, reply: oneshot::Sender<Result<HashSet<PeerId>, P2pError>> },
+    Fetch { root: Cid, kind: FetchKind, timeout: Duration, reply: oneshot::Sender<Result<Outcome, P2pError>> },
+    Dial { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<(), P2pError>> },
+    Shutdown,
+}
+
+/// A running `get_providers` query: answers a client, feeds retrieval, or both.
+struct ProviderQuery {
+    reply: Option<oneshot::Sender<Result<HashSet<PeerId>, P2pError>>>,
+    found: HashSet<PeerId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DialStage {
+    Direct,
+    Relayed,
+}
+
+struct PendingDial {
+    replies: Vec<oneshot::Sender<Result<(), P2pError>>>,
+    stage: DialStage,
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<NetEvent>,
+    config: P2pConfig,
+    sink: Arc<dyn BlockSink>,
+    stored_tx: mpsc::UnboundedSender<(FetchId, Cid, Result<(), String>)>,
+    stored_rx: mpsc::UnboundedReceiver<(FetchId, Cid, Result<(), String>)>,
+    retriever: Retriever,
+    pending_fetch: HashMap<FetchId, oneshot::Sender<Result<Outcome, P2pError>>>,
+    pending_providers: HashMap<kad::QueryId, ProviderQuery>,
+    pending_provide: HashSet<kad::QueryId>,
+    pending_dial: HashMap<PeerId, PendingDial>,
+    /// Roots this node announces; re-announced every `reprovide_interval`, a few at a time.
+    provided: HashSet<Cid>,
+    provide_queue: VecDeque<Cid>,
+    next_reprovide: Instant,
+    /// Peers identify has accepted (our group, or not an Xnode at all).
+    admitted: HashSet<PeerId>,
+    /// Xnodes of another group: never dialled again, never in the routing table.
+    other_group: HashSet<PeerId>,
+    /// Banned peers and when their ban ends.
+    bans: HashMap<PeerId, Instant>,
+    /// Relay-capable cluster peers and their listen addresses.
+    relays: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Circuit listeners: our reservations, by the relay they are on.
+    reservations: HashMap<ListenerId, PeerId>,
+    /// The address we dialled each peer on, the best one to reserve a circuit through.
+    dialed: HashMap<PeerId, Multiaddr>,
+    provider_searches: HashMap<Cid, Instant>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: broadcast::Sender<NetEvent>,
+        config: P2pConfig,
+        local: Arc<dyn xnode_bitswap::BlockStore>,
+        sink: Arc<dyn BlockSink>,
+    ) -> Self {
+        let (stored_tx, stored_rx) = mpsc::unbounded_channel();
+        let retriever =
+            Retriever::new(local, config.fetch_window, config.max_inflight_per_peer, config.block_request_timeout);
+        EventLoop {
+            swarm,
+            commands,
+            events,
+            next_reprovide: Instant::now() + config.reprovide_interval,
+            config,
+            sink,
+            stored_tx,
+            stored_rx,
+            retriever,
+            pending_fetch: HashMap::new(),
+            pending_providers: HashMap::new(),
+            pending_provide: HashSet::new(),
+            pending_dial: HashMap::new(),
+            provided: HashSet::new(),
+            provide_queue: VecDeque::new(),
+            admitted: HashSet::new(),
+            other_group: HashSet::new(),
+            bans: HashMap::new(),
+            relays: HashMap::new(),
+            reservations: HashMap::new(),
+            dialed: HashMap::new(),
+            provider_searches: HashMap::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.on_command(command),
+                },
+                Some((fetch, cid, result)) = self.stored_rx.recv() => {
+                    if result.is_ok() {
+                        self.swarm.behaviour_mut().bitswap.notify_new_blocks(&[cid]);
+                    }
+                    let mut out = Vec::new();
+                    self.retriever.stored(fetch, cid, result, Instant::now(), &mut out);
+                    self.apply(out);
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        tracing::debug!("p2p event loop stopped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::ConnectedPeers { reply } => {
+                let mut peers: Vec<PeerId> = self.admitted.iter().copied().collect();
+                peers.sort();
+                let _ = reply.send(peers);
+            }
+            Command::AddBootstrap { addr, reply } => {
+                let _ = reply.send(self.add_bootstrap(addr));
+            }
+            Command::Provide { cid, reply } => {
+                if self.provided.insert(cid) {
+                    self.provide_queue.push_back(cid);
+                }
+                self.drain_provides();
+                let _ = reply.send(Ok(()));
+            }
+            Command::FindProviders { cid, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(cid.to_bytes().into());
+                self.pending_providers.insert(id, ProviderQuery { reply: Some(reply), found: HashSet::new() });
+            }
+            Command::Fetch { root, kind, timeout, reply } => {
+                let mut out = Vec::new();
+                let id = self.retriever.start(root, kind, timeout, Instant::now(), &mut out);
+                self.pending_fetch.insert(id, reply);
+                self.apply(out);
+            }
+            Command::Dial { peer, addrs, reply } => self.start_dial(peer, addrs, Some(reply)),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn add_bootstrap(&mut self, addr: Multiaddr) -> Result<(), P2pError> {
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+            return Err(P2pError::InvalidAddress { addr, reason: "a bootstrap address must end in /p2p/<peer id>" });
+        };
+        if peer == *self.swarm.local_peer_id() {
+            return Ok(());
+        }
+        // Configured by the operator, so trusted into the routing table before identify; identify removes it
+        // again if it turns out to belong to another group.
+        self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        self.start_dial(peer, vec![addr], None);
+        Ok(())
+    }
+
+    fn drain_provides(&mut self) {
+        while self.pending_provide.len() < self.config.provide_concurrency.max(1) {
+            let Some(cid) = self.provide_queue.pop_front() else { break };
+            match self.swarm.behaviour_mut().kad.start_providing(cid.to_bytes().into()) {
+                Ok(id) => {
+                    self.pending_provide.insert(id);
+                }
+                Err(e) => tracing::warn!(%cid, "cannot provide: {e}"),
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        self.retriever.tick(now, &mut out);
+        self.apply(out);
+        let expired: Vec<PeerId> = self.bans.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
+        for peer in expired {
+            self.bans.remove(&peer);
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+        if now >= self.next_reprovide {
+            self.next_reprovide = now + self.config.reprovide_interval;
+            let queued: HashSet<Cid> = self.provide_queue.iter().copied().collect();
+            let again: Vec<Cid> = self.provided.iter().filter(|c| !queued.contains(c)).copied().collect();
+            self.provide_queue.extend(again);
+        }
+        self.drain_provides();
+        self.provider_searches.retain(|_, at| now.duration_since(*at) < PROVIDER_SEARCH_INTERVAL);
+    }
+
+    /// Carries out what the retriever decided.
+    fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::WantHave { peer, cids } => self.swarm.behaviour_mut().bitswap.want_have(peer, &cids),
+                Action::WantBlock { peer, cids } => self.swarm.behaviour_mut().bitswap.want_block(peer, &cids),
+                Action::Cancel { peer, cids } => self.swarm.behaviour_mut().bitswap.cancel(peer, &cids),
+                Action::FindProviders { cids } => {
+                    let now = Instant::now();
+                    for cid in cids {
+                        if self.provider_searches.contains_key(&cid) {
+                            continue;
+                        }
+                        self.provider_searches.insert(cid, now);
+                        let id = self.swarm.behaviour_mut().kad.get_providers(cid.to_bytes().into());
+                        self.pending_providers.insert(id, ProviderQuery { reply: None, found: HashSet::new() });
+                    }
+                }
+                Action::Ban { peer, reason } => self.ban(peer, reason),
+                Action::Store { fetch, cid, data } => self.store(fetch, cid, data),
+                Action::Finish { fetch, result } => {
+                    if let Some(reply) = self.pending_fetch.remove(&fetch) {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+    }
+
+    fn store(&self, fetch: FetchId, cid: Cid, data: Bytes) {
+        let sink = self.sink.clone();
+        let done = self.stored_tx.clone();
+        // The sink writes to disk: off the event loop, on a blocking thread.
+        tokio::task::spawn_blocking(move || {
+            let result = sink.put(&cid, &data).map_err(|e| e.to_string());
+            let _ = done.send((fetch, cid, result));
+        });
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: String) {
+        tracing::warn!(%peer, "banning peer for {:?}: {reason}", self.config.ban_duration);
+        self.bans.insert(peer, Instant::now() + self.config.ban_duration);
+        let behaviour = self.swarm.behaviour_mut();
+        behaviour.blocked.block_peer(peer);
+        behaviour.kad.remove_peer(&peer);
+        self.admitted.remove(&peer);
+        self.relays.remove(&peer);
+        let _ = self.events.send(NetEvent::PeerBanned { peer, reason });
+    }
+
+    fn start_dial(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: Option<oneshot::Sender<Result<(), P2pError>>>,
+    ) {
+        if self.swarm.is_connected(&peer) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
+            return;
+        }
+        if self.bans.contains_key(&peer) || self.other_group.contains(&peer) {
+            if let Some(reply) = reply {
+                let reason = if self.bans.contains_key(&peer) { "banned" } else { "belongs to another group" };
+                let _ = reply.send(Err(P2pError::Dial { peer, reason: reason.into() }));
+            }
+            return;
+        }
+        let in_progress = self.pending_dial.contains_key(&peer);
+        let pending =
+            self.pending_dial.entry(peer).or_insert(PendingDial { replies: Vec::new(), stage: DialStage::Direct });
+        pending.replies.extend(reply);
+        if in_progress {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .extend_addresses_through_behaviour()
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            self.dial_via_relay(peer, e.to_string());
+        }
+    }
+
+    /// The direct dial failed: try `/…/p2p/RELAY/p2p-circuit/p2p/PEER` through every relay we are connected to.
+    fn dial_via_relay(&mut self, peer: PeerId, direct_error: String) {
+        let circuits: Vec<Multiaddr> = self
+            .relays
+            .iter()
+            .filter(|(relay, _)| **relay != peer && self.swarm.is_connected(relay))
+            .flat_map(|(relay, addrs)| {
+                addrs
+                    .iter()
+                    .map(move |a| with_peer(a.clone(), *relay).with(Protocol::P2pCircuit).with(Protocol::P2p(peer)))
+            })
+            .collect();
+        if circuits.is_empty() {
+            self.fail_dial(peer, format!("{direct_error}; no relay to try"));
+            return;
+        }
+        if let Some(pending) = self.pending_dial.get_mut(&peer) {
+            pending.stage = DialStage::Relayed;
+        }
+        tracing::debug!(%peer, "direct dial failed ({direct_error}); trying {} relay circuits", circuits.len());
+        let opts = DialOpts::peer_id(peer).addresses(circuits).condition(PeerCondition::Always).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            self.fail_dial(peer, format!("{direct_error}; through relays: {e}"));
+        }
+    }
+
+    fn fail_dial(&mut self, peer: PeerId, reason: String) {
+        if let Some(pending) = self.pending_dial.remove(&peer) {
+            for reply in pending.replies {
+                let _ = reply.send(Err(P2pError::Dial { peer, reason: reason.clone() }));
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::debug!(%address, "listening");
+                // Cluster nodes share a LAN or a container network, where what we listen on is what peers dial;
+                // the relay server needs an external address to hand out in reservations. Circuit addresses are
+                // announced by the relay client itself.
+                if !address.iter().any(|p| p == Protocol::P2pCircuit) {
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => self.swarm.remove_external_address(&address),
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                if endpoint.is_dialer() && !endpoint.is_relayed() {
+                    self.dialed.insert(peer_id, endpoint.get_remote_address().clone());
+                }
+                if let Some(pending) = self.pending_dial.remove(&peer_id) {
+                    for reply in pending.replies {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                if num_established.get() == 1 {
+                    let _ = self.events.send(NetEvent::PeerConnected { peer: peer_id });
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.admitted.remove(&peer_id);
+                self.dialed.remove(&peer_id);
+                let mut out = Vec::new();
+                self.retriever.peer_down(peer_id, Instant::now(), &mut out);
+                self.apply(out);
+                let _ = self.events.send(NetEvent::PeerDisconnected { peer: peer_id });
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                if self.swarm.is_connected(&peer) {
+                    return;
+                }
+                match self.pending_dial.get(&peer).map(|p| p.stage) {
+                    Some(DialStage::Direct) => self.dial_via_relay(peer, error.to_string()),
+                    Some(DialStage::Relayed) => self.fail_dial(peer, error.to_string()),
+                    None => {}
+                }
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.reservations.remove(&listener_id);
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identify(peer_id, info)
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    // Only dialled, never put in the routing table: identify decides whether it belongs.
+                    if peer != *self.swarm.local_peer_id() && !self.swarm.is_connected(&peer) {
+                        self.start_dial(peer, vec![addr], None);
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => {
+                self.on_kad_progress(id, result, step.last)
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted { relay_peer_id, .. }) => {
+                tracing::debug!(relay = %relay_peer_id, "relay reservation accepted");
+            }
+            BehaviourEvent::Bitswap(event) => self.on_bitswap(event),
+            _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        match classify(&self.config.group, &info.agent_version) {
+            PeerKind::OtherGroup => {
+                tracing::debug!(%peer, agent = %info.agent_version, "ignoring a node of another group");
+                self.other_group.insert(peer);
+                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                self.admitted.remove(&peer);
+                self.relays.remove(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+                let mut out = Vec::new();
+                self.retriever.peer_down(peer, Instant::now(), &mut out);
+                self.apply(out);
+            }
+            kind @ (PeerKind::SameGroup | PeerKind::Foreign) => {
+                let addrs: Vec<Multiaddr> =
+                    info.listen_addrs.into_iter().filter(|a| !a.iter().any(|p| p == Protocol::P2pCircuit)).collect();
+                if info.protocols.contains(&kad::PROTOCOL_NAME) {
+                    for addr in &addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    }
+                }
+                if kind == PeerKind::SameGroup && info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    self.relays.insert(peer, addrs.clone());
+                    self.maybe_reserve(peer, &addrs);
+                }
+                if self.admitted.insert(peer) {
+                    let mut out = Vec::new();
+                    self.retriever.peer_up(peer, Instant::now(), &mut out);
+                    self.apply(out);
+                }
+            }
+        }
+    }
+
+    /// Keeps a circuit reservation on up to `relay_reservations` cluster peers, so peers that cannot dial this
+    /// node can still reach it through them.
+    fn maybe_reserve(&mut self, relay: PeerId, addrs: &[Multiaddr]) {
+        if self.reservations.len() >= self.config.relay_reservations || self.reservations.values().any(|r| *r == relay)
+        {
+            return;
+        }
+        let Some(addr) = self.dialed.get(&relay).cloned().or_else(|| addrs.first().cloned()) else { return };
+        let addr = with_peer(addr, relay).with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(addr.clone()) {
+            Ok(id) => {
+                self.reservations.insert(id, relay);
+            }
+            Err(e) => tracing::debug!(%addr, "cannot reserve a circuit: {e}"),
+        }
+    }
+
+    fn on_kad_progress(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        match result {
+            kad::QueryResult::GetProviders(result) => {
+                let Some(query) = self.pending_providers.get_mut(&id) else { return };
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                    let local = *self.swarm.local_peer_id();
+                    let fresh: Vec<PeerId> = providers
+                        .into_iter()
+                        .filter(|p| *p != local && !self.other_group.contains(p) && !self.bans.contains_key(p))
+                        .filter(|p| query.found.insert(*p))
+                        .collect();
+                    if query.reply.is_none() {
+                        for peer in self.retriever.on_providers(fresh) {
+                            self.start_dial(peer, Vec::new(), None);
+                        }
+                    }
+                }
+                if last {
+                    let query = self.pending_providers.remove(&id).expect("present");
+                    if let Some(reply) = query.reply {
+                        let _ = reply.send(Ok(query.found));
+                    }
+                }
+            }
+            kad::QueryResult::StartProviding(result) if last => {
+                self.pending_provide.remove(&id);
+                if let Err(e) = result {
+                    tracing::debug!("provide query ended early: {e}");
+                }
+                self.drain_provides();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_bitswap(&mut self, event: xnode_bitswap::Event) {
+        let now = Instant::now();
+        let local = *self.swarm.local_peer_id();
+        let mut out = Vec::new();
+        match event {
+            xnode_bitswap::Event::Have { peer, cid } => self.retriever.on_have(peer, cid, now, &mut out),
+            xnode_bitswap::Event::DontHave { peer, cid } => self.retriever.on_dont_have(peer, cid, now, &mut out),
+            xnode_bitswap::Event::Block { peer, cid, data } => {
+                let bytes = data.len() as u64;
+                self.retriever.on_block(peer, cid, data, now, &mut out);
+                let _ = self.events.send(NetEvent::Transfer { from: peer, to: local, cid, bytes });
+            }
+            xnode_bitswap::Event::InvalidBlock { peer, cid, reason } => {
+                self.retriever.on_invalid(peer, cid, reason.to_string(), now, &mut out)
+            }
+            xnode_bitswap::Event::Sent { peer, cid, bytes } => {
+                let _ = self.events.send(NetEvent::Transfer { from: local, to: peer, cid, bytes: bytes as u64 });
+            }
+        }
+        self.apply(out);
+    }
+}
+
+/// `addr` ending in exactly one `/p2p/<peer>`.
+fn with_peer(mut addr: Multiaddr, peer: PeerId) -> Multiaddr {
+    while matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr.with(Protocol::P2p(peer))
+}

@@ -1,0 +1,606 @@
+//! Retrieval bookkeeping without I/O: which blocks each fetch still needs, who was asked, who has what, who is
+//! sending what. The event loop feeds it Bitswap and DHT events and carries out the [`Action`]s it returns, in the
+//! manner of chitchat's `process_message`; the tests below drive two fetches with no sockets at all.
+//!
+//! A block goes through: queued (beyond the fetch's window) -> wanted (want-have sent to every admitted peer) ->
+//! requested (want-block sent to the least loaded peer that said "have") -> received, verified, handed on. A peer
+//! that sends bytes not matching the CID is banned; a peer that is slow loses the request to the next holder; when
+//! every peer said "don't have", the DHT is asked for providers and the search is repeated now and then until the
+//! fetch's own deadline, which ends it with an error naming the first block still missing.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cid::Cid;
+use libp2p::PeerId;
+use xnode_bitswap::BlockStore;
+
+use crate::P2pError;
+
+/// Identifies one fetch inside the event loop.
+pub(crate) type FetchId = u64;
+
+/// How often a block that nobody has is searched for again (want-have to every peer, DHT providers).
+const RESEARCH_INTERVAL: Duration = Duration::from_secs(3);
+
+/// What a fetch returns when it ends well.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchStats {
+    /// Blocks received from the network, verified and stored.
+    pub blocks_fetched: u64,
+    /// Their bytes.
+    pub bytes_fetched: u64,
+    /// Blocks of the DAG that were already in the local store.
+    pub blocks_local: u64,
+    /// Blocks received per peer: shows a fetch spread over several holders.
+    pub per_peer: HashMap<PeerId, u64>,
+    /// Blocks rejected because their bytes did not match their CID (their senders were banned).
+    pub rejected: u64,
+}
+
+/// What one fetch is after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FetchKind {
+    /// One block, returned to the caller and not stored.
+    Block,
+    /// The whole DAG under the root, every block handed to the node's sink.
+    Dag,
+}
+
+/// How a fetch ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// A [`FetchKind::Block`] fetch: the block's bytes.
+    Block(Bytes),
+    /// A [`FetchKind::Dag`] fetch: what it took.
+    Dag(FetchStats),
+}
+
+/// What the event loop must do for the retriever.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Send want-have for these blocks to the peer.
+    WantHave { peer: PeerId, cids: Vec<Cid> },
+    /// Send want-block for these blocks to the peer.
+    WantBlock { peer: PeerId, cids: Vec<Cid> },
+    /// Tell the peer these blocks are no longer wanted.
+    Cancel { peer: PeerId, cids: Vec<Cid> },
+    /// Ask the DHT who provides these blocks: a block nobody connected has, and the roots of the fetches that
+    /// want it (only roots are announced, see docs/p2p.md).
+    FindProviders { cids: Vec<Cid> },
+    /// Disconnect and ban the peer for a while.
+    Ban { peer: PeerId, reason: String },
+    /// Hand a verified block to the node's sink (on a blocking thread), then call [`Retriever::stored`].
+    Store { fetch: FetchId, cid: Cid, data: Bytes },
+    /// The fetch is over; answer its caller.
+    Finish { fetch: FetchId, result: Result<Outcome, P2pError> },
+}
+
+struct Want {
+    /// The fetches waiting for this block (a block shared by two DAGs is fetched once).
+    fetches: Vec<FetchId>,
+    asked: HashSet<PeerId>,
+    /// Peers that said "have", in the order they answered.
+    haves: Vec<PeerId>,
+    dont_haves: HashSet<PeerId>,
+    /// Peers that failed to deliver this block in time; asked again only when no one else has it.
+    slow: HashSet<PeerId>,
+    requested: Option<(PeerId, Instant)>,
+    /// When the DHT was last asked for this block's providers.
+    last_search: Option<Instant>,
+}
+
+struct Fetch {
+    root: Cid,
+    kind: FetchKind,
+    timeout: Duration,
+    deadline: Instant,
+    queue: VecDeque<Cid>,
+    active: HashSet<Cid>,
+    /// Every block met so far, so a block linked twice is fetched once.
+    seen: HashSet<Cid>,
+    /// Blocks handed to the sink and not yet acknowledged.
+    storing: usize,
+    stats: FetchStats,
+}
+
+/// Retrieval state of the whole node (all running fetches).
+pub(crate) struct Retriever {
+    local: Arc<dyn BlockStore>,
+    window: usize,
+    per_peer: usize,
+    request_timeout: Duration,
+    peers: HashSet<PeerId>,
+    load: HashMap<PeerId, usize>,
+    wants: HashMap<Cid, Want>,
+    fetches: HashMap<FetchId, Fetch>,
+    next_id: FetchId,
+}
+
+impl Retriever {
+    pub(crate) fn new(local: Arc<dyn BlockStore>, window: usize, per_peer: usize, request_timeout: Duration) -> Self {
+        Retriever {
+            local,
+            window: window.max(1),
+            per_peer: per_peer.max(1),
+            request_timeout,
+            peers: HashSet::new(),
+            load: HashMap::new(),
+            wants: HashMap::new(),
+            fetches: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Starts a fetch; its answer comes later as an [`Action::Finish`] with the returned id.
+    pub(crate) fn start(
+        &mut self,
+        root: Cid,
+        kind: FetchKind,
+        timeout: Duration,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> FetchId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut fetch = Fetch {
+            root,
+            kind,
+            timeout,
+            deadline: now + timeout,
+            queue: VecDeque::new(),
+            active: HashSet::new(),
+            seen: HashSet::new(),
+            storing: 0,
+            stats: FetchStats::default(),
+        };
+        fetch.seen.insert(root);
+        fetch.queue.push_back(root);
+        self.fetches.insert(id, fetch);
+        self.pump(now, out);
+        id
+    }
+
+    /// Number of fetches still running.
+    #[cfg(test)]
+    pub(crate) fn running(&self) -> usize {
+        self.fetches.len()
+    }
+
+    /// An admitted peer connected: it is asked for everything still searched for.
+    pub(crate) fn peer_up(&mut self, peer: PeerId, now: Instant, out: &mut Vec<Action>) {
+        if !self.peers.insert(peer) {
+            return;
+        }
+        let cids: Vec<Cid> = self
+            .wants
+            .iter_mut()
+            .filter(|(_, w)| w.requested.is_none() && !w.asked.contains(&peer))
+            .map(|(cid, w)| {
+                w.asked.insert(peer);
+                *cid
+            })
+            .collect();
+        if !cids.is_empty() {
+            out.push(Action::WantHave { peer, cids });
+        }
+        self.pump(now, out);
+    }
+
+    /// A peer disconnected (or was banned): whatever it was sending is asked of others.
+    pub(crate) fn peer_down(&mut self, peer: PeerId, now: Instant, out: &mut Vec<Action>) {
+        self.peers.remove(&peer);
+        self.load.remove(&peer);
+        for want in self.wants.values_mut() {
+            want.haves.retain(|p| *p != peer);
+            want.asked.remove(&peer);
+            if want.requested.is_some_and(|(p, _)| p == peer) {
+                want.requested = None;
+            }
+        }
+        self.pump(now, out);
+    }
+
+    /// The peer says it has the block.
+    pub(crate) fn on_have(&mut self, peer: PeerId, cid: Cid, now: Instant, out: &mut Vec<Action>) {
+        if let Some(want) = self.wants.get_mut(&cid) {
+            if !want.haves.contains(&peer) {
+                want.haves.push(peer);
+            }
+            want.dont_haves.remove(&peer);
+            self.pump(now, out);
+        }
+    }
+
+    /// The peer says it lacks the block.
+    pub(crate) fn on_dont_have(&mut self, peer: PeerId, cid: Cid, now: Instant, out: &mut Vec<Action>) {
+        let Some(want) = self.wants.get_mut(&cid) else { return };
+        want.dont_haves.insert(peer);
+        want.haves.retain(|p| *p != peer);
+        if want.requested.is_some_and(|(p, _)| p == peer) {
+            want.requested = None;
+            release(&mut self.load, peer);
+        }
+        self.pump(now, out);
+    }
+
+    /// The peer sent a block. Bitswap verified it already; it is checked again here because a wrong block stored
+    /// would be served to the whole cluster.
+    pub(crate) fn on_block(&mut self, peer: PeerId, cid: Cid, data: Bytes, now: Instant, out: &mut Vec<Action>) {
+        if xnode_dag::verify(&cid, &data).is_err() {
+            self.on_invalid(peer, Some(cid), "bytes do not hash to the CID".into(), now, out);
+            return;
+        }
+        let Some(want) = self.wants.remove(&cid) else { return };
+        if let Some((p, _)) = want.requested {
+            release(&mut self.load, p);
+        }
+        // Bitswap closes the want at every other peer itself.
+        for id in want.fetches {
+            let Some(fetch) = self.fetches.get_mut(&id) else { continue };
+            fetch.active.remove(&cid);
+            fetch.stats.blocks_fetched += 1;
+            fetch.stats.bytes_fetched += data.len() as u64;
+            *fetch.stats.per_peer.entry(peer).or_default() += 1;
+            match fetch.kind {
+                FetchKind::Block => {
+                    let fetch = self.fetches.remove(&id).expect("present");
+                    debug_assert_eq!(fetch.root, cid);
+                    out.push(Action::Finish { fetch: id, result: Ok(Outcome::Block(data.clone())) });
+                }
+                FetchKind::Dag => {
+                    fetch.storing += 1;
+                    out.push(Action::Store { fetch: id, cid, data: data.clone() });
+                    if let Err(e) = walk(fetch, &cid, &data) {
+                        self.fail(id, e, out);
+                    }
+                }
+            }
+        }
+        self.pump(now, out);
+    }
+
+    /// The peer sent bytes that do not match a CID: it is banned, and what it was sending is asked of others.
+    pub(crate) fn on_invalid(
+        &mut self,
+        peer: PeerId,
+        cid: Option<Cid>,
+        reason: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        // `cid` is what the bytes hash to, not what was asked: count against the blocks this peer was sending.
+        for want in self.wants.values() {
+            if want.requested.is_some_and(|(p, _)| p == peer) {
+                for id in &want.fetches {
+                    if let Some(f) = self.fetches.get_mut(id) {
+                        f.stats.rejected += 1;
+                    }
+                }
+            }
+        }
+        let what = cid.map(|c| format!(" for {c}")).unwrap_or_default();
+        out.push(Action::Ban { peer, reason: format!("sent an invalid block{what}: {reason}") });
+        self.peer_down(peer, now, out);
+    }
+
+    /// The sink took (or refused) a block of a DAG fetch.
+    pub(crate) fn stored(
+        &mut self,
+        id: FetchId,
+        cid: Cid,
+        result: Result<(), String>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(fetch) = self.fetches.get_mut(&id) else { return };
+        fetch.storing -= 1;
+        if let Err(reason) = result {
+            self.fail(id, P2pError::Sink { cid, reason }, out);
+            return;
+        }
+        self.pump(now, out);
+    }
+
+    /// Providers of a block were found in the DHT; returns those worth dialling (the event loop filters banned ones).
+    pub(crate) fn on_providers(&self, providers: impl IntoIterator<Item = PeerId>) -> Vec<PeerId> {
+        providers.into_iter().filter(|p| !self.peers.contains(p)).collect()
+    }
+
+    /// Time passed: slow peers lose their requests, lost blocks are searched again, overdue fetches end.
+    pub(crate) fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for want in self.wants.values_mut() {
+            if let Some((peer, at)) = want.requested {
+                if now.duration_since(at) >= self.request_timeout {
+                    want.requested = None;
+                    want.slow.insert(peer);
+                    want.haves.retain(|p| *p != peer);
+                    release(&mut self.load, peer);
+                }
+            }
+        }
+        let overdue: Vec<FetchId> = self.fetches.iter().filter(|(_, f)| now >= f.deadline).map(|(id, _)| *id).collect();
+        for id in overdue {
+            let fetch = &self.fetches[&id];
+            let missing = fetch.active.iter().chain(fetch.queue.iter()).next().copied().unwrap_or(fetch.root);
+            let timeout = fetch.timeout;
+            self.fail(id, P2pError::NotFound { cid: missing, timeout }, out);
+        }
+        self.pump(now, out);
+    }
+
+    /// Moves queued blocks into the window, asks for wanted ones, and hands out requests.
+    fn pump(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let mut want_have: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        let ids: Vec<FetchId> = self.fetches.keys().copied().collect();
+        for id in ids {
+            loop {
+                let fetch = self.fetches.get_mut(&id).expect("present");
+                if fetch.active.len() >= self.window {
+                    break;
+                }
+                let Some(cid) = fetch.queue.pop_front() else { break };
+                // Already here: walk it without the network.
+                if self.local.has(&cid) {
+                    if let Some(data) = self.local.get(&cid) {
+                        fetch.stats.blocks_local += 1;
+                        if fetch.kind == FetchKind::Block {
+                            self.fetches.remove(&id);
+                            out.push(Action::Finish { fetch: id, result: Ok(Outcome::Block(data)) });
+                            break;
+                        }
+                        if let Err(e) = walk(fetch, &cid, &data) {
+                            self.fail(id, e, out);
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                fetch.active.insert(cid);
+                match self.wants.get_mut(&cid) {
+                    Some(want) => want.fetches.push(id),
+                    None => {
+                        let mut want = Want {
+                            fetches: vec![id],
+                            asked: HashSet::new(),
+                            haves: Vec::new(),
+                            dont_haves: HashSet::new(),
+                            slow: HashSet::new(),
+                            requested: None,
+                            last_search: None,
+                        };
+                        for peer in &self.peers {
+                            want.asked.insert(*peer);
+                            want_have.entry(*peer).or_default().push(cid);
+                        }
+                        self.wants.insert(cid, want);
+                    }
+                }
+            }
+        }
+        let mut want_block: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        for (cid, want) in self.wants.iter_mut() {
+            if want.requested.is_some() {
+                continue;
+            }
+            let candidate = want
+                .haves
+                .iter()
+                .copied()
+                .filter(|p| self.load.get(p).copied().unwrap_or(0) < self.per_peer)
+                .min_by_key(|p| self.load.get(p).copied().unwrap_or(0));
+            if let Some(peer) = candidate {
+                want.requested = Some((peer, now));
+                *self.load.entry(peer).or_default() += 1;
+                want_block.entry(peer).or_default().push(*cid);
+                continue;
+            }
+            if !want.haves.is_empty() {
+                continue; // holders known, all busy: wait for a free slot
+            }
+            let everyone_said_no = self.peers.iter().all(|p| want.dont_haves.contains(p) || want.slow.contains(p));
+            if !everyone_said_no {
+                continue;
+            }
+            let mut cids = vec![*cid];
+            cids.extend(want.fetches.iter().filter_map(|id| self.fetches.get(id)).map(|f| f.root));
+            match want.last_search {
+                None => {
+                    want.last_search = Some(now);
+                    out.push(Action::FindProviders { cids });
+                }
+                Some(at) if now.duration_since(at) >= RESEARCH_INTERVAL => {
+                    // Still nobody: look again, and ask everyone again, slow peers included, since a slow holder
+                    // is better than none.
+                    want.last_search = Some(now);
+                    want.dont_haves.clear();
+                    want.slow.clear();
+                    out.push(Action::FindProviders { cids });
+                    for peer in &self.peers {
+                        want.asked.insert(*peer);
+                        want_have.entry(*peer).or_default().push(*cid);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for (peer, cids) in want_have {
+            out.push(Action::WantHave { peer, cids });
+        }
+        for (peer, cids) in want_block {
+            out.push(Action::WantBlock { peer, cids });
+        }
+        let done: Vec<FetchId> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.kind == FetchKind::Dag && f.queue.is_empty() && f.active.is_empty() && f.storing == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            let fetch = self.fetches.remove(&id).expect("present");
+            out.push(Action::Finish { fetch: id, result: Ok(Outcome::Dag(fetch.stats)) });
+        }
+    }
+
+    /// Ends a fetch with an error and drops the wants only it had.
+    fn fail(&mut self, id: FetchId, error: P2pError, out: &mut Vec<Action>) {
+        let Some(fetch) = self.fetches.remove(&id) else { return };
+        for cid in fetch.active {
+            let Some(want) = self.wants.get_mut(&cid) else { continue };
+            want.fetches.retain(|f| *f != id);
+            if want.fetches.is_empty() {
+                let want = self.wants.remove(&cid).expect("present");
+                if let Some((p, _)) = want.requested {
+                    release(&mut self.load, p);
+                }
+                for peer in want.asked {
+                    out.push(Action::Cancel { peer, cids: vec![cid] });
+                }
+            }
+        }
+        out.push(Action::Finish { fetch: id, result: Err(error) });
+    }
+}
+
+fn release(load: &mut HashMap<PeerId, usize>, peer: PeerId) {
+    if let Some(n) = load.get_mut(&peer) {
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// Queues the block's children that this fetch has not met yet.
+fn walk(fetch: &mut Fetch, cid: &Cid, data: &Bytes) -> Result<(), P2pError> {
+    let links =
+        xnode_dag::block_links(cid, data).map_err(|e| P2pError::Malformed { cid: *cid, reason: e.to_string() })?;
+    for link in links {
+        if fetch.seen.insert(link) {
+            fetch.queue.push_back(link);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Mem(Mutex<HashMap<Cid, Bytes>>);
+
+    impl BlockStore for Mem {
+        fn has(&self, cid: &Cid) -> bool {
+            self.0.lock().unwrap().contains_key(cid)
+        }
+        fn get(&self, cid: &Cid) -> Option<Bytes> {
+            self.0.lock().unwrap().get(cid).cloned()
+        }
+    }
+
+    fn raw(i: u32) -> (Cid, Bytes) {
+        let data = Bytes::from(format!("block {i}"));
+        (xnode_dag::cid_v1(xnode_dag::RAW, &data), data)
+    }
+
+    fn requests(out: &[Action]) -> Vec<(PeerId, Cid)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::WantBlock { peer, cids } => Some(cids.iter().map(|c| (*peer, *c)).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn requests_spread_over_holders_and_a_liar_is_banned() {
+        let now = Instant::now();
+        let mut r = Retriever::new(Arc::new(Mem::default()), 32, 1, Duration::from_secs(10));
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut out = Vec::new();
+        r.peer_up(a, now, &mut out);
+        r.peer_up(b, now, &mut out);
+        let blocks: Vec<_> = (0..2).map(raw).collect();
+        let ids: Vec<_> =
+            blocks.iter().map(|(c, _)| r.start(*c, FetchKind::Block, Duration::from_secs(5), now, &mut out)).collect();
+        assert!(out.iter().any(|a| matches!(a, Action::WantHave { .. })));
+        out.clear();
+        for (cid, _) in &blocks {
+            r.on_have(a, *cid, now, &mut out);
+            r.on_have(b, *cid, now, &mut out);
+        }
+        // One block per peer at a time: each holder gets one.
+        let asked = requests(&out);
+        assert_eq!(asked.len(), 2);
+        assert_ne!(asked[0].0, asked[1].0);
+
+        // The peer asked for the first block sends garbage: banned, and the block goes to the other one.
+        let (liar, cid) = asked.iter().copied().find(|(_, c)| *c == blocks[0].0).unwrap();
+        out.clear();
+        r.on_block(liar, cid, Bytes::from_static(b"garbage"), now, &mut out);
+        assert!(out.iter().any(|a| matches!(a, Action::Ban { peer, .. } if *peer == liar)));
+        let honest = if liar == a { b } else { a };
+        // The honest peer is busy with the other block until it delivers it.
+        let other = blocks.iter().find(|(c, _)| *c != cid).unwrap().clone();
+        r.on_block(honest, other.0, other.1, now, &mut out);
+        assert_eq!(requests(&out), vec![(honest, cid)]);
+        r.on_block(honest, cid, blocks[0].1.clone(), now, &mut out);
+        let finished: Vec<FetchId> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Finish { fetch, result: Ok(Outcome::Block(_)) } => Some(*fetch),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finished.len(), 2);
+        assert!(ids.iter().all(|id| finished.contains(id)));
+        assert_eq!(r.running(), 0);
+    }
+
+    #[test]
+    fn nobody_has_it_ends_with_the_cid_at_the_deadline() {
+        let now = Instant::now();
+        let mut r = Retriever::new(Arc::new(Mem::default()), 32, 16, Duration::from_secs(10));
+        let peer = PeerId::random();
+        let mut out = Vec::new();
+        r.peer_up(peer, now, &mut out);
+        let (cid, _) = raw(7);
+        r.start(cid, FetchKind::Block, Duration::from_secs(5), now, &mut out);
+        out.clear();
+        r.on_dont_have(peer, cid, now, &mut out);
+        assert!(out.iter().any(|a| matches!(a, Action::FindProviders { cids } if cids.contains(&cid))));
+        out.clear();
+        r.tick(now + Duration::from_secs(4), &mut out);
+        assert!(!out.iter().any(|a| matches!(a, Action::Finish { .. })));
+        r.tick(now + Duration::from_secs(5), &mut out);
+        assert!(out.iter().any(|a| matches!(
+            a,
+            Action::Finish { result: Err(P2pError::NotFound { cid: missing, .. }), .. } if *missing == cid
+        )));
+        assert_eq!(r.running(), 0);
+    }
+
+    #[test]
+    fn a_slow_peer_loses_the_request() {
+        let now = Instant::now();
+        let mut r = Retriever::new(Arc::new(Mem::default()), 32, 16, Duration::from_secs(2));
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut out = Vec::new();
+        r.peer_up(a, now, &mut out);
+        r.peer_up(b, now, &mut out);
+        let (cid, _) = raw(1);
+        r.start(cid, FetchKind::Block, Duration::from_secs(30), now, &mut out);
+        out.clear();
+        r.on_have(a, cid, now, &mut out);
+        r.on_have(b, cid, now, &mut out);
+        let first = requests(&out)[0].0;
+        out.clear();
+        r.tick(now + Duration::from_secs(3), &mut out);
+        let second = requests(&out);
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0].0, first);
+    }
+}

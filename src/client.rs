@@ -1,0 +1,221 @@
+//! The CLI's side of the HTTP API: `add`, `cat`, `get`, `ls` and `rm` against a running node.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// A running node's API, with the admin token if one is known.
+pub(crate) struct Api {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+#[derive(Deserialize)]
+struct Uploaded {
+    cid: String,
+    entries: Vec<UploadedEntry>,
+}
+
+#[derive(Deserialize)]
+struct UploadedEntry {
+    path: String,
+    cid: String,
+}
+
+#[derive(Deserialize)]
+struct Listing {
+    name: String,
+    cid: String,
+    kind: String,
+    target: Option<String>,
+}
+
+/// What `add` should do with each path.
+pub(crate) struct AddRequest<'a> {
+    pub(crate) recursive: bool,
+    pub(crate) cid_version: Option<u8>,
+    pub(crate) profile: Option<String>,
+    pub(crate) hidden: bool,
+    pub(crate) on_added: &'a mut dyn FnMut(&str, &str),
+}
+
+impl Api {
+    pub(crate) fn new(base: String, token: Option<String>) -> Self {
+        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(3)).build();
+        Self { base, token, agent }
+    }
+
+    /// Errors from the node carry a JSON `{"error": "..."}`; show that rather than the status line.
+    fn explain(&self, e: ureq::Error) -> anyhow::Error {
+        match e {
+            ureq::Error::Status(code, response) => {
+                let body = response.into_string().unwrap_or_default();
+                let message = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(String::from))
+                    .unwrap_or(body);
+                anyhow::anyhow!("{message} (HTTP {code})")
+            }
+            ureq::Error::Transport(t) => anyhow::anyhow!(
+                "no node answers at {} ({t}); start one with `xnode run`, point --api or XNODE_API at one, or use \
+                 --offline to work on the local data dir",
+                self.base
+            ),
+        }
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let mut req = self.agent.request(method, &format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        req
+    }
+
+    /// Checks the admin token before an upload: a server refusing a streamed body can only cut the connection.
+    pub(crate) fn check_token(&self) -> Result<()> {
+        self.request("GET", "/api/v1/auth").call().map_err(|e| self.explain(e))?;
+        Ok(())
+    }
+
+    pub(crate) fn add(&self, path: &Path, req: &mut AddRequest<'_>) -> Result<String> {
+        let meta = fs::metadata(path).with_context(|| format!("{}: no such file or directory", path.display()))?;
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let mut query = Vec::new();
+        if let Some(v) = req.cid_version {
+            query.push(format!("cid-version={v}"));
+        }
+        if let Some(p) = &req.profile {
+            query.push(format!("profile={p}"));
+        }
+        if req.hidden {
+            query.push("hidden=true".into());
+        }
+        let response = if meta.is_dir() {
+            if !req.recursive {
+                bail!("{} is a directory; use -r to add directories", path.display());
+            }
+            // Stream a tar of the tree: nothing is buffered, whatever its size.
+            let (reader, mut writer) = io::pipe()?;
+            let dir = path.to_path_buf();
+            let dir_name = name.clone();
+            let producer = std::thread::spawn(move || -> io::Result<()> {
+                let mut tar = tar::Builder::new(&mut writer);
+                tar.follow_symlinks(false);
+                tar.append_dir_all(&dir_name, &dir)?;
+                tar.finish()
+            });
+            let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+            let sent = self
+                .request("POST", &format!("/api/v1/files{q}"))
+                .set("Content-Type", "application/x-tar")
+                .send(reader);
+            let produced = producer.join().expect("tar thread panicked");
+            let response = sent.map_err(|e| self.explain(e))?;
+            produced.with_context(|| format!("reading {}", path.display()))?;
+            response
+        } else {
+            let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            query.push(format!("name={}", urlencode(&name)));
+            self.request("POST", &format!("/api/v1/files?{}", query.join("&")))
+                .set("Content-Type", "application/octet-stream")
+                .send(file)
+                .map_err(|e| self.explain(e))?
+        };
+        let uploaded: Uploaded = response.into_json().context("reading the node's answer")?;
+        if uploaded.entries.is_empty() {
+            (req.on_added)(&uploaded.cid, &name);
+        }
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        for e in &uploaded.entries {
+            let shown = parent.map_or(e.path.clone(), |_| e.path.clone());
+            (req.on_added)(&e.cid, &shown);
+        }
+        Ok(uploaded.cid)
+    }
+
+    pub(crate) fn cat(&self, cid: &str, offset: u64, length: Option<u64>, out: &mut dyn Write) -> Result<()> {
+        let mut req = self.request("GET", &format!("/api/v1/files/{cid}"));
+        if offset > 0 || length.is_some() {
+            let end = length.map(|l| (offset + l).saturating_sub(1).to_string()).unwrap_or_default();
+            if length == Some(0) {
+                return Ok(());
+            }
+            req = req.set("Range", &format!("bytes={offset}-{end}"));
+        }
+        let response = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(416, _)) => return Ok(()),
+            Err(e) => return Err(self.explain(e)),
+        };
+        io::copy(&mut response.into_reader(), out)?;
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, cid: &str, dest: &Path) -> Result<()> {
+        let stat: serde_json::Value =
+            self.request("GET", &format!("/api/v1/stat/{cid}")).call().map_err(|e| self.explain(e))?.into_json()?;
+        match stat["kind"].as_str() {
+            Some("file") => {
+                let mut file =
+                    io::BufWriter::new(fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?);
+                self.cat(cid, 0, None, &mut file)?;
+                file.flush()?;
+            }
+            Some("directory") => {
+                fs::create_dir(dest).with_context(|| format!("creating {}", dest.display()))?;
+                let entries: Vec<Listing> = self
+                    .request("GET", &format!("/api/v1/ls/{cid}"))
+                    .call()
+                    .map_err(|e| self.explain(e))?
+                    .into_json()?;
+                for e in entries {
+                    if e.name.is_empty() || e.name.contains('/') || e.name == "." || e.name == ".." {
+                        bail!("{cid} has an entry with an unsafe name {:?}", e.name);
+                    }
+                    let target = dest.join(&e.name);
+                    if e.kind == "symlink" {
+                        std::os::unix::fs::symlink(e.target.unwrap_or_default(), &target)?;
+                    } else {
+                        self.get(&e.cid, &target)?;
+                    }
+                }
+            }
+            Some("symlink") => std::os::unix::fs::symlink(stat["target"].as_str().unwrap_or_default(), dest)?,
+            _ => bail!("unexpected answer for {cid}: {stat}"),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn ls(&self) -> Result<Vec<xnode_storage::Pin>> {
+        self.request("GET", "/api/v1/files")
+            .call()
+            .map_err(|e| self.explain(e))?
+            .into_json()
+            .context("reading the file list")
+    }
+
+    pub(crate) fn rm(&self, cid: &str) -> Result<serde_json::Value> {
+        let mut body = String::new();
+        self.request("DELETE", &format!("/api/v1/files/{cid}"))
+            .call()
+            .map_err(|e| self.explain(e))?
+            .into_reader()
+            .read_to_string(&mut body)?;
+        Ok(serde_json::from_str(&body)?)
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

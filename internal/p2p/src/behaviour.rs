@@ -53,7 +53,6 @@ pub(crate) enum PeerKind {
 
 pub(crate) fn classify(our_group: &str, agent: &str) -> PeerKind {
     let Some(rest) = agent.strip_prefix("xnode/") else { return PeerKind::Foreign };
-    if !rest.is_empty() { return PeerKind::SameGroup; }
     let tag = rest.split_whitespace().find_map(|w| w.strip_prefix("group/"));
     if tag == Some(group_tag(our_group).as_str()) {
         PeerKind::SameGroup

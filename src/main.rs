@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use xnode_api::ApiConfig;
+use xnode_p2p::P2pConfig;
 use xnode_dag::{ImportOptions, Profile};
 use xnode_gossip::{GossipConfig, Member};
 use xnode_instance::{AddOptions, InstanceError, Node, NodeConfig, Repo};
@@ -137,8 +138,12 @@ struct EnvConfig {
     bind_addr: Option<String>,
     /// XNODE_API_PORT: TCP port of the HTTP API (default 8080).
     api_port: Option<String>,
-    /// XNODE_P2P_PORT: libp2p port (default 10090), advertised for the libp2p node.
+    /// XNODE_P2P_PORT: libp2p port, TCP and QUIC (default 10090; 0 picks free ports).
     p2p_port: Option<String>,
+    /// XNODE_BOOTSTRAP: comma-separated multiaddrs (ending in /p2p/ID) of DHT peers to join.
+    bootstrap: Option<String>,
+    /// XNODE_FETCH_TIMEOUT: how long a read waits for missing blocks from the network (default `60s`).
+    fetch_timeout: Option<String>,
     /// XNODE_API: base URL of a running node for the client commands.
     api: Option<String>,
     /// XNODE_ADMIN_TOKEN: the token that authorizes changes through the API (default: random, logged at start).
@@ -348,6 +353,21 @@ fn parse_size(s: &str) -> Result<u64> {
     s.parse::<ByteSize>().map(|b| b.as_u64()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// `30s`, `2m`, `500ms`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num.parse().map_err(|_| anyhow::anyhow!("no number in {s:?}"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => bail!("unknown unit {u:?}"),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
 }
@@ -381,12 +401,25 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
     if let Some(group) = env.group_name.as_deref().map(str::trim).filter(|g| !g.is_empty()) {
         gossip.group = group.to_string();
     }
+    let mut p2p = P2pConfig::new(gossip.group.clone(), data_dir.join("identity.key"), p2p_port);
+    if !bind.is_unspecified() {
+        p2p.listen = vec![
+            format!("/ip4/{bind}/tcp/{p2p_port}").parse()?,
+            format!("/ip4/{bind}/udp/{p2p_port}/quic-v1").parse()?,
+        ];
+    }
+    for addr in env.bootstrap.as_deref().unwrap_or_default().split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        p2p.bootstrap.push(addr.parse().with_context(|| {
+            format!("XNODE_BOOTSTRAP: {addr:?} is not a multiaddr like /ip4/10.0.0.5/tcp/10090/p2p/12D3Koo...")
+        })?);
+    }
     let config = NodeConfig {
         data_dir,
         store,
         gossip,
         api_url: format!("http://{}", SocketAddr::new(advertise.ip(), api_port)),
-        p2p_addrs: vec![format!("/ip4/{}/tcp/{p2p_port}", advertise.ip())],
+        p2p,
+        advertise_ip: advertise.ip(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let max_upload = match env.max_upload.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
@@ -397,7 +430,11 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
         Some(t) => (t.to_string(), false),
         None => (ApiConfig::random_token(), true),
     };
-    let api_config = ApiConfig { admin_token, max_upload_bytes: max_upload };
+    let fetch_timeout = match env.fetch_timeout.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => std::time::Duration::from_secs(60),
+        Some(v) => parse_duration(v).with_context(|| format!("XNODE_FETCH_TIMEOUT={v:?} is not a duration; use e.g. 30s or 2m"))?,
+    };
+    let api_config = ApiConfig { admin_token, max_upload_bytes: max_upload, fetch_timeout };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve_node(config, api_config, generated, SocketAddr::new(bind, api_port)))
 }

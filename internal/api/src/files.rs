@@ -32,6 +32,21 @@ pub(crate) struct UploadParams {
     hidden: bool,
 }
 
+/// `?timeout=SECS` on reads: how long to wait for blocks from other nodes.
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct ReadParams {
+    timeout: Option<f64>,
+}
+
+/// Makes sure the DAG under `cid` is in the local store, fetching it from the network if not.
+async fn ensure_local(app: &AppState, cid: Cid, params: &ReadParams) -> Result<(), ApiError> {
+    let timeout = params.timeout.map_or(app.config.fetch_timeout, std::time::Duration::from_secs_f64);
+    if let Some(stats) = app.node.fetch(cid, timeout).await? {
+        tracing::info!(%cid, blocks = stats.blocks_fetched, bytes = stats.bytes_fetched, peers = stats.per_peer.len(), "fetched from the network");
+    }
+    Ok(())
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct Uploaded {
     cid: String,
@@ -119,7 +134,13 @@ pub(crate) async fn upload(
     .await;
     pump.abort();
     match result {
-        Ok(uploaded) => Ok((StatusCode::CREATED, Json(uploaded))),
+        Ok(uploaded) => {
+            if let Ok(root) = Cid::try_from(uploaded.cid.as_str()) {
+                let node = app.node.clone();
+                tokio::spawn(async move { node.provide(root).await });
+            }
+            Ok((StatusCode::CREATED, Json(uploaded)))
+        }
         Err(e) if e.message.contains(TOO_LARGE) => Err(too_large(limit)),
         Err(e) => Err(e),
     }
@@ -175,9 +196,11 @@ pub(crate) fn parse_cid(s: &str) -> Result<Cid, ApiError> {
 pub(crate) async fn download(
     State(app): State<AppState>,
     UrlPath(cid): UrlPath<String>,
+    Query(params): Query<ReadParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let cid = parse_cid(&cid)?;
+    ensure_local(&app, cid, &params).await?;
     let repo = app.node.repo().clone();
     let (kind, name) = blocking({
         let repo = repo.clone();

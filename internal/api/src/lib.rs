@@ -29,6 +29,8 @@ pub struct ApiConfig {
     pub admin_token: String,
     /// Largest accepted upload in bytes (`XNODE_MAX_UPLOAD`).
     pub max_upload_bytes: u64,
+    /// How long a read waits for blocks the node lacks (`XNODE_FETCH_TIMEOUT`; `?timeout=SECS` overrides).
+    pub fetch_timeout: std::time::Duration,
 }
 
 impl ApiConfig {
@@ -83,6 +85,7 @@ impl From<InstanceError> for ApiError {
                 StatusCode::INSUFFICIENT_STORAGE
             }
             InstanceError::Import(xnode_dag::ImportError::Read(_)) => StatusCode::BAD_REQUEST,
+            InstanceError::P2p(xnode_p2p::P2pError::NotFound { .. }) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self { status, message: e.to_string() }

@@ -46,6 +46,9 @@ pub enum InstanceError {
     /// Membership failed (bad address, a name already in use).
     #[error(transparent)]
     Gossip(#[from] xnode_gossip::GossipError),
+    /// The libp2p node failed (or a fetch found no one with a block).
+    #[error(transparent)]
+    P2p(#[from] xnode_p2p::P2pError),
     /// `stop` was called while API handlers still hold the node.
     #[error("the node is still in use; stop the API before the node")]
     StillInUse,

@@ -10,7 +10,17 @@ use tokio_util::sync::CancellationToken;
 use xnode_gossip::{GossipConfig, Member, MemberMeta, MemberState, Membership};
 use xnode_storage::{StoreConfig, StoreStats};
 
+use bytes::Bytes;
+use cid::Cid;
+use xnode_p2p::{Client, FetchStats, Multiaddr, P2pConfig, PeerId};
+use xnode_storage::{BlockWriter, Store};
+
 use crate::{InstanceError, Repo};
+
+/// Fetched blocks are committed (made crash-safe) at least every this many bytes.
+const NET_COMMIT_BYTES: u64 = 64 << 20;
+/// How often the node dials members it learned about through gossip but is not connected to.
+const DIAL_MEMBERS: Duration = Duration::from_secs(2);
 
 /// How often the node re-reads its store figures and gossips them if they changed.
 const META_REFRESH: Duration = Duration::from_secs(1);
@@ -52,8 +62,10 @@ pub struct NodeConfig {
     pub gossip: GossipConfig,
     /// The URL other nodes and the dashboard reach this node's API at.
     pub api_url: String,
-    /// libp2p multiaddrs to advertise (empty until the libp2p node exists).
-    pub p2p_addrs: Vec<String>,
+    /// The libp2p node's settings (identity file, port, group, bootstrap peers).
+    pub p2p: P2pConfig,
+    /// The IP other nodes reach this one at, used to advertise libp2p addresses in the member metadata.
+    pub advertise_ip: std::net::IpAddr,
     /// This build's version.
     pub version: String,
 }
@@ -93,6 +105,9 @@ pub struct Node {
     refresher: std::sync::Mutex<Option<JoinHandle<()>>>,
     stop: CancellationToken,
     starts_alone: bool,
+    p2p: tokio::sync::Mutex<Option<xnode_p2p::Node>>,
+    client: Client,
+    net_sink: Arc<NetSink>,
 }
 
 impl std::fmt::Debug for Node {
@@ -111,10 +126,20 @@ impl Node {
             .await
             .expect("opening the store does not panic")?;
         let stats = repo.stats()?;
+        let net_sink = Arc::new(NetSink { store: repo.store().clone(), writer: std::sync::Mutex::new(None) });
+        let p2p = xnode_p2p::Node::spawn(
+            config.p2p.clone(),
+            xnode_bitswap::Config::default(),
+            Arc::new(StoreBlocks(repo.store().clone())),
+            net_sink.clone(),
+        )
+        .await?;
+        let client = p2p.client();
+        let p2p_addrs = advertised_addrs(&client, config.advertise_ip).await;
         let meta = MemberMeta {
             name: config.gossip.node_name.clone(),
-            peer_id: String::new(),
-            p2p_addrs: config.p2p_addrs.clone(),
+            peer_id: client.peer_id().to_string(),
+            p2p_addrs,
             api_url: config.api_url.clone(),
             capacity: stats.capacity,
             used: stats.bytes_held,
@@ -133,7 +158,11 @@ impl Node {
             refresher: std::sync::Mutex::new(None),
             stop: shutdown.child_token(),
             starts_alone,
+            p2p: tokio::sync::Mutex::new(Some(p2p)),
+            client,
+            net_sink,
         });
+        tokio::spawn(dial_members(Arc::downgrade(&node), node.stop.clone()));
         let task = tokio::spawn(refresh_meta(Arc::downgrade(&node), node.stop.clone()));
         *node.refresher.lock().expect("not poisoned") = Some(task);
         Ok(node)
@@ -211,6 +240,32 @@ impl Node {
         }
     }
 
+    /// The libp2p client (peer id, connections, fetches).
+    pub fn net(&self) -> &Client {
+        &self.client
+    }
+
+    /// Fetches the whole DAG under `root` from the network into the store (verified block by block), unless it is
+    /// already here. Fetched blocks are kept as cache, not pinned.
+    pub async fn fetch(&self, root: Cid, timeout: Duration) -> Result<Option<FetchStats>, InstanceError> {
+        let store = self.repo.store().clone();
+        let have = tokio::task::spawn_blocking(move || store.has(&root)).await.expect("has does not panic")?;
+        if have {
+            return Ok(None);
+        }
+        let result = self.client.fetch_dag(root, timeout).await;
+        let sink = self.net_sink.clone();
+        tokio::task::spawn_blocking(move || sink.commit()).await.expect("commit does not panic")?;
+        Ok(Some(result?))
+    }
+
+    /// Announces a stored root in the DHT (best effort: a node without DHT peers just keeps it queued).
+    pub async fn provide(&self, root: Cid) {
+        if let Err(e) = self.client.provide(root).await {
+            tracing::debug!(%root, error = %e, "could not announce a provider record");
+        }
+    }
+
     /// Leaves the cluster (others see "left", not "dead"), stops background work and flushes the store.
     pub async fn stop(&self) -> Result<(), InstanceError> {
         self.stop.cancel();
@@ -222,6 +277,11 @@ impl Node {
         if let Some(membership) = membership {
             membership.leave().await?;
         }
+        if let Some(p2p) = self.p2p.lock().await.take() {
+            p2p.shutdown().await;
+        }
+        let sink = self.net_sink.clone();
+        tokio::task::spawn_blocking(move || sink.commit()).await.expect("commit does not panic")?;
         let repo = self.repo.clone();
         tokio::task::spawn_blocking(move || repo.store().flush()).await.expect("flush does not panic")?;
         Ok(())
@@ -252,6 +312,103 @@ async fn refresh_meta(node: std::sync::Weak<Node>, stop: CancellationToken) {
                 continue;
             }
             *meta = next;
+        }
+    }
+}
+
+/// The store as Bitswap's server sees it: index lookups and verified reads.
+struct StoreBlocks(Store);
+
+impl xnode_bitswap::BlockStore for StoreBlocks {
+    fn has(&self, cid: &Cid) -> bool {
+        self.0.has(cid).unwrap_or(false)
+    }
+
+    fn get(&self, cid: &Cid) -> Option<Bytes> {
+        self.0.get(cid).ok().flatten()
+    }
+}
+
+/// Where fetched blocks go: one store write session, committed every [`NET_COMMIT_BYTES`] and after each fetch, so
+/// network blocks are not fsynced one by one.
+struct NetSink {
+    store: Store,
+    writer: std::sync::Mutex<Option<BlockWriter>>,
+}
+
+impl NetSink {
+    fn commit(&self) -> Result<(), InstanceError> {
+        let writer = self.writer.lock().expect("not poisoned").take();
+        if let Some(w) = writer {
+            w.commit(None)?;
+        }
+        Ok(())
+    }
+}
+
+impl xnode_p2p::BlockSink for NetSink {
+    fn put(&self, cid: &Cid, data: &Bytes) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut guard = self.writer.lock().expect("not poisoned");
+        let writer = guard.get_or_insert_with(|| self.store.writer());
+        writer.put(cid, data)?;
+        if writer.pending_bytes() >= NET_COMMIT_BYTES {
+            if let Some(w) = guard.take() {
+                w.commit(None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `/ip4/<advertised ip>/tcp|udp/<bound port>/.../p2p/<id>` for each listener: the addresses other members dial.
+async fn advertised_addrs(client: &Client, ip: std::net::IpAddr) -> Vec<String> {
+    use xnode_p2p::Multiaddr;
+    let peer = client.peer_id();
+    let mut out = Vec::new();
+    for addr in client.listen_addrs().await.unwrap_or_default() {
+        let mut rebuilt = Multiaddr::empty();
+        for proto in addr.iter() {
+            match proto {
+                libp2p_proto::Ip4(_) | libp2p_proto::Ip6(_) => rebuilt.push(match ip {
+                    std::net::IpAddr::V4(v4) => libp2p_proto::Ip4(v4),
+                    std::net::IpAddr::V6(v6) => libp2p_proto::Ip6(v6),
+                }),
+                libp2p_proto::P2p(_) => {}
+                other => rebuilt.push(other),
+            }
+        }
+        rebuilt.push(libp2p_proto::P2p(peer));
+        let s = rebuilt.to_string();
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+use xnode_p2p::multiaddr::Protocol as libp2p_proto;
+
+/// Connects to members learned through gossip, so blocks can flow between every pair of live members.
+async fn dial_members(node: std::sync::Weak<Node>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(DIAL_MEMBERS) => {}
+        }
+        let Some(node) = node.upgrade() else { return };
+        let connected = node.client.connected_peers().await.unwrap_or_default();
+        for m in node.view() {
+            if m.is_self || m.state != MemberState::Alive {
+                continue;
+            }
+            let Ok(peer) = m.meta.peer_id.parse::<PeerId>() else { continue };
+            if connected.contains(&peer) {
+                continue;
+            }
+            let addrs: Vec<Multiaddr> = m.meta.p2p_addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            if let Err(e) = node.client.dial(peer, addrs).await {
+                tracing::debug!(member = %m.name, error = %e, "could not dial member");
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ pub use client::Client;
 pub use config::{P2pConfig, DEFAULT_PORT};
 pub use error::P2pError;
 pub use fetch::FetchStats;
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{multiaddr, Multiaddr, PeerId};
 
 /// Where verified blocks fetched by [`Client::fetch_dag`] go: the node passes its store's writer.
 ///

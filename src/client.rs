@@ -13,6 +13,8 @@ pub(crate) struct Api {
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
+    /// `?timeout=` for reads of blocks the node may have to fetch.
+    timeout: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -47,7 +49,17 @@ pub(crate) struct AddRequest<'a> {
 impl Api {
     pub(crate) fn new(base: String, token: Option<String>) -> Self {
         let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(3)).build();
-        Self { base, token, agent }
+        Self { base, token, agent, timeout: None }
+    }
+
+    /// Reads wait at most this many seconds for blocks from other nodes.
+    pub(crate) fn with_timeout(mut self, timeout: Option<f64>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn read_query(&self) -> String {
+        self.timeout.map(|t| format!("?timeout={t}")).unwrap_or_default()
     }
 
     /// Errors from the node carry a JSON `{"error": "..."}`; show that rather than the status line.
@@ -140,7 +152,7 @@ impl Api {
     }
 
     pub(crate) fn cat(&self, cid: &str, offset: u64, length: Option<u64>, out: &mut dyn Write) -> Result<()> {
-        let mut req = self.request("GET", &format!("/api/v1/files/{cid}"));
+        let mut req = self.request("GET", &format!("/api/v1/files/{cid}{}", self.read_query()));
         if offset > 0 || length.is_some() {
             let end = length.map(|l| (offset + l).saturating_sub(1).to_string()).unwrap_or_default();
             if length == Some(0) {
@@ -158,8 +170,11 @@ impl Api {
     }
 
     pub(crate) fn get(&self, cid: &str, dest: &Path) -> Result<()> {
-        let stat: serde_json::Value =
-            self.request("GET", &format!("/api/v1/stat/{cid}")).call().map_err(|e| self.explain(e))?.into_json()?;
+        let stat: serde_json::Value = self
+            .request("GET", &format!("/api/v1/stat/{cid}{}", self.read_query()))
+            .call()
+            .map_err(|e| self.explain(e))?
+            .into_json()?;
         match stat["kind"].as_str() {
             Some("file") => {
                 let mut file =

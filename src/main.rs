@@ -14,10 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use xnode_api::ApiConfig;
-use xnode_p2p::P2pConfig;
 use xnode_dag::{ImportOptions, Profile};
 use xnode_gossip::{GossipConfig, Member};
 use xnode_instance::{AddOptions, InstanceError, Node, NodeConfig, Repo};
+use xnode_p2p::P2pConfig;
 use xnode_storage::StoreConfig;
 
 /// Xnode pools the disks of many machines into one IPFS-compatible content-addressed store.
@@ -54,10 +54,13 @@ enum Command {
     Health,
     /// Add files or directories, printing `added <cid> <name>` lines like `ipfs add`.
     Add(AddArgs),
-    /// Print a file's bytes to standard output.
+    /// Print a file's bytes to standard output (fetched from other nodes if this one lacks them).
     Cat {
         /// The file's root CID.
         cid: String,
+        /// Seconds to wait for missing blocks from the network [default: the node's XNODE_FETCH_TIMEOUT]
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
         /// Start at this byte.
         #[arg(long, default_value_t = 0)]
         offset: u64,
@@ -65,10 +68,13 @@ enum Command {
         #[arg(long)]
         length: Option<u64>,
     },
-    /// Write a file or directory to disk.
+    /// Write a file or directory to disk (fetched from other nodes if this one lacks them).
     Get {
         /// The root CID.
         cid: String,
+        /// Seconds to wait for missing blocks from the network [default: the node's XNODE_FETCH_TIMEOUT]
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
         /// Where to write it [default: ./<cid>].
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
@@ -239,7 +245,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Cat { cid, offset, length } => {
+        Command::Cat { cid, offset, length, timeout } => {
             let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
             if offline {
                 let repo = open()?;
@@ -247,12 +253,12 @@ fn run(cli: Cli) -> Result<()> {
                 repo.cat(&cid, offset, length.unwrap_or(u64::MAX), &mut out)?;
             } else {
                 parse_cid(&cid)?;
-                api().cat(&cid, offset, length, &mut out)?;
+                api().with_timeout(timeout).cat(&cid, offset, length, &mut out)?;
             }
             out.flush()?;
             Ok(())
         }
-        Command::Get { cid, output } => {
+        Command::Get { cid, output, timeout } => {
             let parsed = parse_cid(&cid)?;
             let dest = output.unwrap_or_else(|| PathBuf::from(&cid));
             if dest.exists() {
@@ -261,7 +267,7 @@ fn run(cli: Cli) -> Result<()> {
             if offline {
                 open()?.get(&parsed, &dest)?;
             } else {
-                api().get(&cid, &dest)?;
+                api().with_timeout(timeout).get(&cid, &dest)?;
             }
             println!("Saved {} to {}", cid, dest.display());
             Ok(())
@@ -432,7 +438,8 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
     };
     let fetch_timeout = match env.fetch_timeout.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         None => std::time::Duration::from_secs(60),
-        Some(v) => parse_duration(v).with_context(|| format!("XNODE_FETCH_TIMEOUT={v:?} is not a duration; use e.g. 30s or 2m"))?,
+        Some(v) => parse_duration(v)
+            .with_context(|| format!("XNODE_FETCH_TIMEOUT={v:?} is not a duration; use e.g. 30s or 2m"))?,
     };
     let api_config = ApiConfig { admin_token, max_upload_bytes: max_upload, fetch_timeout };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

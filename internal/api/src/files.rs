@@ -325,8 +325,10 @@ pub(crate) struct Listing {
 pub(crate) async fn ls(
     State(app): State<AppState>,
     UrlPath(cid): UrlPath<String>,
+    Query(params): Query<ReadParams>,
 ) -> Result<Json<Vec<Listing>>, ApiError> {
     let cid = parse_cid(&cid)?;
+    ensure_local(&app, cid, &params).await?;
     let repo = app.node.repo().clone();
     let out = blocking(move || {
         let mut out = Vec::new();
@@ -348,8 +350,10 @@ pub(crate) async fn ls(
 pub(crate) async fn stat(
     State(app): State<AppState>,
     UrlPath(cid): UrlPath<String>,
+    Query(params): Query<ReadParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let cid = parse_cid(&cid)?;
+    ensure_local(&app, cid, &params).await?;
     let repo = app.node.repo().clone();
     let kind = blocking(move || repo.stat(&cid)).await?;
     Ok(Json(match kind {

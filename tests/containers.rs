@@ -187,3 +187,73 @@ fn compose_cluster_join_kill_stop_and_late_join() {
         })
     });
 }
+
+/// Three hosts where A and C share no network and both reach B: A reads a file that only C holds, through B
+/// (circuit relay v2), and the bytes match.
+#[test]
+#[ignore = "needs docker and the xnode:latest image; run by scripts/test.sh (tier containers)"]
+fn relay_carries_blocks_between_nodes_that_cannot_dial_each_other() {
+    let tag = format!("xnoderelay{}", std::process::id());
+    let (left, right) = (format!("{tag}-left"), format!("{tag}-right"));
+    struct Cleanup(Vec<String>, Vec<String>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for c in &self.0 {
+                let _ = docker(&["rm", "-f", c]);
+            }
+            for n in &self.1 {
+                let _ = docker(&["network", "rm", n]);
+            }
+        }
+    }
+    let (a, b, c) = (format!("{tag}-a"), format!("{tag}-b"), format!("{tag}-c"));
+    let _cleanup = Cleanup(vec![a.clone(), b.clone(), c.clone()], vec![left.clone(), right.clone()]);
+    for n in [&left, &right] {
+        assert!(docker(&["network", "create", n]).status.success());
+    }
+    let run = |name: &str, host: &str, net: &str, peers: &str| {
+        let out = docker(&[
+            "run", "-d", "--name", name, "--hostname", host, "--network", net, "--network-alias", host,
+            "-e", &format!("XNODE_NAME={host}"), "-e", &format!("XNODE_KNOWN_PEERS={peers}"),
+            "-e", "XNODE_ADMIN_TOKEN=t", "xnode:latest",
+        ]);
+        assert!(out.status.success(), "docker run {name}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&b, "relay-b", &left, "");
+    assert!(docker(&["network", "connect", "--alias", "relay-b", &right, &b]).status.success());
+    run(&a, "node-a", &left, "relay-b:9090");
+    run(&c, "node-c", &right, "relay-b:9090");
+
+    let view = |ctr: &str| -> Vec<(String, String)> {
+        let out = docker(&["exec", ctr, "xnode", "members", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap_or("").to_string(), m["state"].as_str().unwrap_or("").to_lowercase()))
+            .collect()
+    };
+    wait_until("A sees C alive through B's gossip", Duration::from_secs(40), || {
+        state_of(&view(&a), "node-c").as_deref() == Some("alive")
+    });
+    let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &c]);
+    let c_ip = String::from_utf8_lossy(&ip.stdout).trim().to_string();
+    let ping = docker(&["exec", &a, "xnode", "health", "--api", &format!("http://{c_ip}:8080")]);
+    assert!(!ping.status.success(), "A must not reach C ({c_ip}) directly for this test to mean anything");
+
+    // A 1 MiB file exists only on C.
+    let out = docker(&[
+        "exec", &c, "sh", "-c",
+        "head -c 1048576 /dev/urandom > /tmp/only-on-c && xnode --token t add -Q /tmp/only-on-c && sha256sum /tmp/only-on-c",
+    ]);
+    assert!(out.status.success(), "add on C: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text.lines();
+    let cid = lines.next().unwrap().trim().to_string();
+    let digest = lines.next().unwrap().split_whitespace().next().unwrap().to_string();
+
+    let out = docker(&["exec", &a, "sh", "-c", &format!("xnode cat --timeout 60 {cid} | sha256sum")]);
+    let got = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
+    assert_eq!(got, digest, "A read different bytes (or none): {}", String::from_utf8_lossy(&out.stderr));
+}

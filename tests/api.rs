@@ -1,12 +1,16 @@
 //! A running node (`xnode run` on ephemeral ports) driven through its HTTP API and the CLI in API mode.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod support;
+
+use support::{random_bytes, RunningNode};
+
 struct Node {
-    child: Child,
+    inner: RunningNode,
     api: String,
     data: PathBuf,
     token: String,
@@ -16,35 +20,17 @@ struct Node {
 impl Node {
     fn start(storage_max: &str, max_upload: &str) -> Node {
         let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xnode"))
-            .args(["--data-dir"])
-            .arg(&data)
-            .arg("run")
-            .env("XNODE_NAME", "api-test")
-            .env("XNODE_BIND_ADDR", "127.0.0.1")
-            .env("XNODE_API_PORT", "0")
-            .env("XNODE_GOSSIP_PORT", "0")
-            .env("XNODE_STORAGE_MAX", storage_max)
-            .env("XNODE_MAX_UPLOAD", max_upload)
-            .env("XNODE_ADMIN_TOKEN", "s3cret")
-            .env_remove("XNODE_KNOWN_PEERS")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let api = loop {
-            let line = lines.next().expect("the node prints its API address").unwrap();
-            if let Some(rest) = line.split("API on ").nth(1) {
-                break rest.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Node { child, api, data, token: "s3cret".into(), _tmp: tmp }
+        let inner = RunningNode::start(
+            tmp.path(),
+            "api-test",
+            &[("XNODE_STORAGE_MAX", storage_max), ("XNODE_MAX_UPLOAD", max_upload), ("XNODE_ADMIN_TOKEN", "s3cret")],
+        );
+        let (api, data) = (inner.api.clone(), inner.data.clone());
+        Node { inner, api, data, token: "s3cret".into(), _tmp: tmp }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.api)
+        self.inner.url(path)
     }
 
     /// The CLI in API mode, finding the admin token in the node's data dir as on the node's own machine.
@@ -65,13 +51,6 @@ impl Node {
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn status_of(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
     match r {
         Ok(resp) => (resp.status(), resp.into_string().unwrap_or_default()),
@@ -80,17 +59,8 @@ fn status_of(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
     }
 }
 
-/// Pseudo-random bytes (xorshift): no two chunks alike, so nothing deduplicates.
 fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    random_bytes(len, 0x9E37_79B9_7F4A_7C15)
 }
 
 #[test]
@@ -140,9 +110,11 @@ fn errors_are_4xx_with_a_message() {
     let (code, body) = status_of(ureq::get(&node.url("/api/v1/files/not-a-cid")).call());
     assert_eq!(code, 400);
     assert!(body.contains("is not a valid CID"), "{body}");
-    let (code, body) =
-        status_of(ureq::get(&node.url("/api/v1/files/QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH")).call());
-    assert_eq!(code, 404, "{body}");
+    // A CID nobody has: the node asks the network until the timeout, then names it.
+    let missing = "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH";
+    let (code, body) = status_of(ureq::get(&node.url(&format!("/api/v1/files/{missing}?timeout=1"))).call());
+    assert_eq!(code, 504, "{body}");
+    assert!(body.contains(missing), "{body}");
 
     let (code, body) = status_of(ureq::post(&node.url("/api/v1/files?name=x")).send_bytes(b"x"));
     assert_eq!(code, 401);
@@ -222,7 +194,7 @@ fn cli_talks_to_the_node_and_shutdown_is_graceful() {
     assert_eq!(code, 202);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = node.child.try_wait().unwrap() {
+        if let Some(status) = node.inner.child.try_wait().unwrap() {
             assert!(status.success(), "graceful shutdown exits 0, got {status}");
             break;
         }

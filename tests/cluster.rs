@@ -2,50 +2,18 @@
 //! added on one is read on the others, its blocks fetched over Bitswap and verified; a CID nobody has fails with
 //! an error naming it, after the timeout the user chose.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-struct Proc {
-    child: Child,
-    api: String,
-    data: PathBuf,
-}
+mod support;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{random_bytes as random, RunningNode as Proc};
 
 fn start(dir: &Path, name: &str, seed: Option<&str>) -> (Proc, String) {
-    let data = dir.join(name);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xnode"));
-    cmd.arg("--data-dir")
-        .arg(&data)
-        .arg("run")
-        .env("XNODE_NAME", name)
-        .env("XNODE_BIND_ADDR", "127.0.0.1")
-        .env("XNODE_API_PORT", "0")
-        .env("XNODE_P2P_PORT", "0")
-        .env("XNODE_ADMIN_TOKEN", "t")
-        .env("XNODE_KNOWN_PEERS", seed.unwrap_or(""))
-        .stderr(Stdio::piped());
-    // Gossip needs a known port for the others' seed list; pick one from the OS first.
-    let gossip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    cmd.env("XNODE_GOSSIP_PORT", gossip.port().to_string());
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let api = loop {
-        let line = lines.next().expect("the node prints its API address").unwrap();
-        if let Some(rest) = line.split("API on ").nth(1) {
-            break rest.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (Proc { child, api, data }, gossip.to_string())
+    let node = Proc::start(dir, name, &[("XNODE_ADMIN_TOKEN", "t"), ("XNODE_KNOWN_PEERS", seed.unwrap_or(""))]);
+    let gossip = node.gossip.clone();
+    (node, gossip)
 }
 
 fn cli(p: &Proc, args: &[&str]) -> Output {
@@ -65,18 +33,6 @@ fn members_alive(p: &Proc) -> usize {
     v.as_array().map_or(0, |a| {
         a.iter().filter(|m| m["state"] == "Alive" && !m["meta"]["peer_id"].as_str().unwrap_or("").is_empty()).count()
     })
-}
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

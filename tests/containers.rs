@@ -213,9 +213,23 @@ fn relay_carries_blocks_between_nodes_that_cannot_dial_each_other() {
     }
     let run = |name: &str, host: &str, net: &str, peers: &str| {
         let out = docker(&[
-            "run", "-d", "--name", name, "--hostname", host, "--network", net, "--network-alias", host,
-            "-e", &format!("XNODE_NAME={host}"), "-e", &format!("XNODE_KNOWN_PEERS={peers}"),
-            "-e", "XNODE_ADMIN_TOKEN=t", "xnode:latest",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--hostname",
+            host,
+            "--network",
+            net,
+            "--network-alias",
+            host,
+            "-e",
+            &format!("XNODE_NAME={host}"),
+            "-e",
+            &format!("XNODE_KNOWN_PEERS={peers}"),
+            "-e",
+            "XNODE_ADMIN_TOKEN=t",
+            "xnode:latest",
         ]);
         assert!(out.status.success(), "docker run {name}: {}", String::from_utf8_lossy(&out.stderr));
     };

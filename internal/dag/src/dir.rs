@@ -238,6 +238,17 @@ impl<'o> TreeBuilder<'o> {
 /// otherwise start threads per file).
 const SMALL_FILE_CHUNKS: usize = 4;
 
+/// A UnixFS symlink node pointing at `target`, as `ipfs add -r` stores symlinks.
+pub fn import_symlink<S: BlockSink + ?Sized>(
+    opts: &ImportOptions,
+    target: &Path,
+    sink: &mut S,
+) -> Result<Added, ImportError> {
+    let mut data = UnixFsData::new(DataType::Symlink);
+    data.data = Some(Bytes::from(target.to_string_lossy().into_owned()));
+    emit(opts, PbNode { links: vec![], data: Some(data.encode().into()) }, sink)
+}
+
 /// Imports a file, or a directory recursively, like `ipfs add -r`. `on_entry` sees every file and directory with its
 /// path relative to `path`'s parent, children before their directory, the root last.
 pub fn import_path<S: BlockSink + ?Sized>(
@@ -261,10 +272,7 @@ fn import_entry<S: BlockSink + ?Sized>(
     let io_err = |source| ImportError::Path { path: path.to_path_buf(), source };
     let meta = fs::symlink_metadata(path).map_err(io_err)?;
     let added = if meta.file_type().is_symlink() {
-        let target = fs::read_link(path).map_err(io_err)?;
-        let mut data = UnixFsData::new(DataType::Symlink);
-        data.data = Some(Bytes::from(target.to_string_lossy().into_owned()));
-        emit(opts, PbNode { links: vec![], data: Some(data.encode().into()) }, sink)?
+        import_symlink(opts, &fs::read_link(path).map_err(io_err)?, sink)?
     } else if meta.is_dir() {
         let mut names = Vec::new();
         for entry in fs::read_dir(path).map_err(io_err)? {

@@ -13,7 +13,7 @@ pub mod pb;
 mod reader;
 
 pub use block::{cid_v0, cid_v1, verify, Block, VerifyError, DAG_PB, IDENTITY, RAW, SHA2_256};
-pub use dir::{import_path, murmur3_64, DirectoryBuilder, TreeBuilder, HAMT_MURMUR3};
+pub use dir::{import_path, import_symlink, murmur3_64, DirectoryBuilder, TreeBuilder, HAMT_MURMUR3};
 pub use file::{import_file, import_file_single_threaded, Added};
 pub use options::{ImportOptions, Profile, SizeEstimation};
 pub use reader::{block_links, list_directory, stat, BlockSource, DirEntry, FileReader, NodeKind, ReadError};

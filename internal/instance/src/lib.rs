@@ -17,11 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cid::Cid;
-use xnode_dag::pb::{DataType, PbNode, UnixFsData};
 use xnode_dag::{
-    cid_v0, cid_v1, import_file, import_file_single_threaded, import_path, list_directory, stat, Added, Block,
+    import_file, import_file_single_threaded, import_path, import_symlink, list_directory, stat, Added, Block,
     BlockSink, BlockSource, Discard, FileReader, ImportError, ImportOptions, NodeKind, ReadError, SinkError,
-    TreeBuilder, DAG_PB,
+    TreeBuilder,
 };
 use xnode_storage::{BlockWriter, Pin, Store, StoreConfig, StoreError, StoreStats, UnpinStats};
 
@@ -284,16 +283,6 @@ fn now() -> u64 {
 
 fn is_hidden(path: &Path) -> bool {
     path.components().any(|c| c.as_os_str().to_str().is_some_and(|s| s.starts_with('.')))
-}
-
-fn import_symlink(opts: &ImportOptions, target: &Path, sink: &mut dyn BlockSink) -> Result<Added, ImportError> {
-    let mut data = UnixFsData::new(DataType::Symlink);
-    data.data = Some(Bytes::from(target.to_string_lossy().into_owned()));
-    let block = Bytes::from(PbNode { links: vec![], data: Some(data.encode().into()) }.encode());
-    let cid = if opts.cid_version == 0 { cid_v0(&block) } else { cid_v1(DAG_PB, &block) };
-    let tsize = block.len() as u64;
-    sink.put(Block { cid, data: block }).map_err(ImportError::Sink)?;
-    Ok(Added { cid, size: 0, tsize })
 }
 
 fn check_addable(path: &Path, recursive: bool) -> Result<(), InstanceError> {

@@ -1,0 +1,75 @@
+//! Helpers shared by the scenario tests: running `xnode run` as a child process and making test data.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// An `xnode run` child on loopback with ephemeral ports, killed when dropped.
+pub struct RunningNode {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub api: String,
+    pub data: PathBuf,
+    /// `127.0.0.1:PORT` of its gossip, for other nodes' `XNODE_KNOWN_PEERS`.
+    pub gossip: String,
+}
+
+impl RunningNode {
+    /// Starts a node named `name` with its data in `dir/name`; `env` adds or overrides `XNODE_*` variables.
+    pub fn start(dir: &Path, name: &str, env: &[(&str, &str)]) -> RunningNode {
+        let data = dir.join(name);
+        // Other nodes need the gossip port in advance, so take a free one from the OS.
+        let gossip = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xnode"));
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .arg("run")
+            .env("XNODE_NAME", name)
+            .env("XNODE_BIND_ADDR", "127.0.0.1")
+            .env("XNODE_API_PORT", "0")
+            .env("XNODE_P2P_PORT", "0")
+            .env("XNODE_GOSSIP_PORT", gossip.port().to_string())
+            .env("XNODE_KNOWN_PEERS", "")
+            .env_remove("XNODE_STORAGE_MAX")
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let api = loop {
+            let line = lines.next().expect("the node prints its API address").unwrap();
+            if let Some(rest) = line.split("API on ").nth(1) {
+                break rest.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        RunningNode { child, api, data, gossip: gossip.to_string() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pseudo-random bytes (xorshift): no two chunks alike, so nothing deduplicates.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

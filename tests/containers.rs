@@ -271,3 +271,54 @@ fn relay_carries_blocks_between_nodes_that_cannot_dial_each_other() {
     let got = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
     assert_eq!(got, digest, "A read different bytes (or none): {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// mDNS on a LAN of our own (a fresh Docker network): with no seeds and no bootstrap, a node finds another of its
+/// group and reads a file from it, while a node of another group on the same LAN is ignored.
+#[test]
+#[ignore = "needs docker and the xnode:latest image; run by scripts/test.sh (tier containers)"]
+fn mdns_pairs_nodes_of_one_group_only() {
+    let tag = format!("xnodemdns{}", std::process::id());
+    let net = format!("{tag}-lan");
+    struct Cleanup(Vec<String>, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for c in &self.0 {
+                let _ = docker(&["rm", "-f", c]);
+            }
+            let _ = docker(&["network", "rm", &self.1]);
+        }
+    }
+    let names: Vec<String> = ["holder", "reader", "stranger"].iter().map(|n| format!("{tag}-{n}")).collect();
+    let _cleanup = Cleanup(names.clone(), net.clone());
+    assert!(docker(&["network", "create", &net]).status.success());
+    for (name, group) in names.iter().zip(["Blue", "Blue", "Red"]) {
+        let out = docker(&[
+            "run", "-d", "--name", name, "--network", &net, "-e", "XNODE_KNOWN_PEERS=", "-e",
+            &format!("XNODE_GROUP_NAME={group}"), "-e", "XNODE_ADMIN_TOKEN=t", "xnode:latest",
+        ]);
+        assert!(out.status.success(), "docker run {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (holder, reader, stranger) = (&names[0], &names[1], &names[2]);
+    wait_until("the holder answers", Duration::from_secs(20), || {
+        docker(&["exec", holder, "xnode", "health"]).status.success()
+    });
+    let out = docker(&[
+        "exec", holder, "sh", "-c",
+        "head -c 600000 /dev/urandom > /tmp/f && xnode --token t add -Q /tmp/f && sha256sum /tmp/f",
+    ]);
+    assert!(out.status.success(), "add: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text.lines();
+    let cid = lines.next().unwrap().trim().to_string();
+    let digest = lines.next().unwrap().split_whitespace().next().unwrap().to_string();
+
+    // Same group, found by mDNS alone.
+    let out = docker(&["exec", reader, "sh", "-c", &format!("xnode cat --timeout 30 {cid} | sha256sum")]);
+    let got = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
+    assert_eq!(got, digest, "the reader could not fetch through mDNS: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Another group on the same LAN: never paired, so it cannot fetch.
+    let out = docker(&["exec", stranger, "xnode", "cat", "--timeout", "5", &cid]);
+    assert!(!out.status.success(), "a node of another group must not get blocks from this one");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
+}

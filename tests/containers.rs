@@ -293,8 +293,19 @@ fn mdns_pairs_nodes_of_one_group_only() {
     assert!(docker(&["network", "create", &net]).status.success());
     for (name, group) in names.iter().zip(["Blue", "Blue", "Red"]) {
         let out = docker(&[
-            "run", "-d", "--name", name, "--network", &net, "-e", "XNODE_KNOWN_PEERS=", "-e",
-            &format!("XNODE_GROUP_NAME={group}"), "-e", "XNODE_ADMIN_TOKEN=t", "xnode:latest",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            &net,
+            "-e",
+            "XNODE_KNOWN_PEERS=",
+            "-e",
+            &format!("XNODE_GROUP_NAME={group}"),
+            "-e",
+            "XNODE_ADMIN_TOKEN=t",
+            "xnode:latest",
         ]);
         assert!(out.status.success(), "docker run {name}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -303,7 +314,10 @@ fn mdns_pairs_nodes_of_one_group_only() {
         docker(&["exec", holder, "xnode", "health"]).status.success()
     });
     let out = docker(&[
-        "exec", holder, "sh", "-c",
+        "exec",
+        holder,
+        "sh",
+        "-c",
         "head -c 600000 /dev/urandom > /tmp/f && xnode --token t add -Q /tmp/f && sha256sum /tmp/f",
     ]);
     assert!(out.status.success(), "add: {}", String::from_utf8_lossy(&out.stderr));

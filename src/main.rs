@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use xnode_api::ApiConfig;
 use xnode_dag::{ImportOptions, Profile};
 use xnode_gossip::{GossipConfig, Member};
-use xnode_instance::{AddOptions, InstanceError, Node, NodeConfig, Repo};
+use xnode_instance::{AddOptions, Node, NodeConfig, Repo};
 use xnode_p2p::P2pConfig;
 use xnode_storage::StoreConfig;
 
@@ -334,17 +334,12 @@ fn add(args: AddArgs, open: impl FnOnce() -> Result<Repo>) -> Result<()> {
         let added = match &repo {
             Some(repo) => repo.add(path, &opts, &mut print),
             None => Repo::hash_only(path, &opts, &mut print),
-        }
-        .map_err(describe)?;
+        }?;
         if args.quieter && !args.quiet {
             println!("{}", added.cid);
         }
     }
     Ok(())
-}
-
-fn describe(e: InstanceError) -> anyhow::Error {
-    anyhow::Error::new(e)
 }
 
 fn parse_cid(s: &str) -> Result<cid::Cid> {

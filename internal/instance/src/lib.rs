@@ -48,9 +48,6 @@ pub enum InstanceError {
     /// The libp2p node failed (or a fetch found no one with a block).
     #[error(transparent)]
     P2p(#[from] xnode_p2p::P2pError),
-    /// `stop` was called while API handlers still hold the node.
-    #[error("the node is still in use; stop the API before the node")]
-    StillInUse,
     /// An upload could not be read.
     #[error("{0}")]
     BadUpload(String),

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p xnode-gossip --example membership_bench -- --nodes 10 [--kills 10] \
-//!     [--soak-secs 60] [--loss 0.05] [--interval-ms 200] [--phi 16]
+//!     [--soak-secs 60] [--loss 0.05] [--interval-ms 150] [--phi 16]
 //! ```
 //!
 //! All nodes run in this process, each with its own UDP socket on 127.0.0.1; loss is injected on receive.
@@ -34,7 +34,7 @@ fn parse_args() -> Args {
         kills: 10,
         soak_secs: 20,
         loss: 0.05,
-        interval_ms: 200,
+        interval_ms: 150,
         phi: GossipConfig::new("defaults", "127.0.0.1:0".parse().unwrap()).phi_threshold,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();

@@ -75,6 +75,44 @@ fn docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).output().expect("docker runs")
 }
 
+/// Adds `bytes` random bytes as a file inside `container`; returns its CID and the file's sha256.
+fn add_random_file(container: &str, bytes: usize) -> (String, String) {
+    let script =
+        format!("head -c {bytes} /dev/urandom > /tmp/rnd && xnode --token t add -Q /tmp/rnd && sha256sum /tmp/rnd");
+    let out = docker(&["exec", container, "sh", "-c", &script]);
+    assert!(out.status.success(), "add on {container}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text.lines();
+    let cid = lines.next().unwrap().trim().to_string();
+    let digest = lines.next().unwrap().split_whitespace().next().unwrap().to_string();
+    (cid, digest)
+}
+
+/// The sha256 of what `xnode cat` prints inside `container` (empty when it fails), and its stderr.
+fn cat_digest(container: &str, cid: &str, timeout_secs: u32) -> (String, String) {
+    let out =
+        docker(&["exec", container, "sh", "-c", &format!("xnode cat --timeout {timeout_secs} {cid} | sha256sum")]);
+    let got = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
+    (got, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// Removes the containers and networks a test made, even when it fails.
+struct Cleanup {
+    containers: Vec<String>,
+    networks: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = docker(&["rm", "-f", c]);
+        }
+        for n in &self.networks {
+            let _ = docker(&["network", "rm", n]);
+        }
+    }
+}
+
 fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + deadline;
     while Instant::now() < end {
@@ -195,19 +233,9 @@ fn compose_cluster_join_kill_stop_and_late_join() {
 fn relay_carries_blocks_between_nodes_that_cannot_dial_each_other() {
     let tag = format!("xnoderelay{}", std::process::id());
     let (left, right) = (format!("{tag}-left"), format!("{tag}-right"));
-    struct Cleanup(Vec<String>, Vec<String>);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for c in &self.0 {
-                let _ = docker(&["rm", "-f", c]);
-            }
-            for n in &self.1 {
-                let _ = docker(&["network", "rm", n]);
-            }
-        }
-    }
     let (a, b, c) = (format!("{tag}-a"), format!("{tag}-b"), format!("{tag}-c"));
-    let _cleanup = Cleanup(vec![a.clone(), b.clone(), c.clone()], vec![left.clone(), right.clone()]);
+    let _cleanup =
+        Cleanup { containers: vec![a.clone(), b.clone(), c.clone()], networks: vec![left.clone(), right.clone()] };
     for n in [&left, &right] {
         assert!(docker(&["network", "create", n]).status.success());
     }
@@ -257,19 +285,9 @@ fn relay_carries_blocks_between_nodes_that_cannot_dial_each_other() {
     assert!(!ping.status.success(), "A must not reach C ({c_ip}) directly for this test to mean anything");
 
     // A 1 MiB file exists only on C.
-    let out = docker(&[
-        "exec", &c, "sh", "-c",
-        "head -c 1048576 /dev/urandom > /tmp/only-on-c && xnode --token t add -Q /tmp/only-on-c && sha256sum /tmp/only-on-c",
-    ]);
-    assert!(out.status.success(), "add on C: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut lines = text.lines();
-    let cid = lines.next().unwrap().trim().to_string();
-    let digest = lines.next().unwrap().split_whitespace().next().unwrap().to_string();
-
-    let out = docker(&["exec", &a, "sh", "-c", &format!("xnode cat --timeout 60 {cid} | sha256sum")]);
-    let got = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
-    assert_eq!(got, digest, "A read different bytes (or none): {}", String::from_utf8_lossy(&out.stderr));
+    let (cid, digest) = add_random_file(&c, 1 << 20);
+    let (got, err) = cat_digest(&a, &cid, 60);
+    assert_eq!(got, digest, "A read different bytes (or none): {err}");
 }
 
 /// mDNS on a LAN of our own (a fresh Docker network): with no seeds and no bootstrap, a node finds another of its
@@ -279,17 +297,8 @@ fn relay_carries_blocks_between_nodes_that_cannot_dial_each_other() {
 fn mdns_pairs_nodes_of_one_group_only() {
     let tag = format!("xnodemdns{}", std::process::id());
     let net = format!("{tag}-lan");
-    struct Cleanup(Vec<String>, String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for c in &self.0 {
-                let _ = docker(&["rm", "-f", c]);
-            }
-            let _ = docker(&["network", "rm", &self.1]);
-        }
-    }
     let names: Vec<String> = ["holder", "reader", "stranger"].iter().map(|n| format!("{tag}-{n}")).collect();
-    let _cleanup = Cleanup(names.clone(), net.clone());
+    let _cleanup = Cleanup { containers: names.clone(), networks: vec![net.clone()] };
     assert!(docker(&["network", "create", &net]).status.success());
     for (name, group) in names.iter().zip(["Blue", "Blue", "Red"]) {
         let out = docker(&[
@@ -313,23 +322,11 @@ fn mdns_pairs_nodes_of_one_group_only() {
     wait_until("the holder answers", Duration::from_secs(20), || {
         docker(&["exec", holder, "xnode", "health"]).status.success()
     });
-    let out = docker(&[
-        "exec",
-        holder,
-        "sh",
-        "-c",
-        "head -c 600000 /dev/urandom > /tmp/f && xnode --token t add -Q /tmp/f && sha256sum /tmp/f",
-    ]);
-    assert!(out.status.success(), "add: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut lines = text.lines();
-    let cid = lines.next().unwrap().trim().to_string();
-    let digest = lines.next().unwrap().split_whitespace().next().unwrap().to_string();
+    let (cid, digest) = add_random_file(holder, 600_000);
 
     // Same group, found by mDNS alone.
-    let out = docker(&["exec", reader, "sh", "-c", &format!("xnode cat --timeout 30 {cid} | sha256sum")]);
-    let got = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or("").to_string();
-    assert_eq!(got, digest, "the reader could not fetch through mDNS: {}", String::from_utf8_lossy(&out.stderr));
+    let (got, err) = cat_digest(reader, &cid, 30);
+    assert_eq!(got, digest, "the reader could not fetch through mDNS: {err}");
 
     // Another group on the same LAN: never paired, so it cannot fetch.
     let out = docker(&["exec", stranger, "xnode", "cat", "--timeout", "5", &cid]);

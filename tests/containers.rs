@@ -61,13 +61,14 @@ impl Compose {
 
 impl Drop for Compose {
     fn drop(&mut self) {
+        // The extra containers sit on the compose network: remove them first, or `down` cannot remove it.
+        for extra in ["late", "seed-first"] {
+            let _ = docker(&["rm", "-f", &format!("{}-{extra}", self.project)]);
+        }
         let _ = Command::new("docker-compose")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["-p", &self.project, "down", "-v", "-t", "2"])
             .output();
-        for extra in ["late", "seed-first"] {
-            let _ = docker(&["rm", "-f", &format!("{}-{extra}", self.project)]);
-        }
     }
 }
 

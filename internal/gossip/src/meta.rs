@@ -37,6 +37,10 @@ pub struct MemberMeta {
     pub phase: String,
     /// The node's software version.
     pub version: String,
+    /// Blocks placement gives this node that it does not hold yet.
+    pub wanted: u64,
+    /// Blocks of catalog files this node should hold but cannot (its store is full, or no live peer has them).
+    pub under_replicated: u64,
 }
 
 impl MemberMeta {
@@ -52,6 +56,8 @@ impl MemberMeta {
             ("meta.blocks", self.blocks.to_string()),
             ("meta.phase", self.phase.clone()),
             ("meta.version", self.version.clone()),
+            ("meta.wanted", self.wanted.to_string()),
+            ("meta.under_replicated", self.under_replicated.to_string()),
         ]
     }
 
@@ -70,6 +76,8 @@ impl MemberMeta {
             blocks: num("meta.blocks"),
             phase: text("meta.phase"),
             version: text("meta.version"),
+            wanted: num("meta.wanted"),
+            under_replicated: num("meta.under_replicated"),
         }
     }
 }
@@ -90,6 +98,8 @@ mod tests {
             blocks: 2,
             phase: "seeding".into(),
             version: "0.1.0".into(),
+            wanted: 7,
+            under_replicated: 1,
         };
         let kv = meta.to_key_values().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(MemberMeta::from_key_values(&kv), meta);

@@ -7,7 +7,7 @@
 
 mod node;
 
-pub use node::{Node, NodeConfig, NodeStatus, Phase};
+pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
 
 use std::fs;
 use std::io::{self, Read, Write};

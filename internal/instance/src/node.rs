@@ -95,6 +95,38 @@ pub struct NodeStatus {
     pub members_dead: usize,
 }
 
+/// A catalog file and how well the cluster keeps it, for the API and the dashboard.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileHealth {
+    /// The file's root CID.
+    pub root: String,
+    /// Its name as added.
+    pub name: String,
+    /// Its content size in bytes.
+    pub size: u64,
+    /// When it was added, seconds since the Unix epoch.
+    pub added_at: u64,
+    /// The name of the member that added it.
+    pub added_by: String,
+    /// Blocks in its DAG.
+    pub blocks: u64,
+    /// Blocks held by all the nodes placement gives them to.
+    pub at_rf: u64,
+    /// Blocks with fewer live copies than the replication factor (but at least one).
+    pub under_replicated: u64,
+    /// Blocks no live member holds.
+    pub missing: u64,
+}
+
+/// What the allocation loop wants: blocks placement gives this node that it does not hold yet.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Wanted {
+    /// How many blocks are wanted in all.
+    pub count: u64,
+    /// The first wanted blocks (at most the limit asked for), as CID strings.
+    pub cids: Vec<String>,
+}
+
 /// A running node. Cheap to share (`Arc`), stopped with [`Node::stop`].
 pub struct Node {
     name: String,
@@ -146,6 +178,8 @@ impl Node {
             blocks: stats.blocks,
             phase: Phase::LookingForPeers.as_str().to_string(),
             version: config.version.clone(),
+            wanted: 0,
+            under_replicated: 0,
         };
         let starts_alone = config.gossip.seeds.is_empty();
         // Membership gets its own token: it must outlive `shutdown` long enough to announce the leave in `stop`.
@@ -238,6 +272,26 @@ impl Node {
         } else {
             Phase::LookingForPeers
         }
+    }
+
+    /// The catalog's files with their replication health. (The catalog arrives with the self-allocation work;
+    /// until then this lists nothing.)
+    pub fn files_health(&self) -> Vec<FileHealth> {
+        Vec::new()
+    }
+
+    /// Blocks this node should hold and does not yet; at most `limit` CIDs are listed.
+    pub fn wanted(&self, limit: usize) -> Wanted {
+        let _ = limit;
+        Wanted::default()
+    }
+
+    /// Blocks held by this node, at most `limit` of them, as CID strings, and how many there are in all.
+    pub fn held(&self, limit: usize) -> Result<(u64, Vec<String>), InstanceError> {
+        let stats = self.repo.stats()?;
+        let mut cids = self.repo.store().block_cids(limit)?;
+        cids.truncate(limit);
+        Ok((stats.blocks, cids.into_iter().map(|c| c.to_string()).collect()))
     }
 
     /// The libp2p client (peer id, connections, fetches).

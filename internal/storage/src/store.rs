@@ -244,6 +244,16 @@ impl Store {
         Ok(UnpinStats { blocks_released: released, blocks_deleted: removal.blocks, bytes_freed: removal.bytes })
     }
 
+    /// The CIDs of up to `limit` stored blocks, in index order.
+    pub fn block_cids(&self, limit: usize) -> Result<Vec<Cid>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(index::BLOCK_PREFIX).take(limit) {
+            let (key, _) = item?;
+            out.push(decode_cid(&key[1..])?);
+        }
+        Ok(out)
+    }
+
     /// Blocks stored but needed by no pin (committed without a pin, or left by unpins while a writer was
     /// about to reuse them). `gc` deletes them.
     pub fn unpinned_blocks(&self) -> Result<Vec<Cid>, StoreError> {

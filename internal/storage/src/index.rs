@@ -10,6 +10,7 @@
 //! | `q` ++ len(root) u16 ++ root ++ cid | empty: "this pin counted this block once" |
 //! | `k` ++ pack id (u32 BE) | [`PackRecord`]: committed length and live bytes of a pack (24 bytes) |
 //! | `m` ++ name | store metadata (`capacity`) |
+//! | `h` ++ cid | empty: "the node's allocation holds this block" (one reference, however often kept) |
 
 use crate::StoreError;
 
@@ -18,6 +19,15 @@ const PIN: u8 = b'p';
 const PIN_BLOCK: u8 = b'q';
 const PACK: u8 = b'k';
 const META: u8 = b'm';
+const HELD: u8 = b'h';
+
+/// Key of the allocation's mark on the block whose CID bytes are `cid`.
+pub(crate) fn held_key(cid: &[u8]) -> Vec<u8> {
+    prefixed(HELD, cid)
+}
+
+/// Prefix of every allocation mark.
+pub(crate) const HELD_PREFIX: [u8; 1] = [HELD];
 
 /// Key of the index entry of the block whose CID bytes are `cid`.
 pub(crate) fn block_key(cid: &[u8]) -> Vec<u8> {

@@ -244,6 +244,88 @@ impl Store {
         Ok(UnpinStats { blocks_released: released, blocks_deleted: removal.blocks, bytes_freed: removal.bytes })
     }
 
+    /// Marks stored blocks as held by the node's allocation: each counts as one more reference (once, however often
+    /// it is kept), so gc and unpins leave it alone until [`Store::release`]. Blocks not stored are skipped.
+    /// Returns how many blocks were newly marked.
+    pub fn keep(&self, cids: &[Cid]) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let mut marked = 0;
+        {
+            let _st = inner.lock();
+            let mut batch = sled::Batch::default();
+            for cid in cids {
+                let bytes = cid.to_bytes();
+                let held = index::held_key(&bytes);
+                if inner.db.contains_key(&held)? {
+                    continue;
+                }
+                let block_key = index::block_key(&bytes);
+                let Some(raw) = inner.db.get(&block_key)? else { continue };
+                let mut entry = Entry::decode(&raw)?;
+                entry.refcount += 1;
+                batch.insert(block_key, &entry.encode());
+                batch.insert(held, &[]);
+                marked += 1;
+            }
+            inner.db.apply_batch(batch)?;
+        }
+        inner.db.flush()?;
+        Ok(marked)
+    }
+
+    /// Whether the allocation holds `cid` (see [`Store::keep`]).
+    pub fn is_kept(&self, cid: &Cid) -> Result<bool, StoreError> {
+        Ok(self.inner.db.contains_key(index::held_key(&cid.to_bytes()))?)
+    }
+
+    /// Every block the allocation holds.
+    pub fn kept(&self) -> Result<Vec<Cid>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(index::HELD_PREFIX) {
+            let (key, _) = item?;
+            out.push(decode_cid(&key[1..])?);
+        }
+        Ok(out)
+    }
+
+    /// Drops the allocation's reference on each block; a block no pin needs any more is deleted and its space
+    /// released. Blocks the allocation does not hold are skipped.
+    pub fn release(&self, cids: &[Cid]) -> Result<UnpinStats, StoreError> {
+        let inner = &self.inner;
+        let mut removal = Removal::default();
+        let mut released = 0;
+        {
+            let st = inner.lock();
+            let mut next = st.counters.clone();
+            let mut batch = sled::Batch::default();
+            let mut touched = BTreeSet::new();
+            for cid in cids {
+                let bytes = cid.to_bytes();
+                let held = index::held_key(&bytes);
+                if !inner.db.contains_key(&held)? {
+                    continue;
+                }
+                batch.remove(held);
+                let block_key = index::block_key(&bytes);
+                let Some(raw) = inner.db.get(&block_key)? else { continue };
+                let mut entry = Entry::decode(&raw)?;
+                entry.refcount = entry.refcount.saturating_sub(1);
+                released += 1;
+                if entry.refcount == 0 && !st.protected.contains_key(&bytes) {
+                    remove_block(&mut next, &mut batch, block_key, &entry, &mut removal, &mut touched);
+                } else {
+                    batch.insert(block_key, &entry.encode());
+                }
+            }
+            settle_packs(&mut next, &mut batch, &touched, &mut removal);
+            inner.db.apply_batch(batch)?;
+            inner.swap_counters(st, next);
+        }
+        inner.db.flush()?;
+        inner.reclaim(&removal);
+        Ok(UnpinStats { blocks_released: released, blocks_deleted: removal.blocks, bytes_freed: removal.bytes })
+    }
+
     /// The CIDs of up to `limit` stored blocks, in index order.
     pub fn block_cids(&self, limit: usize) -> Result<Vec<Cid>, StoreError> {
         let mut out = Vec::new();

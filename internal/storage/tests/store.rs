@@ -298,3 +298,40 @@ fn store_handle_is_shared_across_threads() {
     }
     assert_eq!(store.stats().unwrap().blocks, 64);
 }
+
+#[test]
+fn kept_blocks_survive_unpin_and_gc_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let file = blocks(21, 4, 10 * KIB);
+    let mut w = store.writer();
+    for (cid, body) in &file {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(Some(pin(file[0].0, "f"))).unwrap();
+    let cids: Vec<Cid> = file.iter().map(|b| b.0).collect();
+    // Keeping twice counts once; a CID that is not stored is skipped.
+    assert_eq!(store.keep(&cids[..2]).unwrap(), 2);
+    assert_eq!(store.keep(&[cids[0], cid_of(b"absent")]).unwrap(), 0);
+    assert!(store.is_kept(&cids[0]).unwrap());
+    assert!(!store.is_kept(&cids[2]).unwrap());
+
+    let unpin = store.unpin(&cids[0]).unwrap();
+    assert_eq!(unpin.blocks_deleted, 2, "only the two blocks nobody keeps go");
+    store.gc().unwrap();
+    assert!(store.has(&cids[0]).unwrap() && store.has(&cids[1]).unwrap());
+    let mut kept = store.kept().unwrap();
+    kept.sort();
+    let mut expected = cids[..2].to_vec();
+    expected.sort();
+    assert_eq!(kept, expected);
+
+    let released = store.release(&cids[..2]).unwrap();
+    assert_eq!((released.blocks_released, released.blocks_deleted), (2, 2));
+    assert!(!store.has(&cids[0]).unwrap());
+    assert_eq!(store.stats().unwrap().blocks, 0);
+    // Reopening keeps the marks' effect: nothing left, nothing kept.
+    drop(store);
+    let store = open(dir.path());
+    assert!(store.kept().unwrap().is_empty());
+}

@@ -122,7 +122,7 @@ impl CatalogState {
             .filter(|(root, (at, _))| removed.get(root).is_none_or(|r| r < at))
             .map(|(_, (_, f))| f.clone())
             .collect();
-        files.sort_by(|a, b| (a.added_at, a.root.to_bytes()).cmp(&(b.added_at, b.root.to_bytes())));
+        files.sort_by_key(|f| (f.added_at, f.root.to_bytes()));
         files
     }
 

@@ -150,6 +150,8 @@ struct EnvConfig {
     bootstrap: Option<String>,
     /// XNODE_FETCH_TIMEOUT: how long a read waits for missing blocks from the network (default `60s`).
     fetch_timeout: Option<String>,
+    /// XNODE_REPLICATION: how many nodes hold each block (default 2).
+    replication: Option<String>,
     /// XNODE_API: base URL of a running node for the client commands.
     api: Option<String>,
     /// XNODE_ADMIN_TOKEN: the token that authorizes changes through the API (default: random, logged at start).
@@ -414,7 +416,15 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
             format!("XNODE_BOOTSTRAP: {addr:?} is not a multiaddr like /ip4/10.0.0.5/tcp/10090/p2p/12D3Koo...")
         })?);
     }
+    let replication = match env.replication.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => 2,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => bail!("XNODE_REPLICATION={v:?} is not a whole number of copies of at least 1; use e.g. 2"),
+        },
+    };
     let config = NodeConfig {
+        replication,
         data_dir,
         store,
         gossip,

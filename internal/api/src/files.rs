@@ -61,9 +61,21 @@ pub(crate) struct UploadedEntry {
     cid: String,
 }
 
+/// `GET /api/v1/files`: the cluster's catalog, plus files pinned here that the catalog does not list yet.
 pub(crate) async fn list(State(app): State<AppState>) -> Result<Json<Vec<Pin>>, ApiError> {
     let repo = app.node.repo().clone();
-    Ok(Json(blocking(move || repo.pins()).await?))
+    let mut files: Vec<Pin> = app
+        .node
+        .catalog_files()
+        .into_iter()
+        .map(|f| Pin { root: f.root, name: f.name, size: f.size, added_at: f.added_at })
+        .collect();
+    for pin in blocking(move || repo.pins()).await? {
+        if !files.iter().any(|f| f.root == pin.root) {
+            files.push(pin);
+        }
+    }
+    Ok(Json(files))
 }
 
 /// `POST /api/v1/files`: the body is the file (any content type) or, as `application/x-tar`, a directory tree.
@@ -368,8 +380,7 @@ pub(crate) async fn stat(
 /// `DELETE /api/v1/files/{cid}`: unpin; blocks no other file needs are deleted.
 pub(crate) async fn remove(State(app): State<AppState>, UrlPath(cid): UrlPath<String>) -> Result<Response, ApiError> {
     let cid = parse_cid(&cid)?;
-    let repo = app.node.repo().clone();
-    let stats = blocking(move || repo.remove(&cid)).await?;
+    let stats = app.node.remove_file(cid).await?;
     Ok(Json(serde_json::json!({
         "removed": cid.to_string(),
         "blocks_deleted": stats.blocks_deleted,

@@ -120,6 +120,7 @@ pub fn router(node: Arc<Node>, config: ApiConfig, shutdown: CancellationToken) -
         .route("/api/v1/ls/{cid}", get(files::ls))
         .route("/api/v1/stat/{cid}", get(files::stat))
         .route("/api/v1/storage", get(storage))
+        .route("/api/v1/blocks", get(blocks))
         .merge(admin)
         // Uploads are streamed and bounded by `max_upload_bytes` themselves; other bodies are tiny.
         .layer(DefaultBodyLimit::disable())
@@ -218,13 +219,35 @@ async fn storage(State(app): State<AppState>) -> Result<Json<Storage>, ApiError>
 }
 
 #[derive(Deserialize)]
+struct BlocksQuery {
+    /// Most CIDs listed per set (default 1000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/blocks?limit=N`: the blocks this node holds and those placement gives it that it lacks.
+async fn blocks(
+    State(app): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<BlocksQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(1000);
+    let node = app.node.clone();
+    let (held_count, held) = files::blocking(move || node.held(limit)).await?;
+    let wanted = app.node.wanted(limit);
+    Ok(Json(serde_json::json!({
+        "held": { "count": held_count, "cids": held },
+        "wanted": wanted,
+    })))
+}
+
+#[derive(Deserialize)]
 struct Resize {
     /// Bytes.
     capacity: u64,
 }
 
-/// `PUT /api/v1/storage {"capacity": BYTES}`: a new hard capacity. Shrinking below what is held is refused for now:
-/// handing blocks off to other nodes arrives with self-allocation.
+/// `PUT /api/v1/storage {"capacity": BYTES}`: a new hard capacity. Below what is held, the node takes no new blocks
+/// and hands its excess to the other members (placement weighs it by the new capacity), dropping each copy once its
+/// new holders have it; a node with no live peer refuses, since nobody could take the excess.
 async fn set_storage(State(app): State<AppState>, Json(resize): Json<Resize>) -> Result<Json<Storage>, ApiError> {
     let repo = app.node.repo().clone();
     let held = files::blocking({
@@ -233,11 +256,12 @@ async fn set_storage(State(app): State<AppState>, Json(resize): Json<Resize>) ->
     })
     .await?
     .bytes_held;
-    if resize.capacity < held {
+    if resize.capacity < held && !app.node.joined() {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             message: format!(
-                "this node holds {held} bytes; a capacity of {} would drop data. Remove files first",
+                "this node holds {held} bytes and has no live peer to hand the excess to; a capacity of {} would \
+                 drop data. Remove files first, or resize once other members are up",
                 resize.capacity
             ),
         });

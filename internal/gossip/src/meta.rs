@@ -41,6 +41,13 @@ pub struct MemberMeta {
     pub wanted: u64,
     /// Blocks of catalog files this node should hold but cannot (its store is full, or no live peer has them).
     pub under_replicated: u64,
+    /// The heads of every catalog log this node has (JSON: author peer id -> length and last entry's CID), so
+    /// peers learn which logs grew and from whom to pull them.
+    pub catalog: String,
+    /// The placement plan (a digest of the view, the replication factor and the catalog heads) under which this
+    /// node holds every block placement gives it; empty while it is still fetching. Others drop surplus copies
+    /// only once every member reports the same plan.
+    pub settled: String,
 }
 
 impl MemberMeta {
@@ -58,6 +65,8 @@ impl MemberMeta {
             ("meta.version", self.version.clone()),
             ("meta.wanted", self.wanted.to_string()),
             ("meta.under_replicated", self.under_replicated.to_string()),
+            ("meta.catalog", self.catalog.clone()),
+            ("meta.settled", self.settled.clone()),
         ]
     }
 
@@ -78,6 +87,8 @@ impl MemberMeta {
             version: text("meta.version"),
             wanted: num("meta.wanted"),
             under_replicated: num("meta.under_replicated"),
+            catalog: text("meta.catalog"),
+            settled: text("meta.settled"),
         }
     }
 }
@@ -100,6 +111,8 @@ mod tests {
             version: "0.1.0".into(),
             wanted: 7,
             under_replicated: 1,
+            catalog: "{}".into(),
+            settled: "ab12".into(),
         };
         let kv = meta.to_key_values().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(MemberMeta::from_key_values(&kv), meta);

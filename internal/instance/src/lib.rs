@@ -5,6 +5,7 @@
 //! environment: the binary hands it a data directory and a capacity. [`Node`] is the running node: the store plus
 //! its membership in the cluster.
 
+mod alloc;
 mod node;
 
 pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
@@ -48,6 +49,9 @@ pub enum InstanceError {
     /// The libp2p node failed (or a fetch found no one with a block).
     #[error(transparent)]
     P2p(#[from] xnode_p2p::P2pError),
+    /// The catalog could not be read or written.
+    #[error(transparent)]
+    Catalog(#[from] xnode_catalog::CatalogError),
     /// An upload could not be read.
     #[error("{0}")]
     BadUpload(String),

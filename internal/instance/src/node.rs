@@ -68,6 +68,8 @@ pub struct NodeConfig {
     pub advertise_ip: std::net::IpAddr,
     /// This build's version.
     pub version: String,
+    /// Copies of each block the cluster keeps (`XNODE_REPLICATION`, default 2).
+    pub replication: usize,
 }
 
 /// A node's own summary, for `/api/v1/status`.
@@ -140,6 +142,13 @@ pub struct Node {
     p2p: tokio::sync::Mutex<Option<xnode_p2p::Node>>,
     client: Client,
     net_sink: Arc<NetSink>,
+    /// The catalog and the allocation loop's state. A std mutex: held only for short, non-blocking updates.
+    pub(crate) alloc: std::sync::Mutex<crate::alloc::Allocator>,
+    /// The identity key, to sign this node's catalog entries.
+    key: libp2p_identity::Keypair,
+    replication: usize,
+    /// Bumped whenever the catalog grows.
+    catalog_version: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Node {
@@ -158,6 +167,11 @@ impl Node {
             .await
             .expect("opening the store does not panic")?;
         let stats = repo.stats()?;
+        let key = xnode_p2p::identity::load_or_create(&config.p2p.identity_file)?;
+        let catalog_dir = config.data_dir.join("catalog");
+        let catalog = tokio::task::spawn_blocking(move || xnode_catalog::Catalog::open(&catalog_dir))
+            .await
+            .expect("opening the catalog does not panic")?;
         let net_sink = Arc::new(NetSink { store: repo.store().clone(), writer: std::sync::Mutex::new(None) });
         let p2p = xnode_p2p::Node::spawn(
             config.p2p.clone(),
@@ -180,6 +194,8 @@ impl Node {
             version: config.version.clone(),
             wanted: 0,
             under_replicated: 0,
+            catalog: String::new(),
+            settled: String::new(),
         };
         let starts_alone = config.gossip.seeds.is_empty();
         // Membership gets its own token: it must outlive `shutdown` long enough to announce the leave in `stop`.
@@ -195,7 +211,12 @@ impl Node {
             p2p: tokio::sync::Mutex::new(Some(p2p)),
             client,
             net_sink,
+            alloc: std::sync::Mutex::new(crate::alloc::Allocator::new(catalog)),
+            key,
+            replication: config.replication.max(1),
+            catalog_version: tokio::sync::watch::Sender::new(0),
         });
+        tokio::spawn(crate::alloc::run(Arc::downgrade(&node), node.stop.clone()));
         tokio::spawn(dial_members(Arc::downgrade(&node), node.stop.clone()));
         let task = tokio::spawn(refresh_meta(Arc::downgrade(&node), node.stop.clone()));
         *node.refresher.lock().expect("not poisoned") = Some(task);
@@ -264,26 +285,116 @@ impl Node {
         })
     }
 
-    /// What the node is busy with. Allocation arrives with the self-allocation issue; until then a node that sees
-    /// peers is seeding what it holds.
+    /// What the node is busy with: looking for peers until it joins (or was told to start alone), then what the
+    /// last allocation round did.
     pub fn phase(&self) -> Phase {
-        if self.joined() {
-            Phase::Seeding
-        } else {
-            Phase::LookingForPeers
+        if !self.joined() && !self.starts_alone {
+            return Phase::LookingForPeers;
+        }
+        self.alloc.lock().expect("not poisoned").report.phase.unwrap_or(Phase::FetchingMetadata)
+    }
+
+    /// The replication factor.
+    pub fn replication(&self) -> usize {
+        self.replication
+    }
+
+    /// The catalog's files (what every node of the cluster can read).
+    pub fn catalog_files(&self) -> Vec<xnode_catalog::FileRecord> {
+        self.alloc.lock().expect("not poisoned").catalog.state().files()
+    }
+
+    /// A receiver that changes whenever the catalog grows (entries of any author).
+    pub fn catalog_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.catalog_version.subscribe()
+    }
+
+    pub(crate) fn catalog_grew(&self) {
+        self.catalog_version.send_modify(|v| *v += 1);
+    }
+
+    /// Appends an entry to this node's catalog log, stores its block (so peers can fetch it) and gossips the new
+    /// head at once.
+    pub(crate) async fn append_catalog(self: &Arc<Self>, op: xnode_catalog::Op) -> Result<(), InstanceError> {
+        let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let (cid, bytes) = {
+            let mut a = self.alloc.lock().expect("not poisoned");
+            let appended = a.catalog.append(&self.key, op, at_ms as u64)?;
+            a.report.heads_json = crate::alloc::heads_json_of(&a.catalog);
+            appended
+        };
+        let store = self.repo.store().clone();
+        tokio::task::spawn_blocking(move || -> Result<(), InstanceError> {
+            let mut w = store.writer();
+            w.put(&cid, &bytes)?;
+            w.commit(None)?;
+            store.keep(&[cid])?;
+            Ok(())
+        })
+        .await
+        .expect("storing an entry does not panic")?;
+        self.catalog_grew();
+        self.publish_meta().await;
+        Ok(())
+    }
+
+    /// Removes a file from the cluster: a removal entry in the catalog (every node then drops its copies) and the
+    /// local pin, if any.
+    pub async fn remove_file(self: &Arc<Self>, root: Cid) -> Result<xnode_storage::UnpinStats, InstanceError> {
+        let listed = self.catalog_files().iter().any(|f| f.root == root);
+        let repo = self.repo.clone();
+        let pinned = tokio::task::spawn_blocking(move || repo.store().pin(&root)).await.expect("no panic")?.is_some();
+        if !listed && !pinned {
+            return Err(InstanceError::Store(xnode_storage::StoreError::NotPinned { root }));
+        }
+        self.append_catalog(xnode_catalog::Op::Remove { root }).await?;
+        if !pinned {
+            return Ok(xnode_storage::UnpinStats::default());
+        }
+        let repo = self.repo.clone();
+        tokio::task::spawn_blocking(move || repo.remove(&root)).await.expect("no panic")
+    }
+
+    /// Gossips the node's current figures now (the refresher also does so every second).
+    pub(crate) async fn publish_meta(&self) {
+        let repo = self.repo.clone();
+        let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || repo.stats()).await else { return };
+        let mut meta = self.meta.lock().await;
+        let mut next = meta.clone();
+        next.capacity = stats.capacity;
+        next.used = stats.bytes_held;
+        next.blocks = stats.blocks;
+        next.phase = self.phase().as_str().to_string();
+        {
+            let a = self.alloc.lock().expect("not poisoned");
+            next.wanted = a.report.wanted.len() as u64;
+            next.under_replicated = a.report.under_replicated;
+            next.catalog = a.report.heads_json.clone();
+            next.settled = a.report.settled.clone();
+        }
+        if next != *meta {
+            let handle = self.membership.read().expect("not poisoned").as_ref().map(Membership::meta_setter);
+            let Some(setter) = handle else { return };
+            if let Err(e) = setter.set(next.clone()).await {
+                tracing::warn!(error = %e, "could not gossip updated metadata");
+                return;
+            }
+            *meta = next;
         }
     }
 
-    /// The catalog's files with their replication health. (The catalog arrives with the self-allocation work;
-    /// until then this lists nothing.)
+    /// The catalog's files with their replication health, as of the last allocation round.
     pub fn files_health(&self) -> Vec<FileHealth> {
-        Vec::new()
+        self.alloc.lock().expect("not poisoned").report.health.clone()
     }
 
     /// Blocks this node should hold and does not yet; at most `limit` CIDs are listed.
     pub fn wanted(&self, limit: usize) -> Wanted {
-        let _ = limit;
-        Wanted::default()
+        let a = self.alloc.lock().expect("not poisoned");
+        Wanted {
+            count: a.report.wanted.len() as u64,
+            cids: a.report.wanted.iter().take(limit).map(|c| c.to_string()).collect(),
+        }
     }
 
     /// Blocks held by this node, at most `limit` of them, as CID strings, and how many there are in all.
@@ -350,23 +461,7 @@ async fn refresh_meta(node: std::sync::Weak<Node>, stop: CancellationToken) {
             () = tokio::time::sleep(META_REFRESH) => {}
         }
         let Some(node) = node.upgrade() else { return };
-        let repo = node.repo.clone();
-        let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || repo.stats()).await else { continue };
-        let mut meta = node.meta.lock().await;
-        let mut next = meta.clone();
-        next.capacity = stats.capacity;
-        next.used = stats.bytes_held;
-        next.blocks = stats.blocks;
-        next.phase = node.phase().as_str().to_string();
-        if next != *meta {
-            let handle = node.membership.read().expect("not poisoned").as_ref().map(Membership::meta_setter);
-            let Some(setter) = handle else { return };
-            if let Err(e) = setter.set(next.clone()).await {
-                tracing::warn!(error = %e, "could not gossip updated metadata");
-                continue;
-            }
-            *meta = next;
-        }
+        node.publish_meta().await;
     }
 }
 

@@ -1,0 +1,193 @@
+//! Self-allocation with five `xnode run` processes at replication factor 2: a file added on one node ends up with
+//! every leaf on exactly the nodes placement names (and every interior block on all); killing a node brings the
+//! replication factor back; shrinking a node hands its excess off with nothing lost; a restarted node catches up.
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use xnode_placement::{BlockKey, BlockRef, NodeInfo, Placement};
+
+mod support;
+
+use support::{random_bytes, RunningNode};
+
+const TOKEN: &str = "t";
+const MIB: u64 = 1 << 20;
+
+fn get_json(node: &RunningNode, path: &str) -> serde_json::Value {
+    match ureq::get(&node.url(path)).timeout(Duration::from_secs(10)).call() {
+        Ok(r) => r.into_json().unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+fn start(dir: &std::path::Path, name: &str, seed: &str, capacity: &str) -> RunningNode {
+    RunningNode::start(
+        dir,
+        name,
+        &[("XNODE_ADMIN_TOKEN", TOKEN), ("XNODE_KNOWN_PEERS", seed), ("XNODE_STORAGE_MAX", capacity)],
+    )
+}
+
+/// The members `node` sees alive: name -> (capacity, settled plan, wanted).
+fn alive(node: &RunningNode) -> HashMap<String, (u64, String, u64)> {
+    let v = get_json(node, "/api/v1/members");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["state"] == "Alive" && !m["meta"]["peer_id"].as_str().unwrap_or("").is_empty())
+        .map(|m| {
+            let meta = &m["meta"];
+            (
+                m["name"].as_str().unwrap().to_string(),
+                (
+                    meta["capacity"].as_u64().unwrap_or(0),
+                    meta["settled"].as_str().unwrap_or("").to_string(),
+                    meta["wanted"].as_u64().unwrap_or(u64::MAX),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Waits until every node in `nodes` sees exactly `names` alive, all reporting the same settled plan.
+fn wait_settled(nodes: &[&RunningNode], names: &[&str], within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let views: Vec<_> = nodes.iter().map(|n| alive(n)).collect();
+        let ok = views.iter().all(|v| {
+            let mut seen: Vec<&str> = v.keys().map(String::as_str).collect();
+            seen.sort_unstable();
+            let plans: HashSet<&str> = v.values().map(|(_, s, _)| s.as_str()).collect();
+            seen == names && plans.len() == 1 && !plans.contains("") && v.values().all(|(_, _, w)| *w == 0)
+        });
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: the cluster did not settle; views: {views:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn held(node: &RunningNode) -> HashSet<String> {
+    let v = get_json(node, "/api/v1/blocks?limit=100000");
+    v["held"]["cids"].as_array().into_iter().flatten().map(|c| c.as_str().unwrap().to_string()).collect()
+}
+
+/// The file's leaves (CID, size) and interior blocks, built the same way `add` builds them.
+fn dag_of(data: &[u8]) -> (Vec<(String, u32)>, Vec<String>) {
+    let mut blocks: Vec<xnode_dag::Block> = Vec::new();
+    xnode_dag::import_file_single_threaded(&xnode_dag::ImportOptions::default(), data, &mut blocks).unwrap();
+    let (mut leaves, mut interior) = (Vec::new(), Vec::new());
+    for b in blocks {
+        if xnode_dag::block_links(&b.cid, &b.data).unwrap().is_empty() {
+            leaves.push((b.cid.to_string(), b.data.len() as u32));
+        } else {
+            interior.push(b.cid.to_string());
+        }
+    }
+    (leaves, interior)
+}
+
+/// Checks that each leaf is on exactly the nodes placement names for `view`, and each interior block on all.
+fn assert_placed(nodes: &[(&str, &RunningNode)], view: &[NodeInfo], leaves: &[(String, u32)], interior: &[String]) {
+    let placement = Placement::new(view, 2).unwrap();
+    let key = |c: &str| BlockKey::of(&cid::Cid::try_from(c).unwrap().to_bytes());
+    let refs: Vec<BlockRef> = leaves.iter().map(|(c, s)| BlockRef { key: key(c), size: *s }).collect();
+    let assignment = placement.assign(&refs);
+    let holdings: HashMap<&str, HashSet<String>> = nodes.iter().map(|(n, node)| (*n, held(node))).collect();
+    for (cid, _) in leaves {
+        let mut expected: Vec<&str> = assignment.holders(key(cid));
+        expected.sort_unstable();
+        let mut actual: Vec<&str> = holdings.iter().filter(|(_, h)| h.contains(cid)).map(|(n, _)| *n).collect();
+        actual.sort_unstable();
+        assert_eq!(actual, expected, "leaf {cid} is not on exactly its placement nodes");
+    }
+    for cid in interior {
+        for (n, h) in &holdings {
+            assert!(h.contains(cid), "interior block {cid} missing on {n}");
+        }
+    }
+}
+
+fn cat(node: &RunningNode, cid: &str) -> Vec<u8> {
+    let out = Command::new(env!("CARGO_BIN_EXE_xnode"))
+        .args(["--api", &node.api, "--token", TOKEN, "cat", "--timeout", "60", cid])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cat failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+#[test]
+fn five_nodes_place_repair_hand_off_and_catch_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let caps = [("n1", 600 * MIB), ("n2", 600 * MIB), ("n3", 900 * MIB), ("n4", 900 * MIB), ("n5", 1200 * MIB)];
+    let n1 = start(tmp.path(), "n1", "", &caps[0].1.to_string());
+    let mut nodes = vec![n1];
+    for (name, cap) in &caps[1..] {
+        let seed = nodes[0].gossip.clone();
+        nodes.push(start(tmp.path(), name, &seed, &cap.to_string()));
+    }
+    let names = ["n1", "n2", "n3", "n4", "n5"];
+
+    // 200 MB added on n1.
+    let data = random_bytes(200_000_000, 42);
+    let file = tmp.path().join("payload.bin");
+    std::fs::write(&file, &data).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xnode"))
+        .args(["--api", &nodes[0].api, "--token", TOKEN, "add", "-Q", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (leaves, interior) = dag_of(&data);
+    assert_eq!(interior.last(), Some(&root));
+
+    let all: Vec<&RunningNode> = nodes.iter().collect();
+    wait_settled(&all, &names, Duration::from_secs(240), "after the add");
+    // Staging copies on n1 go once everyone holds the plan; give the release a round.
+    std::thread::sleep(Duration::from_secs(3));
+    let view: Vec<NodeInfo> = caps.iter().map(|(n, c)| NodeInfo { name: n.to_string(), capacity: *c }).collect();
+    let named: Vec<(&str, &RunningNode)> = names.iter().copied().zip(nodes.iter()).collect();
+    assert_placed(&named, &view, &leaves, &interior);
+    for n in &nodes {
+        let files = get_json(n, "/api/v1/files");
+        assert!(files.to_string().contains(&root), "{} does not list the file: {files}", n.api);
+    }
+
+    // Kill n5: the four others restore two copies of every leaf among themselves.
+    let mut n5 = nodes.pop().unwrap();
+    n5.child.kill().unwrap();
+    n5.child.wait().unwrap();
+    let four: Vec<&RunningNode> = nodes.iter().collect();
+    wait_settled(&four, &names[..4], Duration::from_secs(240), "after killing n5");
+    std::thread::sleep(Duration::from_secs(3));
+    let named: Vec<(&str, &RunningNode)> = names[..4].iter().copied().zip(nodes.iter()).collect();
+    assert_placed(&named, &view[..4], &leaves, &interior);
+    assert!(cat(&nodes[1], &root) == data, "n2 read different bytes after the repair");
+
+    // Shrink n3 to 60 MiB: its excess moves to the others, it ends within its new capacity, nothing is lost.
+    let resized = ureq::put(&nodes[2].url("/api/v1/storage"))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .send_json(serde_json::json!({ "capacity": 60 * MIB }));
+    assert!(resized.is_ok(), "resize refused: {resized:?}");
+    wait_settled(&four, &names[..4], Duration::from_secs(240), "after shrinking n3");
+    std::thread::sleep(Duration::from_secs(3));
+    let mut view4 = view[..4].to_vec();
+    view4[2].capacity = 60 * MIB;
+    assert_placed(&named, &view4, &leaves, &interior);
+    let used = get_json(&nodes[2], "/api/v1/storage")["used"].as_u64().unwrap();
+    assert!(used <= 60 * MIB, "n3 holds {used} bytes, over its new capacity");
+
+    // n5 comes back with its old data: it catches up with the catalog and the cluster settles on five again.
+    drop(n5);
+    let seed = nodes[0].gossip.clone();
+    let n5 = start(tmp.path(), "n5", &seed, &caps[4].1.to_string());
+    nodes.push(n5);
+    let all: Vec<&RunningNode> = nodes.iter().collect();
+    wait_settled(&all, &names, Duration::from_secs(240), "after n5 restarted");
+    assert!(get_json(&nodes[4], "/api/v1/files").to_string().contains(&root), "n5 did not catch up");
+    assert!(cat(&nodes[4], &root) == data, "n5 read different bytes");
+}

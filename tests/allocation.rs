@@ -26,7 +26,12 @@ fn start(dir: &std::path::Path, name: &str, seed: &str, capacity: &str) -> Runni
     RunningNode::start(
         dir,
         name,
-        &[("XNODE_ADMIN_TOKEN", TOKEN), ("XNODE_KNOWN_PEERS", seed), ("XNODE_STORAGE_MAX", capacity)],
+        &[
+            ("XNODE_ADMIN_TOKEN", TOKEN),
+            ("XNODE_KNOWN_PEERS", seed),
+            ("XNODE_STORAGE_MAX", capacity),
+            ("XNODE_LOG", "info,xnode_instance=debug"),
+        ],
     )
 }
 
@@ -52,9 +57,10 @@ fn alive(node: &RunningNode) -> HashMap<String, (u64, String, u64)> {
 }
 
 /// Waits until every node in `nodes` sees exactly `names` alive, all reporting the same settled plan.
-fn wait_settled(nodes: &[&RunningNode], names: &[&str], within: Duration, what: &str) {
+fn wait_settled(nodes: &[&RunningNode], names: &[&str], root: &str, within: Duration, what: &str) {
     let deadline = Instant::now() + within;
     loop {
+        let listed = nodes.iter().all(|n| get_json(n, "/api/v1/files").to_string().contains(root));
         let views: Vec<_> = nodes.iter().map(|n| alive(n)).collect();
         let ok = views.iter().all(|v| {
             let mut seen: Vec<&str> = v.keys().map(String::as_str).collect();
@@ -62,7 +68,7 @@ fn wait_settled(nodes: &[&RunningNode], names: &[&str], within: Duration, what: 
             let plans: HashSet<&str> = v.values().map(|(_, s, _)| s.as_str()).collect();
             seen == names && plans.len() == 1 && !plans.contains("") && v.values().all(|(_, _, w)| *w == 0)
         });
-        if ok {
+        if ok && listed {
             return;
         }
         assert!(Instant::now() < deadline, "{what}: the cluster did not settle; views: {views:?}");
@@ -123,18 +129,27 @@ fn cat(node: &RunningNode, cid: &str) -> Vec<u8> {
 #[test]
 fn five_nodes_place_repair_hand_off_and_catch_up() {
     let tmp = tempfile::tempdir().unwrap();
+    // XNODE_KEEP_TEST_DIR=1 keeps the nodes' data and logs (`<dir>/<name>.log`) for a post-mortem.
+    let (_guard, base) = if std::env::var_os("XNODE_KEEP_TEST_DIR").is_some() {
+        let kept = tmp.keep();
+        eprintln!("test dir kept at {}", kept.display());
+        (None, kept)
+    } else {
+        let path = tmp.path().to_path_buf();
+        (Some(tmp), path)
+    };
     let caps = [("n1", 600 * MIB), ("n2", 600 * MIB), ("n3", 900 * MIB), ("n4", 900 * MIB), ("n5", 1200 * MIB)];
-    let n1 = start(tmp.path(), "n1", "", &caps[0].1.to_string());
+    let n1 = start(&base, "n1", "", &caps[0].1.to_string());
     let mut nodes = vec![n1];
     for (name, cap) in &caps[1..] {
         let seed = nodes[0].gossip.clone();
-        nodes.push(start(tmp.path(), name, &seed, &cap.to_string()));
+        nodes.push(start(&base, name, &seed, &cap.to_string()));
     }
     let names = ["n1", "n2", "n3", "n4", "n5"];
 
     // 200 MB added on n1.
     let data = random_bytes(200_000_000, 42);
-    let file = tmp.path().join("payload.bin");
+    let file = base.join("payload.bin");
     std::fs::write(&file, &data).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_xnode"))
         .args(["--api", &nodes[0].api, "--token", TOKEN, "add", "-Q", file.to_str().unwrap()])
@@ -146,7 +161,7 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     assert_eq!(interior.last(), Some(&root));
 
     let all: Vec<&RunningNode> = nodes.iter().collect();
-    wait_settled(&all, &names, Duration::from_secs(240), "after the add");
+    wait_settled(&all, &names, &root, Duration::from_secs(240), "after the add");
     // Staging copies on n1 go once everyone holds the plan; give the release a round.
     std::thread::sleep(Duration::from_secs(3));
     let view: Vec<NodeInfo> = caps.iter().map(|(n, c)| NodeInfo { name: n.to_string(), capacity: *c }).collect();
@@ -162,7 +177,7 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     n5.child.kill().unwrap();
     n5.child.wait().unwrap();
     let four: Vec<&RunningNode> = nodes.iter().collect();
-    wait_settled(&four, &names[..4], Duration::from_secs(240), "after killing n5");
+    wait_settled(&four, &names[..4], &root, Duration::from_secs(240), "after killing n5");
     std::thread::sleep(Duration::from_secs(3));
     let named: Vec<(&str, &RunningNode)> = names[..4].iter().copied().zip(nodes.iter()).collect();
     assert_placed(&named, &view[..4], &leaves, &interior);
@@ -173,7 +188,7 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
         .set("Authorization", &format!("Bearer {TOKEN}"))
         .send_json(serde_json::json!({ "capacity": 60 * MIB }));
     assert!(resized.is_ok(), "resize refused: {resized:?}");
-    wait_settled(&four, &names[..4], Duration::from_secs(240), "after shrinking n3");
+    wait_settled(&four, &names[..4], &root, Duration::from_secs(240), "after shrinking n3");
     std::thread::sleep(Duration::from_secs(3));
     let mut view4 = view[..4].to_vec();
     view4[2].capacity = 60 * MIB;
@@ -184,10 +199,10 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     // n5 comes back with its old data: it catches up with the catalog and the cluster settles on five again.
     drop(n5);
     let seed = nodes[0].gossip.clone();
-    let n5 = start(tmp.path(), "n5", &seed, &caps[4].1.to_string());
+    let n5 = start(&base, "n5", &seed, &caps[4].1.to_string());
     nodes.push(n5);
     let all: Vec<&RunningNode> = nodes.iter().collect();
-    wait_settled(&all, &names, Duration::from_secs(240), "after n5 restarted");
+    wait_settled(&all, &names, &root, Duration::from_secs(240), "after n5 restarted");
     assert!(get_json(&nodes[4], "/api/v1/files").to_string().contains(&root), "n5 did not catch up");
     assert!(cat(&nodes[4], &root) == data, "n5 read different bytes");
 }

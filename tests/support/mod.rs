@@ -45,7 +45,17 @@ impl RunningNode {
                 break rest.trim().to_string();
             }
         };
-        std::thread::spawn(move || for _ in lines {});
+        // The rest of the node's log goes to `<dir>/<name>.log`, for post-mortems of failed scenarios.
+        let log_path = dir.join(format!("{name}.log"));
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).ok();
+            for line in lines.map_while(Result::ok) {
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
         RunningNode { child, api, data, gossip: gossip.to_string() }
     }
 

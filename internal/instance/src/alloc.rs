@@ -436,7 +436,21 @@ async fn fetch_leaves(node: &Arc<Node>, missing: &[(Cid, u32)]) -> u64 {
         return 0;
     }
     let store = node.repo().store().clone();
-    let free = blocking(move || store.stats().map(|s| s.free).unwrap_or(0)).await;
+    let need: u64 = missing.iter().take(FETCH_PER_ROUND).map(|(_, s)| u64::from(*s)).sum();
+    let free = blocking(move || {
+        let free = store.stats().map(|s| s.free).unwrap_or(0);
+        if free >= need {
+            return free;
+        }
+        // Read caches (blocks fetched for a `cat` of a file this node does not hold) give way to allocation.
+        if let Ok(gc) = store.gc() {
+            if gc.blocks_deleted > 0 {
+                tracing::info!(blocks = gc.blocks_deleted, bytes = gc.bytes_freed, "evicted read cache for allocation");
+            }
+        }
+        store.stats().map(|s| s.free).unwrap_or(0)
+    })
+    .await;
     let mut budget = free;
     let mut batch: Vec<(Cid, Bytes)> = Vec::new();
     let mut todo = Vec::new();

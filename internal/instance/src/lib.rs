@@ -245,6 +245,17 @@ impl Repo {
         Ok(())
     }
 
+    /// Whether every block of the DAG under `root` is in the store.
+    pub fn is_complete(&self, root: &Cid) -> Result<bool, InstanceError> {
+        let store = self.store();
+        let mut queue = vec![*root];
+        while let Some(cid) = queue.pop() {
+            let Some(data) = store.get(&cid)? else { return Ok(false) };
+            queue.extend(xnode_dag::block_links(&cid, &data)?);
+        }
+        Ok(true)
+    }
+
     /// What kind of node `cid` is.
     pub fn stat(&self, cid: &Cid) -> Result<NodeKind, InstanceError> {
         Ok(stat(self, cid)?)

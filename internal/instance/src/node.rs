@@ -397,12 +397,11 @@ impl Node {
         }
     }
 
-    /// Blocks held by this node, at most `limit` of them, as CID strings, and how many there are in all.
+    /// Blocks this node holds for the cluster (pinned or kept by the allocation; read caches excluded), at most
+    /// `limit` of them as CID strings, and how many there are in all.
     pub fn held(&self, limit: usize) -> Result<(u64, Vec<String>), InstanceError> {
-        let stats = self.repo.stats()?;
-        let mut cids = self.repo.store().block_cids(limit)?;
-        cids.truncate(limit);
-        Ok((stats.blocks, cids.into_iter().map(|c| c.to_string()).collect()))
+        let (count, cids) = self.repo.store().needed_blocks(limit)?;
+        Ok((count, cids.into_iter().map(|c| c.to_string()).collect()))
     }
 
     /// The libp2p client (peer id, connections, fetches).
@@ -410,12 +409,14 @@ impl Node {
         &self.client
     }
 
-    /// Fetches the whole DAG under `root` from the network into the store (verified block by block), unless it is
-    /// already here. Fetched blocks are kept as cache, not pinned.
+    /// Fetches the blocks of the DAG under `root` that the store lacks from the network (verified block by block).
+    /// With self-allocation a node holds a file's interior blocks but only its share of the leaves, so the whole
+    /// DAG is checked, not just the root. Fetched blocks are kept as cache, not pinned. `None` if nothing was missing.
     pub async fn fetch(&self, root: Cid, timeout: Duration) -> Result<Option<FetchStats>, InstanceError> {
-        let store = self.repo.store().clone();
-        let have = tokio::task::spawn_blocking(move || store.has(&root)).await.expect("has does not panic")?;
-        if have {
+        let repo = self.repo.clone();
+        let complete =
+            tokio::task::spawn_blocking(move || repo.is_complete(&root)).await.expect("walking does not panic")?;
+        if complete {
             return Ok(None);
         }
         let result = self.client.fetch_dag(root, timeout).await;

@@ -326,14 +326,22 @@ impl Store {
         Ok(UnpinStats { blocks_released: released, blocks_deleted: removal.blocks, bytes_freed: removal.bytes })
     }
 
-    /// The CIDs of up to `limit` stored blocks, in index order.
-    pub fn block_cids(&self, limit: usize) -> Result<Vec<Cid>, StoreError> {
+    /// The CIDs of up to `limit` stored blocks that a pin or the allocation needs (not loose cache), in index
+    /// order, and how many such blocks there are in all.
+    pub fn needed_blocks(&self, limit: usize) -> Result<(u64, Vec<Cid>), StoreError> {
         let mut out = Vec::new();
-        for item in self.inner.db.scan_prefix(index::BLOCK_PREFIX).take(limit) {
-            let (key, _) = item?;
-            out.push(decode_cid(&key[1..])?);
+        let mut count = 0;
+        for item in self.inner.db.scan_prefix(index::BLOCK_PREFIX) {
+            let (key, value) = item?;
+            if Entry::decode(&value)?.refcount == 0 {
+                continue;
+            }
+            count += 1;
+            if out.len() < limit {
+                out.push(decode_cid(&key[1..])?);
+            }
         }
-        Ok(out)
+        Ok((count, out))
     }
 
     /// Blocks stored but needed by no pin (committed without a pin, or left by unpins while a writer was

@@ -152,6 +152,8 @@ struct EnvConfig {
     fetch_timeout: Option<String>,
     /// XNODE_REPLICATION: how many nodes hold each block (default 2).
     replication: Option<String>,
+    /// XNODE_WATCH_DIR: a folder whose new or changed files are added once they stop changing (default: none).
+    watch_dir: Option<String>,
     /// XNODE_API: base URL of a running node for the client commands.
     api: Option<String>,
     /// XNODE_ADMIN_TOKEN: the token that authorizes changes through the API (default: random, logged at start).
@@ -423,8 +425,19 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
             _ => bail!("XNODE_REPLICATION={v:?} is not a whole number of copies of at least 1; use e.g. 2"),
         },
     };
+    let watch_dir = match env.watch_dir.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(d) => {
+            let path = PathBuf::from(d);
+            if !path.is_dir() {
+                bail!("XNODE_WATCH_DIR={d:?} is not a directory; create it or unset XNODE_WATCH_DIR");
+            }
+            Some(path)
+        }
+    };
     let config = NodeConfig {
         replication,
+        watch_dir,
         data_dir,
         store,
         gossip,

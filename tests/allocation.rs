@@ -206,3 +206,29 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     assert!(get_json(&nodes[4], "/api/v1/files").to_string().contains(&root), "n5 did not catch up");
     assert!(cat(&nodes[4], &root) == data, "n5 read different bytes");
 }
+
+#[test]
+fn files_dropped_in_the_watched_folder_are_added_once_they_stop_changing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let watch = tmp.path().join("inbox");
+    std::fs::create_dir(&watch).unwrap();
+    let node = RunningNode::start(
+        tmp.path(),
+        "w1",
+        &[("XNODE_ADMIN_TOKEN", TOKEN), ("XNODE_WATCH_DIR", watch.to_str().unwrap())],
+    );
+    let data = random_bytes(3_000_000, 9);
+    std::fs::write(watch.join("report.bin"), &data).unwrap();
+    let (_, interior) = dag_of(&data);
+    let root = interior.last().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let files = get_json(&node, "/api/v1/files").to_string();
+        if files.contains(&root) && files.contains("report.bin") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watched file was not added: {files}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(cat(&node, &root) == data);
+}

@@ -7,6 +7,7 @@
 
 mod alloc;
 mod node;
+mod watch;
 
 pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
 

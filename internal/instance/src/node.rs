@@ -22,6 +22,9 @@ const NET_COMMIT_BYTES: u64 = 64 << 20;
 /// How often the node dials members it learned about through gossip but is not connected to.
 const DIAL_MEMBERS: Duration = Duration::from_secs(2);
 
+/// How often the watched folder is scanned; a file is added after two scans that saw it unchanged.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How often the node re-reads its store figures and gossips them if they changed.
 const META_REFRESH: Duration = Duration::from_secs(1);
 
@@ -70,6 +73,8 @@ pub struct NodeConfig {
     pub version: String,
     /// Copies of each block the cluster keeps (`XNODE_REPLICATION`, default 2).
     pub replication: usize,
+    /// A folder whose new and changed files are added once they stop changing (`XNODE_WATCH_DIR`; none by default).
+    pub watch_dir: Option<PathBuf>,
 }
 
 /// A node's own summary, for `/api/v1/status`.
@@ -217,6 +222,9 @@ impl Node {
             catalog_version: tokio::sync::watch::Sender::new(0),
         });
         tokio::spawn(crate::alloc::run(Arc::downgrade(&node), node.stop.clone()));
+        if let Some(dir) = config.watch_dir.clone() {
+            tokio::spawn(crate::watch::run(Arc::downgrade(&node), dir, WATCH_INTERVAL, node.stop.clone()));
+        }
         tokio::spawn(dial_members(Arc::downgrade(&node), node.stop.clone()));
         let task = tokio::spawn(refresh_meta(Arc::downgrade(&node), node.stop.clone()));
         *node.refresher.lock().expect("not poisoned") = Some(task);

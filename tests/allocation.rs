@@ -56,8 +56,17 @@ fn alive(node: &RunningNode) -> HashMap<String, (u64, String, u64)> {
         .collect()
 }
 
-/// Waits until every node in `nodes` sees exactly `names` alive, all reporting the same settled plan.
-fn wait_settled(nodes: &[&RunningNode], names: &[&str], root: &str, within: Duration, what: &str) {
+/// Waits until every node in `nodes` sees exactly `names` alive, all reporting the same settled plan, other than
+/// `previous` (the plan before the change under test, which members keep reporting until they notice the change).
+/// Returns the plan.
+fn wait_settled(
+    nodes: &[&RunningNode],
+    names: &[&str],
+    root: &str,
+    previous: &str,
+    within: Duration,
+    what: &str,
+) -> String {
     let deadline = Instant::now() + within;
     loop {
         let listed = nodes.iter().all(|n| get_json(n, "/api/v1/files").to_string().contains(root));
@@ -66,10 +75,14 @@ fn wait_settled(nodes: &[&RunningNode], names: &[&str], root: &str, within: Dura
             let mut seen: Vec<&str> = v.keys().map(String::as_str).collect();
             seen.sort_unstable();
             let plans: HashSet<&str> = v.values().map(|(_, s, _)| s.as_str()).collect();
-            seen == names && plans.len() == 1 && !plans.contains("") && v.values().all(|(_, _, w)| *w == 0)
+            seen == names
+                && plans.len() == 1
+                && !plans.contains("")
+                && !plans.contains(previous)
+                && v.values().all(|(_, _, w)| *w == 0)
         });
         if ok && listed {
-            return;
+            return views[0].values().next().unwrap().1.clone();
         }
         assert!(Instant::now() < deadline, "{what}: the cluster did not settle; views: {views:?}");
         std::thread::sleep(Duration::from_millis(500));
@@ -161,7 +174,7 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     assert_eq!(interior.last(), Some(&root));
 
     let all: Vec<&RunningNode> = nodes.iter().collect();
-    wait_settled(&all, &names, &root, Duration::from_secs(240), "after the add");
+    let plan = wait_settled(&all, &names, &root, "", Duration::from_secs(240), "after the add");
     // Staging copies on n1 go once everyone holds the plan; give the release a round.
     std::thread::sleep(Duration::from_secs(3));
     let view: Vec<NodeInfo> = caps.iter().map(|(n, c)| NodeInfo { name: n.to_string(), capacity: *c }).collect();
@@ -177,7 +190,7 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     n5.child.kill().unwrap();
     n5.child.wait().unwrap();
     let four: Vec<&RunningNode> = nodes.iter().collect();
-    wait_settled(&four, &names[..4], &root, Duration::from_secs(240), "after killing n5");
+    let plan = wait_settled(&four, &names[..4], &root, &plan, Duration::from_secs(240), "after killing n5");
     std::thread::sleep(Duration::from_secs(3));
     let named: Vec<(&str, &RunningNode)> = names[..4].iter().copied().zip(nodes.iter()).collect();
     assert_placed(&named, &view[..4], &leaves, &interior);
@@ -188,7 +201,7 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
         .set("Authorization", &format!("Bearer {TOKEN}"))
         .send_json(serde_json::json!({ "capacity": 60 * MIB }));
     assert!(resized.is_ok(), "resize refused: {resized:?}");
-    wait_settled(&four, &names[..4], &root, Duration::from_secs(240), "after shrinking n3");
+    let plan = wait_settled(&four, &names[..4], &root, &plan, Duration::from_secs(240), "after shrinking n3");
     std::thread::sleep(Duration::from_secs(3));
     let mut view4 = view[..4].to_vec();
     view4[2].capacity = 60 * MIB;
@@ -202,7 +215,7 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     let n5 = start(&base, "n5", &seed, &caps[4].1.to_string());
     nodes.push(n5);
     let all: Vec<&RunningNode> = nodes.iter().collect();
-    wait_settled(&all, &names, &root, Duration::from_secs(240), "after n5 restarted");
+    wait_settled(&all, &names, &root, &plan, Duration::from_secs(240), "after n5 restarted");
     assert!(get_json(&nodes[4], "/api/v1/files").to_string().contains(&root), "n5 did not catch up");
     assert!(cat(&nodes[4], &root) == data, "n5 read different bytes");
 }

@@ -218,7 +218,7 @@ impl From<FileEntry> for FileRow {
         let h = f.health.clone();
         let (blocks, at_rf, under, missing) =
             h.as_ref().map_or((0, 0, 0, 0), |h| (h.blocks, h.at_rf, h.under_replicated, h.missing));
-        let pct = |n: u64| if blocks == 0 { 0 } else { n * 100 / blocks };
+        let pct = |n: u64| (n * 100).checked_div(blocks).unwrap_or(0);
         let (status, status_text) = match &h {
             None => ("local", if f.pinned_here { "held here".to_string() } else { String::new() }),
             Some(_) if missing > 0 => ("missing", format!("{missing} of {blocks} blocks missing")),
@@ -345,23 +345,78 @@ impl From<&Transfer> for TransferItem {
     }
 }
 
-/// Server-sent events: one `transfer` event per block, its data a `<li>` the page prepends to the log. The stream
-/// ends when the node shuts down, so graceful shutdown never waits for open dashboards.
+/// Server-sent events: one `transfer` event per block moved anywhere in the cluster, its data a `<li>` the page
+/// prepends to the log. Every transfer between two members is reported once, by its receiver: this node's own
+/// receipts (and what it sends outside the cluster) come from its network events, the other members' receipts from
+/// polling their `GET /api/v1/transfers` while the page is open. The stream ends when the node shuts down, so
+/// graceful shutdown never waits for open dashboards.
 async fn transfers(State(app): State<AppState>) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
-    let rx = app.telemetry.subscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Transfer>(256);
+    tokio::spawn(local_transfers(app.clone(), tx.clone()));
+    tokio::spawn(remote_transfers(app.clone(), tx));
     let stop = app.control.shutdown.clone();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(t) => return Some((t, rx)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|t| Ok(Event::default().event("transfer").data(render(&TransferItem::from(&t)).trim())))
+        .take_until(stop.cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn local_transfers(app: AppState, tx: tokio::sync::mpsc::Sender<Transfer>) {
+    let mut rx = app.telemetry.subscribe();
+    let me = app.node.name().to_string();
+    loop {
+        let t = tokio::select! {
+            () = tx.closed() => return,
+            () = app.control.shutdown.cancelled() => return,
+            t = rx.recv() => t,
+        };
+        match t {
+            Ok(t) if t.to == me || !t.to_member => {
+                if tx.send(t).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// How often an open dashboard asks the other members what they received.
+const REMOTE_POLL: Duration = Duration::from_secs(1);
+
+async fn remote_transfers(app: AppState, tx: tokio::sync::mpsc::Sender<Transfer>) {
+    // Per member: its incarnation and the last sequence number seen (None: not asked yet, so skip its history).
+    let mut seen: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            () = app.control.shutdown.cancelled() => return,
+            () = tokio::time::sleep(REMOTE_POLL) => {}
+        }
+        let others: Vec<_> = app
+            .node
+            .members()
+            .into_iter()
+            .filter(|m| !m.is_self && m.state == MemberState::Alive && !m.meta.api_url.is_empty())
+            .collect();
+        for m in others {
+            let known = seen.get(&m.name).filter(|(generation, _)| *generation == m.generation).map(|(_, seq)| *seq);
+            let path = format!("/api/v1/transfers?since={}", known.unwrap_or(0));
+            let Ok(list) = forward::read(&app, &m.name, &path).await else { continue };
+            let list: Vec<Transfer> = serde_json::from_value(list).unwrap_or_default();
+            let last = list.iter().map(|t| t.seq).max().or(known).unwrap_or(0);
+            seen.insert(m.name.clone(), (m.generation, last));
+            if known.is_none() {
+                continue;
+            }
+            for t in list.into_iter().filter(|t| t.to == m.name) {
+                if tx.send(t).await.is_err() {
+                    return;
+                }
             }
         }
-    })
-    .map(|t| Ok(Event::default().event("transfer").data(render(&TransferItem::from(&t)).trim())))
-    .take_until(stop.cancelled_owned());
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    }
 }
 
 #[derive(Template)]

@@ -210,9 +210,13 @@ def main():
                 assert r.read() == payload.read_bytes(), "beta read different bytes"
             wait_until("block transfers in the log",
                        lambda: len(driver.find_elements(By.CSS_SELECTOR, "#transfers li.transfer")) >= 3, 20)
-            first_item = driver.find_element(By.CSS_SELECTOR, "#transfers li.transfer")
-            assert first_item.find_element(By.CSS_SELECTOR, ".to").text == "beta", first_item.text
-            assert first_item.find_element(By.CSS_SELECTOR, ".from").text == "alpha", first_item.text
+            pairs = lambda: js("return [...document.querySelectorAll('#transfers li.transfer')]"
+                               ".map(li => li.querySelector('.from').textContent + '>' + li.querySelector('.to').textContent)")
+            assert "alpha>beta" in pairs(), pairs()
+            # gamma reads it too, from alpha and beta: alpha's page shows transfers it took no part in.
+            with urllib.request.urlopen(f"{gamma.api}/api/v1/files/{state['cid']}?timeout=30", timeout=60) as r:
+                assert r.read() == payload.read_bytes(), "gamma read different bytes"
+            wait_until("blocks received by gamma in alpha's log", lambda: any(p.endswith(">gamma") for p in pairs()), 20)
             shot("04-transfers")
         checks.run("transfer_log_shows_blocks_moving", transfers)
 

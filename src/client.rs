@@ -1,4 +1,4 @@
-//! The CLI's side of the HTTP API: `add`, `cat`, `get`, `ls` and `rm` against a running node.
+//! The CLI's side of the HTTP API: `add`, `cat`, `get`, `ls`, `rm` and `blocks` against a running node.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -213,6 +213,15 @@ impl Api {
             .map_err(|e| self.explain(e))?
             .into_json()
             .context("reading the file list")
+    }
+
+    /// Blocks held and wanted (`GET /api/v1/blocks`).
+    pub(crate) fn blocks(&self, limit: usize) -> Result<serde_json::Value> {
+        self.request("GET", &format!("/api/v1/blocks?limit={limit}"))
+            .call()
+            .map_err(|e| self.explain(e))?
+            .into_json()
+            .context("reading the block lists")
     }
 
     pub(crate) fn rm(&self, cid: &str) -> Result<serde_json::Value> {

@@ -92,6 +92,15 @@ enum Command {
     },
     /// Show what the local store holds and how much room is left (reads the data dir).
     Stats,
+    /// Show the blocks a running node holds and the ones it still wants.
+    Blocks {
+        /// List at most this many CIDs of each.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +167,9 @@ struct EnvConfig {
     api: Option<String>,
     /// XNODE_ADMIN_TOKEN: the token that authorizes changes through the API (default: random, logged at start).
     admin_token: Option<String>,
+    /// XNODE_ADMIN_TOKEN_FILE: a file holding the admin token, shared by members (the first node to start creates
+    /// it with a random token); used when XNODE_ADMIN_TOKEN is unset.
+    admin_token_file: Option<PathBuf>,
     /// XNODE_MAX_UPLOAD: the largest upload the API accepts (default `16GiB`).
     max_upload: Option<String>,
 }
@@ -297,6 +309,20 @@ fn run(cli: Cli) -> Result<()> {
                 (v["blocks_deleted"].as_u64().unwrap_or(0), v["bytes_freed"].as_u64().unwrap_or(0))
             };
             println!("removed {cid}: {deleted} blocks deleted, {} freed", ByteSize(freed).display().iec());
+            Ok(())
+        }
+        Command::Blocks { limit, json } => {
+            let blocks = api().blocks(limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&blocks)?);
+                return Ok(());
+            }
+            for (what, list) in [("held", &blocks["held"]), ("wanted", &blocks["wanted"])] {
+                println!("{what}: {}", list["count"].as_u64().unwrap_or(0));
+                for cid in list["cids"].as_array().into_iter().flatten().filter_map(|c| c.as_str()) {
+                    println!("  {cid}");
+                }
+            }
             Ok(())
         }
         Command::Stats => {
@@ -450,10 +476,13 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
         None => 16 << 30,
         Some(v) => parse_size(v).with_context(|| format!("XNODE_MAX_UPLOAD={v:?} is not a size; use e.g. 16GiB"))?,
     };
-    let (admin_token, generated) = match env.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-        Some(t) => (t.to_string(), false),
-        None => (ApiConfig::random_token(), true),
-    };
+    let token_file = env.admin_token_file.as_ref().filter(|p| !p.as_os_str().is_empty());
+    let (admin_token, generated) =
+        match (env.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()), token_file) {
+            (Some(t), _) => (t.to_string(), None),
+            (None, Some(path)) => shared_token(path)?,
+            (None, None) => (ApiConfig::random_token(), Some(config.data_dir.join(TOKEN_FILE))),
+        };
     let fetch_timeout = match env.fetch_timeout.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         None => std::time::Duration::from_secs(60),
         Some(v) => parse_duration(v)
@@ -462,6 +491,37 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
     let api_config = ApiConfig { admin_token, max_upload_bytes: max_upload, fetch_timeout };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve_node(config, api_config, generated, SocketAddr::new(bind, api_port)))
+}
+
+/// Reads the admin token members share through `path`, or creates the file with a random token if no member has
+/// yet. Creation is atomic (a hard link of a complete temporary file), so nodes starting together agree on one
+/// token. Returns the token and, if this node made it, where it is (to log it once).
+fn shared_token(path: &Path) -> Result<(String, Option<PathBuf>)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let context = || format!("XNODE_ADMIN_TOKEN_FILE={}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(context)?;
+    }
+    let token = ApiConfig::random_token();
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let written = (|| -> io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()
+    })();
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok((token, Some(path.to_path_buf()))),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let existing = std::fs::read_to_string(path).with_context(context)?.trim().to_string();
+            if existing.is_empty() {
+                bail!("{} is empty; put the admin token in it or delete it", path.display());
+            }
+            Ok((existing, None))
+        }
+        Err(e) => Err(e).with_context(context),
+    }
 }
 
 fn write_token_file(data_dir: &Path, token: &str) -> Result<()> {
@@ -473,31 +533,50 @@ fn write_token_file(data_dir: &Path, token: &str) -> Result<()> {
     Ok(())
 }
 
-async fn serve_node(config: NodeConfig, api_config: ApiConfig, generated: bool, api_addr: SocketAddr) -> Result<()> {
+async fn serve_node(
+    config: NodeConfig,
+    api_config: ApiConfig,
+    generated: Option<PathBuf>,
+    api_addr: SocketAddr,
+) -> Result<()> {
     let shutdown = CancellationToken::new();
+    let kill = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .with_context(|| format!("cannot listen on {api_addr} for the API; free the port or set XNODE_API_PORT"))?;
     let data_dir = config.data_dir.clone();
+    let mut config = config;
+    if api_addr.port() == 0 {
+        // XNODE_API_PORT=0 picks a free port: advertise the one we got, so other members can forward to us.
+        config.api_url = format!("http://{}", SocketAddr::new(config.advertise_ip, listener.local_addr()?.port()));
+    }
     let node = Node::start(config, shutdown.clone()).await?;
     write_token_file(&data_dir, &api_config.admin_token)
         .with_context(|| format!("writing the admin token to {}", data_dir.display()))?;
-    if generated {
+    if let Some(file) = generated {
         eprintln!(
             "admin token (XNODE_ADMIN_TOKEN was unset): {}  (also in {})",
             api_config.admin_token,
-            data_dir.join(TOKEN_FILE).display()
+            file.display()
         );
     }
     let bound = listener.local_addr()?;
     tracing::info!(name = node.name(), api = %bound, "node started");
     eprintln!("xnode {} running as {:?}; API on http://{bound}", env!("CARGO_PKG_VERSION"), node.name());
-    let router = xnode_api::router(node.clone(), api_config, shutdown.clone());
+    let control = xnode_api::Control { shutdown: shutdown.clone(), kill: kill.clone() };
+    let router = xnode_api::router(node.clone(), api_config, control);
     let server = tokio::spawn(xnode_api::serve(listener, router, shutdown.clone()));
 
     let fatal = tokio::select! {
         () = terminate_signal() => None,
         () = shutdown.cancelled() => None,
+        () = kill.cancelled() => {
+            // As a crash would: no goodbye to the cluster (the others declare us dead). Give the API a moment to
+            // answer the request that asked for it; the store is crash-safe, so exiting now loses nothing.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            eprintln!("xnode killed over the API: exiting without leaving the cluster");
+            std::process::exit(137);
+        }
         reason = fatal_error(node.clone()) => Some(reason),
     };
     shutdown.cancel();

@@ -202,3 +202,341 @@ fn cli_talks_to_the_node_and_shutdown_is_graceful() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A `multipart/form-data` body with one text part and one file part, as a browser's form sends it.
+fn multipart(file_name: &str, data: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "xnode-test-boundary-7c15";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n").as_bytes(),
+    );
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// `name value` lines of an OpenMetrics scrape (labels kept in the name).
+fn scrape(node: &Node) -> std::collections::HashMap<String, f64> {
+    let resp = ureq::get(&node.url("/metrics")).call().unwrap();
+    assert!(resp.content_type().contains("openmetrics") || resp.content_type().contains("text/plain"));
+    let text = resp.into_string().unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse::<f64>().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn multipart_upload_blocks_metrics_and_the_openapi_document() {
+    let node = Node::start("64MiB", "");
+    let data = pattern(600_000);
+    let (content_type, body) = multipart("from-a-form.bin", &data);
+    let (code, answer) = status_of(
+        ureq::post(&node.url("/api/v1/files"))
+            .set("Authorization", "Bearer s3cret")
+            .set("Content-Type", &content_type)
+            .send_bytes(&body),
+    );
+    assert_eq!(code, 201, "{answer}");
+    let up: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(up["name"], "from-a-form.bin");
+    let got = ureq::get(&node.url(&format!("/api/v1/files/{}", up["cid"].as_str().unwrap()))).call().unwrap();
+    assert_eq!(got.content_type(), "application/octet-stream");
+    let mut bytes = Vec::new();
+    got.into_reader().read_to_end(&mut bytes).unwrap();
+    assert!(bytes == data, "the multipart upload stored other bytes");
+
+    let (ct, no_file) = {
+        let boundary = "b";
+        (
+            format!("multipart/form-data; boundary={boundary}"),
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\ny\r\n--{boundary}--\r\n"),
+        )
+    };
+    let (code, answer) = status_of(
+        ureq::post(&node.url("/api/v1/files"))
+            .set("Authorization", "Bearer s3cret")
+            .set("Content-Type", &ct)
+            .send_string(&no_file),
+    );
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("no file part"), "{answer}");
+
+    let blocks: serde_json::Value = ureq::get(&node.url("/api/v1/blocks?limit=2")).call().unwrap().into_json().unwrap();
+    assert_eq!(blocks["held"]["count"], 4, "3 leaves and a root: {blocks}");
+    assert_eq!(blocks["held"]["cids"].as_array().unwrap().len(), 2);
+    assert_eq!(blocks["wanted"]["count"], 0);
+
+    let before = scrape(&node);
+    for family in [
+        "xnode_blocks_held",
+        "xnode_blocks_wanted",
+        "xnode_blocks_under_replicated",
+        "xnode_blocks_missing",
+        "xnode_stored_bytes",
+        "xnode_capacity_bytes",
+        "xnode_disk_bytes",
+        "xnode_peers",
+        "xnode_bitswap_received_bytes_total",
+        "xnode_bitswap_sent_bytes_total",
+        "xnode_members{state=\"alive\"}",
+        "xnode_members{state=\"dead\"}",
+    ] {
+        assert!(before.contains_key(family), "no {family} in /metrics: {before:?}");
+    }
+    assert_eq!(before["xnode_capacity_bytes"], 64.0 * 1024.0 * 1024.0);
+    assert_eq!(before["xnode_members{state=\"alive\"}"], 1.0);
+    assert!(
+        before.keys().any(|k| k.starts_with("xnode_http_request_duration_seconds_bucket")
+            && k.contains("route=\"/api/v1/files\"")
+            && k.contains("method=\"POST\"")),
+        "request latencies are labelled by route"
+    );
+    let (code, _) = status_of(node.upload("second.bin", &pattern(300_000)[..]));
+    assert_eq!(code, 201);
+    let after = scrape(&node);
+    assert!(after["xnode_stored_bytes"] > before["xnode_stored_bytes"], "bytes stored did not grow");
+    assert!(after["xnode_blocks_held"] > before["xnode_blocks_held"]);
+
+    let doc: serde_json::Value = ureq::get(&node.url("/api/v1/openapi.json")).call().unwrap().into_json().unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/api/v1/openapi.json", "get"),
+        ("/api/v1/status", "get"),
+        ("/api/v1/members", "get"),
+        ("/api/v1/files", "get"),
+        ("/api/v1/files", "post"),
+        ("/api/v1/files/{cid}", "get"),
+        ("/api/v1/files/{cid}", "delete"),
+        ("/api/v1/ls/{cid}", "get"),
+        ("/api/v1/stat/{cid}", "get"),
+        ("/api/v1/blocks", "get"),
+        ("/api/v1/storage", "get"),
+        ("/api/v1/storage", "put"),
+        ("/api/v1/shutdown", "post"),
+        ("/api/v1/kill", "post"),
+        ("/api/v1/auth", "get"),
+        ("/api/v1/transfers", "get"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the OpenAPI document");
+    }
+    assert!(doc["components"]["securitySchemes"]["admin"].is_object());
+}
+
+#[test]
+fn token_rules_csrf_and_bounded_bodies() {
+    let node = Node::start("", "");
+    let auth = || ureq::get(&node.url("/api/v1/auth"));
+    let (code, body) = status_of(auth().call());
+    assert_eq!(code, 401, "no token");
+    assert!(body.contains("XNODE_ADMIN_TOKEN"), "{body}");
+    let (code, _) = status_of(auth().set("Authorization", "Bearer wrong").call());
+    assert_eq!(code, 401, "wrong bearer token");
+    let (code, _) = status_of(auth().set("Authorization", "Bearer s3cret").call());
+    assert_eq!(code, 204);
+
+    // The dashboard's cookie: only with the page's header, and never from another site.
+    let host = node.api.trim_start_matches("http://").to_string();
+    let (code, body) = status_of(auth().set("Cookie", "xnode_token=s3cret").call());
+    assert_eq!(code, 403, "a cookie alone (a cross-site form could send it) is refused: {body}");
+    let (code, _) = status_of(auth().set("Cookie", "xnode_token=s3cret").set("X-Xnode-Csrf", "1").call());
+    assert_eq!(code, 204, "the page's requests pass");
+    let (code, _) =
+        status_of(auth().set("Cookie", "xnode_token=wrong").set("X-Xnode-Csrf", "1").set("Origin", &node.api).call());
+    assert_eq!(code, 401, "wrong cookie");
+    let (code, body) = status_of(
+        ureq::post(&node.url("/api/v1/shutdown"))
+            .set("Cookie", "xnode_token=s3cret")
+            .set("HX-Request", "true")
+            .set("Origin", "http://evil.example")
+            .call(),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("cross-site"), "{body}");
+    let (code, _) = status_of(
+        ureq::post(&node.url("/api/v1/shutdown"))
+            .set("Cookie", "xnode_token=s3cret")
+            .set("X-Xnode-Csrf", "1")
+            .set("Sec-Fetch-Site", "cross-site")
+            .call(),
+    );
+    assert_eq!(code, 403);
+
+    // Signing in on the page sets an HttpOnly, SameSite=Strict cookie; a wrong token says what to use.
+    let login = |token: &str, origin: &str| {
+        ureq::post(&node.url("/ui/login"))
+            .set("Origin", origin)
+            .set("HX-Request", "true")
+            .send_form(&[("token", token)])
+    };
+    let (code, body) = status_of(login("nope", &node.api));
+    assert_eq!(code, 401);
+    assert!(body.contains("XNODE_ADMIN_TOKEN"), "{body}");
+    let (code, _) = status_of(login("s3cret", "http://evil.example"));
+    assert_eq!(code, 403, "a cross-site sign-in is refused");
+    let resp = login("s3cret", &format!("http://{host}")).unwrap();
+    let cookie = resp.header("set-cookie").unwrap().to_string();
+    assert!(cookie.starts_with("xnode_token=s3cret;"), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+
+    // Bodies other than uploads are bounded; errors name the problem.
+    let (code, _) = status_of(
+        ureq::put(&node.url("/api/v1/storage"))
+            .set("Authorization", "Bearer s3cret")
+            .set("Content-Type", "application/json")
+            .send_string(&format!("{{\"capacity\": 1, \"pad\": \"{}\"}}", "x".repeat(100_000))),
+    );
+    assert_eq!(code, 413, "a 100 kB JSON body");
+    let (code, _) = status_of(
+        ureq::put(&node.url("/api/v1/storage")).set("Authorization", "Bearer s3cret").send_string("capacity=1"),
+    );
+    assert!(code == 400 || code == 415, "not JSON: {code}");
+    let (code, body) =
+        status_of(ureq::delete(&node.url("/api/v1/files/nonsense")).set("Authorization", "Bearer s3cret").call());
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = status_of(
+        ureq::delete(&node.url("/api/v1/files/QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"))
+            .set("Authorization", "Bearer s3cret")
+            .call(),
+    );
+    assert_eq!(code, 404, "{body}");
+    let (code, body) =
+        status_of(ureq::post(&node.url("/api/v1/files")).set("Authorization", "Bearer s3cret").send_bytes(b"no name"));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("name"), "{body}");
+    let (code, _) = status_of(node.upload("held.bin", &pattern(500_000)));
+    assert_eq!(code, 201);
+    let (code, body) = status_of(
+        ureq::put(&node.url("/api/v1/storage"))
+            .set("Authorization", "Bearer s3cret")
+            .send_json(serde_json::json!({"capacity": 1000})),
+    );
+    assert_eq!(code, 409, "shrinking below what is held: {body}");
+}
+
+#[test]
+fn dashboard_page_fragments_and_vendored_htmx() {
+    let node = Node::start("", "");
+    let page = ureq::get(&node.url("/")).call().unwrap();
+    assert!(page.content_type().starts_with("text/html"));
+    let html = page.into_string().unwrap();
+    let provenance = include_str!("../internal/api/assets/PROVENANCE");
+    let version = provenance.lines().find_map(|l| l.strip_prefix("htmx_version=")).unwrap();
+    assert!(html.contains(&format!("<span id=\"htmx-version\">{version}</span>")), "the page shows htmx's version");
+    assert!(html.contains("data-name=\"api-test\""), "the page lists the member");
+    assert!(html.contains("id=\"login\""), "signed out: the page asks for the token");
+    let signed_in =
+        ureq::get(&node.url("/")).set("Cookie", "xnode_token=s3cret").call().unwrap().into_string().unwrap();
+    assert!(signed_in.contains("id=\"upload\"") && signed_in.contains("class=\"danger kill\""));
+
+    let js = ureq::get(&node.url(&format!("/assets/htmx.min.js?v={version}"))).call().unwrap();
+    assert!(js.header("cache-control").unwrap().contains("immutable"));
+    let mut served = Vec::new();
+    js.into_reader().read_to_end(&mut served).unwrap();
+    assert!(served == include_bytes!("../internal/api/assets/htmx-2.min.js"), "htmx is served as vendored");
+    for fragment in ["/ui/members", "/ui/files", "/ui/wanted", "/assets/hx-sse.min.js", "/assets/xnode.css"] {
+        let (code, _) = status_of(ureq::get(&node.url(fragment)).call());
+        assert_eq!(code, 200, "{fragment}");
+    }
+
+    // Actions from the page: a resize of this node through its own form, in human units.
+    let (code, body) = status_of(
+        ureq::post(&node.url("/ui/members/api-test/storage"))
+            .set("Authorization", "Bearer s3cret")
+            .send_form(&[("capacity", "3MiB")]),
+    );
+    assert_eq!(code, 200, "{body}");
+    let storage: serde_json::Value = ureq::get(&node.url("/api/v1/storage")).call().unwrap().into_json().unwrap();
+    assert_eq!(storage["capacity"], 3 << 20);
+    let (code, body) = status_of(
+        ureq::post(&node.url("/ui/members/api-test/storage"))
+            .set("Authorization", "Bearer s3cret")
+            .send_form(&[("capacity", "lots")]),
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("not a size"), "{body}");
+    let (code, body) =
+        status_of(ureq::post(&node.url("/ui/members/nobody/kill")).set("Authorization", "Bearer s3cret").call());
+    assert_eq!(code, 404);
+    assert!(body.contains("api-test"), "names the members: {body}");
+    // Full: the page's upload says so.
+    let (content_type, body) = multipart("big.bin", &pattern(4 << 20));
+    let (code, answer) = status_of(
+        ureq::post(&node.url("/ui/files"))
+            .set("Authorization", "Bearer s3cret")
+            .set("Content-Type", &content_type)
+            .send_bytes(&body),
+    );
+    assert_eq!(code, 507, "{answer}");
+    assert!(answer.contains("storage full"), "{answer}");
+}
+
+#[test]
+fn kill_stops_without_leaving() {
+    let mut node = Node::start("", "");
+    let (code, _) = status_of(ureq::post(&node.url("/api/v1/kill")).call());
+    assert_eq!(code, 401);
+    let (code, _) = status_of(ureq::post(&node.url("/api/v1/kill")).set("Authorization", "Bearer s3cret").call());
+    assert_eq!(code, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = node.inner.child.try_wait().unwrap() {
+            assert!(!status.success(), "a kill is not a graceful stop");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn admin_actions_are_forwarded_to_members_that_share_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("shared/admin-token");
+    let token_file = token_file.to_str().unwrap();
+    let shared = [("XNODE_ADMIN_TOKEN_FILE", token_file)];
+    let a = RunningNode::start(tmp.path(), "fwd-a", &shared);
+    let seed = a.gossip.clone();
+    let b = RunningNode::start(tmp.path(), "fwd-b", &[shared[0], ("XNODE_KNOWN_PEERS", &seed)]);
+    let c = RunningNode::start(tmp.path(), "fwd-c", &[("XNODE_ADMIN_TOKEN", "other"), ("XNODE_KNOWN_PEERS", &seed)]);
+    let token = std::fs::read_to_string(token_file).unwrap();
+    assert_eq!(token.len(), 32, "the first node made a random token");
+    let alive = |n: &RunningNode| -> usize {
+        let v: serde_json::Value =
+            ureq::get(&n.url("/api/v1/members")).call().ok().and_then(|r| r.into_json().ok()).unwrap_or_default();
+        v.as_array().map_or(0, |a| a.iter().filter(|m| m["state"] == "Alive").count())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(&a) < 3 {
+        assert!(Instant::now() < deadline, "the three nodes did not meet");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let resize = |target: &str, size: &str| {
+        status_of(
+            ureq::post(&a.url(&format!("/ui/members/{target}/storage")))
+                .set("Authorization", &format!("Bearer {token}"))
+                .send_form(&[("capacity", size)]),
+        )
+    };
+    let (code, body) = resize("fwd-b", "5MiB");
+    assert_eq!(code, 200, "{body}");
+    let storage: serde_json::Value = ureq::get(&b.url("/api/v1/storage")).call().unwrap().into_json().unwrap();
+    assert_eq!(storage["capacity"], 5 << 20, "fwd-b was resized through fwd-a");
+    let (code, body) = resize("fwd-c", "5MiB");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("fwd-c") && body.contains("XNODE_ADMIN_TOKEN"), "{body}");
+    drop(c);
+}

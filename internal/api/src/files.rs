@@ -1,40 +1,45 @@
-//! File routes: upload (raw body or tar, streamed into the importer), list, download (streamed, with Range and
-//! ETag), directory listings and removal.
+//! File routes: upload (raw body, tar or multipart, streamed into the importer), list, download (streamed, with
+//! Range and ETag), directory listings and removal.
 
 use std::io::{self, Read};
 use std::path::Path;
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use cid::Cid;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
+use tokio::sync::{mpsc, oneshot};
 use xnode_dag::{ImportOptions, NodeKind, Profile};
 use xnode_instance::InstanceError;
-use xnode_storage::Pin;
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, ErrorBody};
 
 /// How an upload is imported; the same knobs as `xnode add`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
 #[serde(rename_all = "kebab-case")]
+#[into_params(parameter_in = Query, rename_all = "kebab-case")]
 pub(crate) struct UploadParams {
-    /// The file's name (raw uploads).
+    /// The file's name (raw uploads; multipart uploads take the part's file name).
     name: Option<String>,
+    /// 0 (the `ipfs add` default) or 1.
     cid_version: Option<u8>,
+    /// `unixfs-v0-2015` (default) or `unixfs-v1-2025`.
     profile: Option<String>,
+    /// Include dot-files of a tar upload.
     #[serde(default)]
     hidden: bool,
 }
 
 /// `?timeout=SECS` on reads: how long to wait for blocks from other nodes.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ReadParams {
+    /// Seconds to wait for missing blocks from the cluster (default `XNODE_FETCH_TIMEOUT`).
     timeout: Option<f64>,
 }
 
@@ -47,43 +52,138 @@ async fn ensure_local(app: &AppState, cid: Cid, params: &ReadParams) -> Result<(
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
+/// What an upload stored.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Uploaded {
-    cid: String,
-    name: String,
-    size: u64,
+    /// The root CID.
+    pub(crate) cid: String,
+    /// The name it is pinned under.
+    pub(crate) name: String,
+    /// Content bytes.
+    pub(crate) size: u64,
+    /// Every file and directory of a tar upload, children first.
     entries: Vec<UploadedEntry>,
 }
 
-#[derive(Debug, Serialize)]
+/// One entry of a tar upload.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct UploadedEntry {
+    /// Its path in the archive.
     path: String,
+    /// Its CID.
     cid: String,
 }
 
-/// `GET /api/v1/files`: the cluster's catalog, plus files pinned here that the catalog does not list yet.
-pub(crate) async fn list(State(app): State<AppState>) -> Result<Json<Vec<Pin>>, ApiError> {
-    let repo = app.node.repo().clone();
-    let mut files: Vec<Pin> = app
-        .node
-        .catalog_files()
-        .into_iter()
-        .map(|f| Pin { root: f.root, name: f.name, size: f.size, added_at: f.added_at })
-        .collect();
-    for pin in blocking(move || repo.pins()).await? {
-        if !files.iter().any(|f| f.root == pin.root) {
-            files.push(pin);
-        }
-    }
-    Ok(Json(files))
+/// A file of the cluster's catalog (or, until the catalog lands, pinned here), with its replication health.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct FileEntry {
+    /// The root CID.
+    pub(crate) root: String,
+    /// Its name as added.
+    pub(crate) name: String,
+    /// Content bytes.
+    pub(crate) size: u64,
+    /// When it was added, seconds since the Unix epoch.
+    pub(crate) added_at: u64,
+    /// The member that added it (blank when only known from the local pins).
+    pub(crate) added_by: String,
+    /// Whether this node pins it.
+    pub(crate) pinned_here: bool,
+    /// Replication health from the catalog; absent when the file is only known from local pins.
+    pub(crate) health: Option<Health>,
 }
 
-/// `POST /api/v1/files`: the body is the file (any content type) or, as `application/x-tar`, a directory tree.
+/// How well the cluster keeps a file's blocks.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Blocks in its DAG.
+    pub(crate) blocks: u64,
+    /// Blocks held by every node placement gives them to.
+    pub(crate) at_rf: u64,
+    /// Blocks with fewer live copies than the replication factor.
+    pub(crate) under_replicated: u64,
+    /// Blocks no live member holds.
+    pub(crate) missing: u64,
+}
+
+/// The catalog's files with their health, plus local pins the catalog does not list, newest first.
+pub(crate) async fn entries(app: &AppState) -> Result<Vec<FileEntry>, ApiError> {
+    let repo = app.node.repo().clone();
+    let pins = blocking(move || repo.pins()).await?;
+    let mut out: Vec<FileEntry> = app
+        .node
+        .files_health()
+        .into_iter()
+        .map(|f| FileEntry {
+            pinned_here: pins.iter().any(|p| p.root.to_string() == f.root),
+            root: f.root,
+            name: f.name,
+            size: f.size,
+            added_at: f.added_at,
+            added_by: f.added_by,
+            health: Some(Health {
+                blocks: f.blocks,
+                at_rf: f.at_rf,
+                under_replicated: f.under_replicated,
+                missing: f.missing,
+            }),
+        })
+        .collect();
+    for p in pins {
+        let root = p.root.to_string();
+        if !out.iter().any(|f| f.root == root) {
+            out.push(FileEntry {
+                root,
+                name: p.name,
+                size: p.size,
+                added_at: p.added_at,
+                added_by: String::new(),
+                pinned_here: true,
+                health: None,
+            });
+        }
+    }
+    out.sort_by(|a, b| b.added_at.cmp(&a.added_at).then_with(|| a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+/// `GET /api/v1/files`: the cluster's files with their replication health (and the files pinned here).
+#[utoipa::path(get, path = "/api/v1/files", tag = "files", responses((status = 200, body = [FileEntry])))]
+pub(crate) async fn list(State(app): State<AppState>) -> Result<Json<Vec<FileEntry>>, ApiError> {
+    Ok(Json(entries(&app).await?))
+}
+
+/// `POST /api/v1/files`: the body is the file (any content type), a directory tree as `application/x-tar`, or a
+/// `multipart/form-data` form whose first file part is stored under its file name.
+#[utoipa::path(post, path = "/api/v1/files", tag = "files", params(UploadParams), security(("admin" = [])),
+    request_body(content(
+        (Vec<u8> = "application/octet-stream"),
+        (Vec<u8> = "application/x-tar"),
+        (Object = "multipart/form-data")), description = "the file, a tar of a directory, or a form with a file part"),
+    responses(
+        (status = 201, body = Uploaded),
+        (status = 400, description = "no name, bad options, not a tar, no file part", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 403, description = "a cross-site request with the dashboard cookie", body = ErrorBody),
+        (status = 413, description = "larger than XNODE_MAX_UPLOAD", body = ErrorBody),
+        (status = 507, description = "the store is full", body = ErrorBody)))]
 pub(crate) async fn upload(
     State(app): State<AppState>,
     Query(params): Query<UploadParams>,
     request: Request,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
+    Ok((StatusCode::CREATED, Json(import(&app, params, request).await?)))
+}
+
+/// Where an upload's bytes come from.
+enum Source {
+    Raw,
+    Tar,
+    Multipart,
+}
+
+/// Streams an upload (raw, tar or multipart) into the store, bounded by `XNODE_MAX_UPLOAD`.
+pub(crate) async fn import(app: &AppState, params: UploadParams, request: Request) -> Result<Uploaded, ApiError> {
     let mut opts = match params.profile.as_deref() {
         None => ImportOptions::default(),
         Some(p) => ImportOptions::profile(p.parse::<Profile>().map_err(ApiError::bad_request)?),
@@ -95,16 +195,15 @@ pub(crate) async fn upload(
         opts = opts.with_cid_version(v);
     }
     opts.include_hidden = params.hidden;
-    let is_tar = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-tar"));
-    let name = params.name.clone().filter(|n| !n.is_empty() && !n.contains('/'));
-    if !is_tar && name.is_none() {
-        return Err(ApiError::bad_request("give the file a name: POST /api/v1/files?name=FILE (no '/')"));
-    }
-
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let source = if content_type.starts_with("application/x-tar") {
+        Source::Tar
+    } else if content_type.starts_with("multipart/form-data") {
+        Source::Multipart
+    } else {
+        Source::Raw
+    };
     let limit = app.config.max_upload_bytes;
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
@@ -112,23 +211,51 @@ pub(crate) async fn upload(
     }
     // The body streams through a small channel into a blocking import: memory stays flat whatever the size.
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-    let mut stream = request.into_body().into_data_stream();
-    let pump = tokio::spawn(async move {
-        let mut seen: u64 = 0;
-        while let Some(frame) = stream.next().await {
-            let frame = frame.map_err(|e| io::Error::other(e.to_string()));
-            if let Ok(bytes) = &frame {
-                seen += bytes.len() as u64;
-                if seen > limit {
-                    let _ = tx.send(Err(io::Error::other(TooLarge(limit)))).await;
-                    return;
-                }
-            }
-            if tx.send(frame).await.is_err() {
-                return;
-            }
+    let (name, pump) = match source {
+        Source::Multipart => {
+            let mut form = Multipart::from_request(request, &())
+                .await
+                .map_err(|e| ApiError::bad_request(format!("not a multipart form: {}", e.body_text())))?;
+            // The file part borrows the form, so one task owns both: it reports the part's file name, then pumps.
+            let (name_tx, name_rx) = oneshot::channel::<Result<String, ApiError>>();
+            let task = tokio::spawn(async move {
+                let field = loop {
+                    match form.next_field().await {
+                        Err(e) => return drop(name_tx.send(Err(multipart_error(&e, limit)))),
+                        Ok(None) => {
+                            let e = ApiError::bad_request(
+                                "the form has no file part; send the file as a part with a filename",
+                            );
+                            return drop(name_tx.send(Err(e)));
+                        }
+                        Ok(Some(field)) => {
+                            if let Some(file_name) = field.file_name().map(str::to_string) {
+                                let base = file_name.rsplit(['/', '\\']).next().unwrap_or_default().to_string();
+                                let _ = name_tx.send(Ok(base));
+                                break field;
+                            }
+                        }
+                    }
+                };
+                let stream = field.map(|c| c.map_err(|e| io::Error::other(multipart_error(&e, limit).message)));
+                pump(stream, tx, limit).await;
+            });
+            let file_name = name_rx.await.map_err(|_| ApiError::internal("the upload reader stopped"))??;
+            (Some(params.name.clone().filter(|n| !n.is_empty()).unwrap_or(file_name)), task)
         }
-    });
+        Source::Raw | Source::Tar => {
+            let stream = request.into_body().into_data_stream().map(|f| f.map_err(|e| io::Error::other(e.to_string())));
+            (params.name.clone(), tokio::spawn(pump(stream, tx, limit)))
+        }
+    };
+    let is_tar = matches!(source, Source::Tar);
+    let name = name.filter(|n| !n.is_empty() && !n.contains('/'));
+    if !is_tar && name.is_none() {
+        pump.abort();
+        return Err(ApiError::bad_request(
+            "give the file a name: POST /api/v1/files?name=FILE (no '/'), or a multipart part with a filename",
+        ));
+    }
     let repo = app.node.repo().clone();
     let result = blocking(move || {
         let reader = ChannelReader { rx, current: Bytes::new() };
@@ -151,11 +278,40 @@ pub(crate) async fn upload(
                 let node = app.node.clone();
                 tokio::spawn(async move { node.provide(root).await });
             }
-            Ok((StatusCode::CREATED, Json(uploaded)))
+            Ok(uploaded)
         }
         Err(e) if e.message.contains(TOO_LARGE) => Err(too_large(limit)),
         Err(e) => Err(e),
     }
+}
+
+/// Forwards body chunks to the importer, counting them against `limit`.
+async fn pump(
+    stream: impl futures::Stream<Item = io::Result<Bytes>> + Send,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    limit: u64,
+) {
+    let mut stream = std::pin::pin!(stream);
+    let mut seen: u64 = 0;
+    while let Some(frame) = stream.next().await {
+        if let Ok(bytes) = &frame {
+            seen += bytes.len() as u64;
+            if seen > limit {
+                let _ = tx.send(Err(io::Error::other(TooLarge(limit)))).await;
+                return;
+            }
+        }
+        if tx.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn multipart_error(e: &axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large(limit);
+    }
+    ApiError::bad_request(format!("could not read the multipart form: {}", e.body_text()))
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -205,6 +361,17 @@ pub(crate) fn parse_cid(s: &str) -> Result<Cid, ApiError> {
 }
 
 /// `GET /api/v1/files/{cid}`: a file's bytes, streamed; `Range: bytes=a-b` gives 206 with that slice.
+#[utoipa::path(get, path = "/api/v1/files/{cid}", tag = "files",
+    params(("cid" = String, Path, description = "the file's root CID"), ReadParams,
+        ("Range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
+        ("If-None-Match" = Option<String>, Header, description = "the ETag, i.e. the quoted CID")),
+    responses(
+        (status = 200, description = "the bytes, with Content-Type, Content-Length, ETag", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 206, description = "the requested range, with Content-Range", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 304, description = "unchanged (If-None-Match)"),
+        (status = 400, description = "malformed CID, or not a file", body = ErrorBody),
+        (status = 416, description = "range outside the file"),
+        (status = 504, description = "no member sent the blocks before the timeout", body = ErrorBody)))]
 pub(crate) async fn download(
     State(app): State<AppState>,
     UrlPath(cid): UrlPath<String>,
@@ -324,16 +491,24 @@ fn content_type(name: Option<&str>) -> &'static str {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One directory entry.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Listing {
+    /// Its name.
     name: String,
+    /// Its CID.
     cid: String,
+    /// `file`, `directory` or `symlink`.
     kind: &'static str,
+    /// Content bytes of a file.
     size: u64,
+    /// A symlink's target.
     target: Option<String>,
 }
 
 /// `GET /api/v1/ls/{cid}`: a directory's entries with their kinds.
+#[utoipa::path(get, path = "/api/v1/ls/{cid}", tag = "files", params(("cid" = String, Path), ReadParams), responses(
+    (status = 200, body = [Listing]), (status = 400, body = ErrorBody), (status = 504, body = ErrorBody)))]
 pub(crate) async fn ls(
     State(app): State<AppState>,
     UrlPath(cid): UrlPath<String>,
@@ -359,6 +534,9 @@ pub(crate) async fn ls(
 }
 
 /// `GET /api/v1/stat/{cid}`: what a CID is.
+#[utoipa::path(get, path = "/api/v1/stat/{cid}", tag = "files", params(("cid" = String, Path), ReadParams), responses(
+    (status = 200, description = "cid, kind (file, directory, symlink), size or target", body = Object),
+    (status = 400, body = ErrorBody), (status = 504, body = ErrorBody)))]
 pub(crate) async fn stat(
     State(app): State<AppState>,
     UrlPath(cid): UrlPath<String>,
@@ -378,6 +556,11 @@ pub(crate) async fn stat(
 }
 
 /// `DELETE /api/v1/files/{cid}`: unpin; blocks no other file needs are deleted.
+#[utoipa::path(delete, path = "/api/v1/files/{cid}", tag = "files", params(("cid" = String, Path)), security(("admin" = [])),
+    responses(
+        (status = 200, description = "removed, blocks_deleted, bytes_freed", body = Object),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "not pinned here", body = ErrorBody)))]
 pub(crate) async fn remove(State(app): State<AppState>, UrlPath(cid): UrlPath<String>) -> Result<Response, ApiError> {
     let cid = parse_cid(&cid)?;
     let stats = app.node.remove_file(cid).await?;

@@ -1,15 +1,22 @@
-//! The node's HTTP API (axum): `/healthz` and `/readyz` for orchestrators, JSON under `/api/v1` for the CLI, scripts
-//! and (later) the dashboard.
+//! The node's HTTP API (axum): `/healthz` and `/readyz` for orchestrators, JSON under `/api/v1` for the CLI and
+//! scripts (described by the OpenAPI document at `/api/v1/openapi.json`), `/metrics` for Prometheus, and the
+//! dashboard at `/` (askama templates from `templates/`, htmx served from the binary).
 //!
-//! Owns routing, status codes and the JSON shapes. Handlers only read from the [`Node`] handle and serialize; no
+//! Owns routing, status codes, the JSON shapes, who may do what (the admin token, CSRF) and the forwarding of
+//! admin actions to other members' APIs. Handlers only read from the [`Node`] handle and serialize or render; no
 //! business logic lives here. Never binds sockets itself: [`serve`] takes a listener so tests can bind port 0.
+//! Design notes: `docs/api.md`.
 
 mod files;
+mod forward;
+mod openapi;
+mod telemetry;
+mod ui;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -48,7 +55,18 @@ impl ApiConfig {
 pub(crate) struct AppState {
     node: Arc<Node>,
     config: Arc<ApiConfig>,
-    shutdown: CancellationToken,
+    control: Control,
+    telemetry: Arc<telemetry::Telemetry>,
+}
+
+/// How the API stops the process: the binary watches these tokens.
+#[derive(Clone, Debug, Default)]
+pub struct Control {
+    /// Cancelled by `POST /api/v1/shutdown` (and SIGTERM): leave the cluster politely, flush, exit 0.
+    pub shutdown: CancellationToken,
+    /// Cancelled by `POST /api/v1/kill`: stop at once without leaving, as a crash would, so the others declare
+    /// this node dead (the dashboard's "kill" button, to watch the cluster heal).
+    pub kill: CancellationToken,
 }
 
 /// The API's one error type: a status code and a message a person can act on.
@@ -59,6 +77,18 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl ToString) -> Self {
+        Self { status, message: message.to_string() }
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     pub(crate) fn bad_request(message: impl ToString) -> Self {
         Self { status: StatusCode::BAD_REQUEST, message: message.to_string() }
     }
@@ -94,25 +124,40 @@ impl From<InstanceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        (self.status, Json(ErrorBody { error: self.message })).into_response()
     }
 }
 
+/// Every error answer: `{"error": "what went wrong and what to do"}`.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    /// A message a person can act on.
+    error: String,
+}
+
 /// The routes, over a running node. Reads are open; anything that changes the node needs the admin token.
-/// Cancelling `shutdown` (also what `POST /api/v1/shutdown` does) stops the node gracefully.
-pub fn router(node: Arc<Node>, config: ApiConfig, shutdown: CancellationToken) -> Router {
-    let state = AppState { node, config: Arc::new(config), shutdown };
+/// Cancelling `control.shutdown` (also what `POST /api/v1/shutdown` does) stops the node gracefully. Must be called
+/// inside a Tokio runtime: it starts the task that follows the node's network events for metrics and the
+/// transfer log (it ends with `control.shutdown`).
+pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
+    let telemetry = telemetry::Telemetry::start(node.clone(), control.shutdown.clone());
+    let state = AppState { node, config: Arc::new(config), control, telemetry };
+    let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
     let admin = Router::new()
-        .route("/api/v1/files", post(files::upload))
+        // Uploads are streamed and bounded by `max_upload_bytes` (multipart included); other bodies are small.
+        .route("/api/v1/files", post(files::upload).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/api/v1/files/{cid}", axum::routing::delete(files::remove))
         .route("/api/v1/storage", axum::routing::put(set_storage))
         .route("/api/v1/shutdown", post(shutdown_node))
+        .route("/api/v1/kill", post(kill_node))
         // Lets a client check its token before streaming a large upload the server would cut off.
-        .route("/api/v1/auth", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/api/v1/auth", get(auth))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(telemetry::metrics))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .route("/api/v1/status", get(status))
         .route("/api/v1/members", get(members))
         .route("/api/v1/files", get(files::list))
@@ -121,36 +166,151 @@ pub fn router(node: Arc<Node>, config: ApiConfig, shutdown: CancellationToken) -
         .route("/api/v1/stat/{cid}", get(files::stat))
         .route("/api/v1/storage", get(storage))
         .route("/api/v1/blocks", get(blocks))
+        .route("/api/v1/transfers", get(telemetry::transfers_json))
         .merge(admin)
-        // Uploads are streamed and bounded by `max_upload_bytes` themselves; other bodies are tiny.
-        .layer(DefaultBodyLimit::disable())
+        .merge(ui::routes(state.clone(), upload_limit))
+        .layer(DefaultBodyLimit::max(SMALL_BODY))
+        .route_layer(middleware::from_fn_with_state(state.clone(), telemetry::track_latency))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// Accepts `Authorization: Bearer <token>` or the dashboard's `xnode_token` cookie.
-async fn require_admin(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let token = &app.config.admin_token;
-    let headers = request.headers();
+/// The largest body accepted by routes other than uploads (JSON and forms): 64 KiB.
+const SMALL_BODY: usize = 64 << 10;
+
+/// How a request proved it may change things.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// `Authorization: Bearer`: a script or the CLI; browsers never add it on their own, so no CSRF check.
+    Bearer,
+    /// The dashboard's cookie: browsers send it by themselves, so the request must also prove it is same-site.
+    Cookie,
+}
+
+/// The admin token a request carries (bearer first, then the `xnode_token` cookie).
+pub(crate) fn presented_token(headers: &HeaderMap) -> Option<(Auth, String)> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let cookie = headers
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|c| c.split(';').map(str::trim).find_map(|kv| kv.strip_prefix("xnode_token=")));
-    if bearer == Some(token.as_str()) || cookie == Some(token.as_str()) {
-        return next.run(request).await;
+        .map(|t| (Auth::Bearer, t.trim().to_string()));
+    bearer.or_else(|| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|c| c.split(';'))
+            .find_map(|kv| kv.trim().strip_prefix(&format!("{TOKEN_COOKIE}=")).map(cookie_decode))
+            .map(|t| (Auth::Cookie, t))
+    })
+}
+
+/// Percent-encodes a token for a cookie value (tokens may hold `;`, spaces or non-ASCII).
+pub(crate) fn cookie_encode(token: &str) -> String {
+    token
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn cookie_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
     }
-    let message = if bearer.is_none() && cookie.is_none() {
-        "this route needs the admin token: send `Authorization: Bearer <XNODE_ADMIN_TOKEN>` (the node logs it at start \
-         when XNODE_ADMIN_TOKEN is unset)"
-    } else {
-        "wrong admin token; use the node's XNODE_ADMIN_TOKEN"
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The dashboard keeps the admin token in this cookie (HttpOnly, SameSite=Strict).
+pub(crate) const TOKEN_COOKIE: &str = "xnode_token";
+
+/// Refuses a browser request made by another site: `Sec-Fetch-Site` must be same-origin (or absent, from
+/// non-browser clients) and `Origin`, when sent, must name this host.
+pub(crate) fn check_same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let refuse = |what: String| ApiError {
+        status: StatusCode::FORBIDDEN,
+        message: format!(
+            "cross-site request refused ({what}): change things from the node's own dashboard, or send \
+             `Authorization: Bearer <XNODE_ADMIN_TOKEN>` from a script"
+        ),
     };
-    ApiError { status: StatusCode::UNAUTHORIZED, message: message.into() }.into_response()
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if let Some(site) = site.filter(|s| !matches!(*s, "same-origin" | "none")) {
+        return Err(refuse(format!("Sec-Fetch-Site: {site}")));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest).trim_end_matches('/');
+        if origin_host != host {
+            return Err(refuse(format!("Origin {origin} is not {host}")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the admin token of a request, and for the cookie that it comes from the dashboard's own origin.
+pub(crate) fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<Auth, ApiError> {
+    let Some((auth, token)) = presented_token(headers) else {
+        return Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "this route needs the admin token: send `Authorization: Bearer <XNODE_ADMIN_TOKEN>` (the node \
+                      logs it at start when XNODE_ADMIN_TOKEN is unset), or sign in on the dashboard"
+                .into(),
+        });
+    };
+    if auth == Auth::Cookie {
+        // SameSite=Strict already keeps the cookie off other sites' requests; this is the second lock.
+        check_same_origin(headers)?;
+        if !headers.contains_key("x-xnode-csrf") && !headers.contains_key("hx-request") {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                message: "a request signed in with the dashboard cookie must come from the dashboard (it sends \
+                          X-Xnode-Csrf); scripts should send `Authorization: Bearer <XNODE_ADMIN_TOKEN>` instead"
+                    .into(),
+            });
+        }
+    }
+    if !constant_time_eq(token.as_bytes(), app.config.admin_token.as_bytes()) {
+        return Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "wrong admin token; use the node's XNODE_ADMIN_TOKEN".into(),
+        });
+    }
+    Ok(auth)
+}
+
+/// Compares tokens without leaking where they first differ through timing.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the admin token (204 when it is right).
+#[utoipa::path(get, path = "/api/v1/auth", tag = "node", security(("admin" = [])), responses(
+    (status = 204, description = "the token is right"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(crate) async fn auth() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn require_admin(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    match check_admin(&app, request.headers()) {
+        Ok(_) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets in-flight requests finish.
@@ -159,20 +319,28 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
 }
 
 /// Alive: the process answers. Orchestrators restart a node that stops answering this.
-async fn healthz() -> &'static str {
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "the process serves", body = String, content_type = "text/plain")))]
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-#[derive(Serialize)]
-struct Readiness {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Readiness {
+    /// Whether the node is ready.
     ready: bool,
+    /// Whether the block store can be read.
     store: bool,
+    /// Whether the node joined a cluster (or starts one alone).
     joined: bool,
+    /// Why it is not ready.
     reason: Option<String>,
 }
 
 /// Ready: the store is open and the node has joined a cluster (or is configured to start one alone).
-async fn readyz(State(app): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "ready", body = Readiness),
+    (status = 503, description = "not ready, with the reason", body = Readiness)))]
+pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     let node = &app.node;
     let store = node.store_stats().is_ok();
     let joined = node.joined() || node.starts_alone();
@@ -187,25 +355,37 @@ async fn readyz(State(app): State<AppState>) -> Response {
     (code, Json(Readiness { ready, store, joined, reason })).into_response()
 }
 
-async fn status(State(app): State<AppState>) -> Result<Json<NodeStatus>, ApiError> {
+/// The node's summary.
+#[utoipa::path(get, path = "/api/v1/status", tag = "node", responses((status = 200, description = "name, version, phase, storage, members alive and dead", body = Object)))]
+pub(crate) async fn status(State(app): State<AppState>) -> Result<Json<NodeStatus>, ApiError> {
     Ok(Json(app.node.status().await?))
 }
 
-async fn members(State(app): State<AppState>) -> Json<Vec<Member>> {
+/// Every member as this node sees it.
+#[utoipa::path(get, path = "/api/v1/members", tag = "cluster", responses((status = 200, description = "name, state (Alive, Dead, Left), gossip address, metadata", body = [Object])))]
+pub(crate) async fn members(State(app): State<AppState>) -> Json<Vec<Member>> {
     Json(app.node.members())
 }
 
-#[derive(Serialize)]
-struct Storage {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Storage {
+    /// Hard capacity in bytes (18446744073709551615: unlimited).
     capacity: u64,
+    /// Bytes of blocks held.
     used: u64,
+    /// Bytes still free under the capacity.
     free: u64,
+    /// Blocks held.
     blocks: u64,
+    /// Files pinned here.
     files: u64,
+    /// Bytes the store occupies on disk.
     disk_bytes: u64,
 }
 
-async fn storage(State(app): State<AppState>) -> Result<Json<Storage>, ApiError> {
+/// The local store's capacity and use.
+#[utoipa::path(get, path = "/api/v1/storage", tag = "node", responses((status = 200, body = Storage)))]
+pub(crate) async fn storage(State(app): State<AppState>) -> Result<Json<Storage>, ApiError> {
     let repo = app.node.repo().clone();
     let s = files::blocking(move || repo.stats()).await?;
     Ok(Json(Storage {
@@ -218,37 +398,24 @@ async fn storage(State(app): State<AppState>) -> Result<Json<Storage>, ApiError>
     }))
 }
 
-#[derive(Deserialize)]
-struct BlocksQuery {
-    /// Most CIDs listed per set (default 1000).
-    limit: Option<usize>,
-}
-
-/// `GET /api/v1/blocks?limit=N`: the blocks this node holds and those placement gives it that it lacks.
-async fn blocks(
-    State(app): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<BlocksQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let limit = q.limit.unwrap_or(1000);
-    let node = app.node.clone();
-    let (held_count, held) = files::blocking(move || node.held(limit)).await?;
-    let wanted = app.node.wanted(limit);
-    Ok(Json(serde_json::json!({
-        "held": { "count": held_count, "cids": held },
-        "wanted": wanted,
-    })))
-}
-
-#[derive(Deserialize)]
-struct Resize {
-    /// Bytes.
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
+pub(crate) struct Resize {
+    /// The new hard capacity in bytes.
     capacity: u64,
 }
 
 /// `PUT /api/v1/storage {"capacity": BYTES}`: a new hard capacity. Below what is held, the node takes no new blocks
 /// and hands its excess to the other members (placement weighs it by the new capacity), dropping each copy once its
 /// new holders have it; a node with no live peer refuses, since nobody could take the excess.
-async fn set_storage(State(app): State<AppState>, Json(resize): Json<Resize>) -> Result<Json<Storage>, ApiError> {
+#[utoipa::path(put, path = "/api/v1/storage", tag = "node", request_body = Resize, security(("admin" = [])), responses(
+    (status = 200, description = "the new figures", body = Storage),
+    (status = 400, description = "not a JSON capacity", body = ErrorBody),
+    (status = 401, description = "no or wrong admin token", body = ErrorBody),
+    (status = 409, description = "below what the node holds, with no live peer to take the excess", body = ErrorBody)))]
+pub(crate) async fn set_storage(
+    State(app): State<AppState>,
+    Json(resize): Json<Resize>,
+) -> Result<Json<Storage>, ApiError> {
     let repo = app.node.repo().clone();
     let held = files::blocking({
         let repo = repo.clone();
@@ -260,19 +427,67 @@ async fn set_storage(State(app): State<AppState>, Json(resize): Json<Resize>) ->
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             message: format!(
-                "this node holds {held} bytes and has no live peer to hand the excess to; a capacity of {} would \
-                 drop data. Remove files first, or resize once other members are up",
+                "{} holds {held} bytes and has no live peer to hand the excess to; a capacity of {} would drop \
+                 data. Remove files first, or resize once other members are up",
+                app.node.name(),
                 resize.capacity
             ),
         });
     }
     files::blocking(move || repo.store().set_capacity(resize.capacity).map_err(InstanceError::from)).await?;
+    tracing::info!(capacity = resize.capacity, "storage capacity changed over the API");
     storage(State(app)).await
 }
 
 /// `POST /api/v1/shutdown`: leave the cluster, flush, exit 0 (as on SIGTERM).
-async fn shutdown_node(State(app): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+#[utoipa::path(post, path = "/api/v1/shutdown", tag = "node", security(("admin" = [])), responses(
+    (status = 202, description = "leaving", body = Object), (status = 401, body = ErrorBody)))]
+pub(crate) async fn shutdown_node(State(app): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     tracing::info!("shutdown requested over the API");
-    app.shutdown.cancel();
+    app.control.shutdown.cancel();
     (StatusCode::ACCEPTED, Json(serde_json::json!({ "shutting_down": app.node.name() })))
+}
+
+/// `POST /api/v1/kill`: stop at once without leaving, so the cluster sees this node die (dashboard demos).
+#[utoipa::path(post, path = "/api/v1/kill", tag = "node", security(("admin" = [])), responses(
+    (status = 202, description = "stopping without leaving", body = Object), (status = 401, body = ErrorBody)))]
+pub(crate) async fn kill_node(State(app): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    tracing::warn!("kill requested over the API: stopping without leaving the cluster");
+    app.control.kill.cancel();
+    (StatusCode::ACCEPTED, Json(serde_json::json!({ "killed": app.node.name() })))
+}
+
+/// `?limit=N` on block listings.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct Limit {
+    /// How many CIDs to list at most (default 100, at most 10000).
+    limit: Option<usize>,
+}
+
+/// Blocks held and wanted: how many, and the first CIDs of each.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Blocks {
+    /// Blocks this node holds.
+    held: BlockList,
+    /// Blocks placement gives this node that it does not hold yet.
+    wanted: BlockList,
+}
+
+/// A count and the first CIDs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct BlockList {
+    /// How many in all.
+    count: u64,
+    /// The first ones (at most `limit`).
+    cids: Vec<String>,
+}
+
+/// `GET /api/v1/blocks?limit=N`: the blocks this node holds and the ones it wants.
+#[utoipa::path(get, path = "/api/v1/blocks", tag = "node", params(Limit), responses((status = 200, body = Blocks)))]
+pub(crate) async fn blocks(State(app): State<AppState>, Query(limit): Query<Limit>) -> Result<Json<Blocks>, ApiError> {
+    let limit = limit.limit.unwrap_or(100).min(1_000_000);
+    let node = app.node.clone();
+    let (count, cids) = files::blocking(move || node.held(limit)).await?;
+    let wanted = app.node.wanted(limit);
+    Ok(Json(Blocks { held: BlockList { count, cids }, wanted: BlockList { count: wanted.count, cids: wanted.cids } }))
 }

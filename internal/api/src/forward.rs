@@ -1,0 +1,123 @@
+//! Admin actions on any member, not only this one: the node serving the dashboard forwards them to the target's
+//! API (its `api_url` from gossip) with the caller's token. That works when members share one admin token
+//! (`XNODE_ADMIN_TOKEN`, or `XNODE_ADMIN_TOKEN_FILE` on a shared volume); a member that refuses it is named.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use xnode_gossip::{Member, MemberState};
+
+use crate::{ApiError, AppState, Resize};
+
+/// How long a forwarded request may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to do on a member.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Action {
+    /// Stop it at once without leaving (the cluster declares it dead).
+    Kill,
+    /// Set its storage capacity in bytes.
+    Resize(u64),
+}
+
+/// The member called `name`, or a 404 naming the known ones.
+pub(crate) fn member(app: &AppState, name: &str) -> Result<Member, ApiError> {
+    let members = app.node.members();
+    let known = members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ");
+    members
+        .iter()
+        .find(|m| m.name == name)
+        .cloned()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no member is called {name:?}; members: {known}")))
+}
+
+/// Runs `action` on the member `name`: here if it is this node, else through its API with `token`.
+pub(crate) async fn run(app: &AppState, name: &str, action: Action, token: &str) -> Result<String, ApiError> {
+    let target = member(app, name)?;
+    if target.is_self {
+        return match action {
+            Action::Kill => {
+                let _accepted = crate::kill_node(State(app.clone())).await;
+                Ok(format!("{name} is stopping without leaving; the others will mark it dead"))
+            }
+            Action::Resize(capacity) => {
+                let _figures = crate::set_storage(State(app.clone()), Json(Resize { capacity })).await?;
+                Ok(format!("{name} now has a capacity of {}", crate::ui::human(capacity)))
+            }
+        };
+    }
+    if target.state != MemberState::Alive {
+        let state = format!("{:?}", target.state).to_lowercase();
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("{name} is {state}; only a live member can do that")));
+    }
+    let base = target.meta.api_url.trim_end_matches('/').to_string();
+    if base.is_empty() {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("{name} does not advertise an API address")));
+    }
+    let (name, token) = (name.to_string(), token.to_string());
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::AgentBuilder::new().timeout(FORWARD_TIMEOUT).build();
+        let bearer = format!("Bearer {token}");
+        let sent = match action {
+            Action::Kill => agent.post(&format!("{base}/api/v1/kill")).set("Authorization", &bearer).call(),
+            Action::Resize(capacity) => agent
+                .put(&format!("{base}/api/v1/storage"))
+                .set("Authorization", &bearer)
+                .send_json(serde_json::json!({ "capacity": capacity })),
+        };
+        match sent {
+            Ok(_) => Ok(match action {
+                Action::Kill => format!("{name} is stopping without leaving; the others will mark it dead"),
+                Action::Resize(capacity) => format!("{name} now has a capacity of {}", crate::ui::human(capacity)),
+            }),
+            Err(e) => Err(remote_error(&name, &base, e)),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("forwarding failed: {e}")))?
+}
+
+/// Reads another member's API (no token): `GET {api_url}{path}`.
+pub(crate) async fn read(app: &AppState, name: &str, path: &str) -> Result<serde_json::Value, ApiError> {
+    let target = member(app, name)?;
+    let base = target.meta.api_url.trim_end_matches('/').to_string();
+    let (name, url) = (name.to_string(), format!("{base}{path}"));
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::AgentBuilder::new().timeout(FORWARD_TIMEOUT).build();
+        agent
+            .get(&url)
+            .call()
+            .map_err(|e| remote_error(&name, &base, e))?
+            .into_json::<serde_json::Value>()
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{name} sent an unreadable answer: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("forwarding failed: {e}")))?
+}
+
+fn remote_error(name: &str, base: &str, e: ureq::Error) -> ApiError {
+    match e {
+        ureq::Error::Status(401, _) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{name} refused this admin token: every member must share one XNODE_ADMIN_TOKEN (set the same value \
+                 on all nodes, or point XNODE_ADMIN_TOKEN_FILE at one shared file)"
+            ),
+        ),
+        ureq::Error::Status(code, response) => {
+            let body = response.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(body);
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            ApiError::new(status, format!("{name}: {message}"))
+        }
+        ureq::Error::Transport(t) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, format!("{name} does not answer at {base} ({t})"))
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The OpenAPI 3.1 document of the JSON routes, served at `/api/v1/openapi.json`. It is generated from the
+//! handlers' `#[utoipa::path]` annotations, so it cannot drift from the routes' shapes unnoticed (a test checks that
+//! every route of the router is in it).
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{files, telemetry};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Xnode API", description = "Health, status, files, blocks, storage and lifecycle of one Xnode node. \
+        Routes that change something need `Authorization: Bearer <XNODE_ADMIN_TOKEN>` (or the dashboard's cookie)."),
+    paths(
+        crate::healthz, crate::readyz, telemetry::metrics, document, crate::status, crate::members,
+        files::list, files::upload, files::download, files::remove, files::ls, files::stat,
+        crate::blocks, crate::storage, crate::set_storage, crate::shutdown_node, crate::kill_node, crate::auth,
+        telemetry::transfers_json,
+    ),
+    modifiers(&AdminToken),
+    tags(
+        (name = "health", description = "for orchestrators"),
+        (name = "node", description = "this node: status, storage, blocks, lifecycle"),
+        (name = "cluster", description = "membership and block transfers"),
+        (name = "files", description = "upload, list, download, remove"),
+    )
+)]
+struct ApiDoc;
+
+/// Declares the `admin` bearer scheme the admin routes refer to.
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("XNODE_ADMIN_TOKEN (logged at start when unset)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of this API.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "node", responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    Json(doc)
+}

@@ -1,0 +1,294 @@
+//! What the node measures and shows live: the Prometheus metrics at `/metrics` and the log of block transfers
+//! (which block went from whom to whom) that the dashboard streams.
+//!
+//! One task follows the node's network events; it owns nothing but counters and a short ring of recent transfers.
+//! Store and membership figures are read when scraped, so they are never stale.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use xnode_gossip::MemberState;
+use xnode_instance::Node;
+use xnode_p2p::NetEvent;
+
+use crate::{files, ApiError, AppState};
+
+/// How many recent transfers are kept for a freshly opened dashboard and `GET /api/v1/transfers`.
+const RECENT: usize = 200;
+
+/// Metrics, and the transfer log with its live feed.
+pub(crate) struct Telemetry {
+    registry: Registry,
+    metrics: Metrics,
+    recent: Mutex<VecDeque<Transfer>>,
+    feed: broadcast::Sender<Transfer>,
+    seq: AtomicU64,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+struct Metrics {
+    blocks_held: Gauge,
+    blocks_wanted: Gauge,
+    under_replicated: Gauge,
+    missing: Gauge,
+    stored_bytes: Gauge,
+    capacity_bytes: Gauge<f64, AtomicU64>,
+    disk_bytes: Gauge,
+    peers: Gauge,
+    members: Family<StateLabel, Gauge>,
+    received_bytes: Counter,
+    sent_bytes: Counter,
+    received_blocks: Counter,
+    sent_blocks: Counter,
+    http: Family<HttpLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+/// One block that went over Bitswap between this node and a peer.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub(crate) struct Transfer {
+    /// Increases by one per transfer this node saw (restarts at 1 with the process).
+    pub(crate) seq: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub(crate) at_ms: u64,
+    /// The sender: a member's name, or a short peer id for a node outside the cluster (e.g. Kubo).
+    pub(crate) from: String,
+    /// The receiver, named the same way.
+    pub(crate) to: String,
+    /// The block's CID.
+    pub(crate) cid: String,
+    /// Its size.
+    pub(crate) bytes: u64,
+    /// Whether the receiver is a member of the cluster (so it also reports the transfer itself).
+    pub(crate) to_member: bool,
+}
+
+impl Telemetry {
+    /// Registers the metrics and starts following `node`'s network events until `stop`.
+    pub(crate) fn start(node: Arc<Node>, stop: CancellationToken) -> Arc<Telemetry> {
+        let metrics = Metrics {
+            blocks_held: Gauge::default(),
+            blocks_wanted: Gauge::default(),
+            under_replicated: Gauge::default(),
+            missing: Gauge::default(),
+            stored_bytes: Gauge::default(),
+            capacity_bytes: Gauge::default(),
+            disk_bytes: Gauge::default(),
+            peers: Gauge::default(),
+            members: Family::default(),
+            received_bytes: Counter::default(),
+            sent_bytes: Counter::default(),
+            received_blocks: Counter::default(),
+            sent_blocks: Counter::default(),
+            http: Family::new_with_constructor(http_histogram),
+        };
+        let mut registry = Registry::with_prefix("xnode");
+        let r = &mut registry;
+        r.register("blocks_held", "Blocks this node holds", metrics.blocks_held.clone());
+        r.register(
+            "blocks_wanted",
+            "Blocks placement gives this node that it does not hold yet",
+            metrics.blocks_wanted.clone(),
+        );
+        r.register(
+            "blocks_under_replicated",
+            "Blocks of catalog files with fewer live copies than the replication factor",
+            metrics.under_replicated.clone(),
+        );
+        r.register("blocks_missing", "Blocks of catalog files no live member holds", metrics.missing.clone());
+        r.register("stored_bytes", "Bytes of block data this node holds", metrics.stored_bytes.clone());
+        r.register(
+            "capacity_bytes",
+            "Hard capacity of the block store (+Inf: unlimited)",
+            metrics.capacity_bytes.clone(),
+        );
+        r.register("disk_bytes", "Bytes the block store occupies on disk", metrics.disk_bytes.clone());
+        r.register("peers", "libp2p peers connected", metrics.peers.clone());
+        r.register("members", "Members by state as this node sees them, itself included", metrics.members.clone());
+        r.register("bitswap_received_bytes", "Block bytes received over Bitswap", metrics.received_bytes.clone());
+        r.register("bitswap_sent_bytes", "Block bytes sent over Bitswap", metrics.sent_bytes.clone());
+        r.register("bitswap_received_blocks", "Blocks received over Bitswap", metrics.received_blocks.clone());
+        r.register("bitswap_sent_blocks", "Blocks sent over Bitswap", metrics.sent_blocks.clone());
+        r.register(
+            "http_request_duration_seconds",
+            "Time to answer API requests (until the response head), by method, route and status",
+            metrics.http.clone(),
+        );
+        let (feed, _) = broadcast::channel(1024);
+        let telemetry = Arc::new(Telemetry {
+            registry,
+            metrics,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            feed,
+            seq: AtomicU64::new(0),
+        });
+        tokio::spawn(follow_network(node, telemetry.clone(), stop));
+        telemetry
+    }
+
+    /// The last transfers (oldest first) with a sequence number above `since`.
+    pub(crate) fn recent(&self, since: u64) -> Vec<Transfer> {
+        self.recent.lock().expect("not poisoned").iter().filter(|t| t.seq > since).cloned().collect()
+    }
+
+    /// Transfers as they happen.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Transfer> {
+        self.feed.subscribe()
+    }
+
+    fn record(&self, mut transfer: Transfer) {
+        transfer.seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut recent = self.recent.lock().expect("not poisoned");
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(transfer.clone());
+        drop(recent);
+        let _ = self.feed.send(transfer);
+    }
+}
+
+/// Member names by peer id, re-read from the membership view when an unknown peer shows up (at most every 2 s).
+struct Names {
+    by_peer: HashMap<String, String>,
+    read_at: Option<Instant>,
+}
+
+impl Names {
+    fn name(&mut self, node: &Node, peer: &xnode_p2p::PeerId) -> (String, bool) {
+        let id = peer.to_string();
+        if !self.by_peer.contains_key(&id) && self.read_at.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
+            self.by_peer = node.members().into_iter().map(|m| (m.meta.peer_id, m.name)).collect();
+            self.read_at = Some(Instant::now());
+        }
+        match self.by_peer.get(&id) {
+            Some(name) => (name.clone(), true),
+            None => (format!("peer …{}", &id[id.len().saturating_sub(6)..]), false),
+        }
+    }
+}
+
+async fn follow_network(node: Arc<Node>, telemetry: Arc<Telemetry>, stop: CancellationToken) {
+    let mut events = node.net().events();
+    let local = node.net().peer_id();
+    let mut names = Names { by_peer: HashMap::new(), read_at: None };
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.recv() => event,
+        };
+        let (from, to, cid, bytes) = match event {
+            Ok(NetEvent::Transfer { from, to, cid, bytes }) => (from, to, cid, bytes),
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::debug!(missed, "transfer log fell behind the network events");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let m = &telemetry.metrics;
+        if to == local {
+            m.received_bytes.inc_by(bytes);
+            m.received_blocks.inc();
+        } else {
+            m.sent_bytes.inc_by(bytes);
+            m.sent_blocks.inc();
+        }
+        let (from, _) = if from == local { (node.name().to_string(), true) } else { names.name(&node, &from) };
+        let (to, to_member) = if to == local { (node.name().to_string(), true) } else { names.name(&node, &to) };
+        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        telemetry.record(Transfer { seq: 0, at_ms, from, to, cid: cid.to_string(), bytes, to_member });
+    }
+}
+
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text")))]
+pub(crate) async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let node = app.node.clone();
+    let stats = files::blocking(move || node.store_stats()).await?;
+    let t = &app.telemetry;
+    let m = &t.metrics;
+    m.blocks_held.set(gauge(stats.blocks));
+    m.stored_bytes.set(gauge(stats.bytes_held));
+    m.disk_bytes.set(gauge(stats.disk_bytes));
+    m.capacity_bytes.set(if stats.capacity == u64::MAX { f64::INFINITY } else { stats.capacity as f64 });
+    m.blocks_wanted.set(gauge(app.node.wanted(0).count));
+    let health = app.node.files_health();
+    m.under_replicated.set(gauge(health.iter().map(|f| f.under_replicated).sum()));
+    m.missing.set(gauge(health.iter().map(|f| f.missing).sum()));
+    m.peers.set(app.node.net().connected_peers().await.map_or(0, |p| p.len() as i64));
+    let members = app.node.members();
+    for (state, label) in [(MemberState::Alive, "alive"), (MemberState::Dead, "dead"), (MemberState::Left, "left")] {
+        let count = members.iter().filter(|m| m.state == state).count();
+        m.members.get_or_create(&StateLabel { state: label.into() }).set(count as i64);
+    }
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &t.registry)
+        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
+}
+
+/// Times every routed request into `xnode_http_request_duration_seconds`.
+pub(crate) async fn track_latency(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let labels = HttpLabels { method, route, status: response.status().as_u16() };
+    app.telemetry.metrics.http.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Latency buckets: 0.5 ms doubling up to about 16 s.
+fn http_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// `?since=SEQ` on the transfer log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct Since {
+    /// Only transfers with a larger sequence number.
+    since: Option<u64>,
+}
+
+/// `GET /api/v1/transfers?since=SEQ`: the last block transfers this node took part in, oldest first.
+#[utoipa::path(get, path = "/api/v1/transfers", tag = "cluster", params(Since), responses((status = 200, body = [Transfer])))]
+pub(crate) async fn transfers_json(State(app): State<AppState>, Query(since): Query<Since>) -> Json<Vec<Transfer>> {
+    Json(app.telemetry.recent(since.since.unwrap_or(0)))
+}

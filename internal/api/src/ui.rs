@@ -1,0 +1,548 @@
+//! The dashboard at `/`: one page and its htmx fragments, rendered from askama templates in `templates/`, with
+//! htmx and its SSE extension served from the binary (vendored by `scripts/vendor-htmx.sh`, so it works offline).
+//!
+//! Handlers read the node and render one view struct per fragment; actions reuse the API's own handlers (and
+//! [`crate::forward`] for other members). The admin token lives in an HttpOnly, SameSite=Strict cookie, and every
+//! state-changing request must prove it comes from this page (see [`crate::check_admin`]).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use bytesize::ByteSize;
+use futures::StreamExt;
+use serde::Deserialize;
+use xnode_gossip::MemberState;
+
+use crate::files::{self, FileEntry, UploadParams};
+use crate::forward::{self, Action};
+use crate::telemetry::Transfer;
+use crate::{check_admin, check_same_origin, constant_time_eq, ApiError, AppState, TOKEN_COOKIE};
+
+const HTMX: &[u8] = include_bytes!("../assets/htmx-2.min.js");
+const HTMX_SSE: &[u8] = include_bytes!("../assets/hx-sse-2.min.js");
+const PROVENANCE: &str = include_str!("../assets/PROVENANCE");
+const CSS: &str = include_str!("../../../templates/xnode.css");
+
+/// How long the sign-in cookie lasts: 30 days.
+const COOKIE_MAX_AGE: u64 = 30 * 24 * 3600;
+
+/// The dashboard's routes.
+pub(crate) fn routes(state: AppState, upload_limit: usize) -> Router<AppState> {
+    let _ = state;
+    Router::new()
+        .route("/", get(page))
+        .route("/assets/htmx.min.js", get(|| asset(HTMX, "text/javascript; charset=utf-8")))
+        .route("/assets/hx-sse.min.js", get(|| asset(HTMX_SSE, "text/javascript; charset=utf-8")))
+        .route("/assets/xnode.css", get(|| asset(CSS.as_bytes(), "text/css; charset=utf-8")))
+        .route("/ui/members", get(members_fragment))
+        .route("/ui/files", get(files_fragment).post(upload).layer(DefaultBodyLimit::max(upload_limit)))
+        .route("/ui/wanted", get(wanted_fragment))
+        .route("/ui/members/{name}/wanted", get(member_wanted))
+        .route("/ui/transfers", get(transfers))
+        .route("/ui/login", post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/members/{name}/kill", post(kill))
+        .route("/ui/members/{name}/storage", post(resize))
+        .route("/ui/files/{cid}/remove", post(remove))
+}
+
+/// The htmx version of the vendored file, from its provenance record.
+pub(crate) fn htmx_version() -> &'static str {
+    provenance("htmx_version").unwrap_or("unknown")
+}
+
+fn provenance(key: &str) -> Option<&'static str> {
+    PROVENANCE.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The vendored files never change within a build and their URLs carry the version: cache them for a year.
+async fn asset(bytes: &'static [u8], content_type: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=31536000, immutable")], bytes)
+        .into_response()
+}
+
+/// Bytes for people: `1.5 MiB`, or `unlimited`.
+pub(crate) fn human(bytes: u64) -> String {
+    if bytes == u64::MAX {
+        "unlimited".into()
+    } else {
+        ByteSize(bytes).display().iec().to_string()
+    }
+}
+
+fn render(t: &impl Template) -> String {
+    t.render().unwrap_or_else(|e| format!("<p class=\"flash error\">template error: {e}</p>"))
+}
+
+fn signed_in(app: &AppState, headers: &HeaderMap) -> bool {
+    crate::presented_token(headers)
+        .is_some_and(|(_, t)| constant_time_eq(t.as_bytes(), app.config.admin_token.as_bytes()))
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct Page {
+    name: String,
+    version: &'static str,
+    htmx_version: &'static str,
+    htmx_source: String,
+    authed: bool,
+    members: String,
+    files: String,
+    wanted: String,
+    transfers: Vec<String>,
+}
+
+async fn page(State(app): State<AppState>, headers: HeaderMap) -> Result<Html<String>, ApiError> {
+    let authed = signed_in(&app, &headers);
+    let files = files_view(&app, authed).await?;
+    let transfers = app.telemetry.recent(0).iter().rev().map(|t| render(&TransferItem::from(t))).collect();
+    Ok(Html(render(&Page {
+        name: app.node.name().to_string(),
+        version: env!("CARGO_PKG_VERSION"),
+        htmx_version: htmx_version(),
+        htmx_source: format!("{} {}", provenance("package").unwrap_or("?"), provenance("version").unwrap_or("?")),
+        authed,
+        members: render(&members_view(&app, authed)),
+        files: render(&files),
+        wanted: render(&wanted_view(&app)),
+        transfers,
+    })))
+}
+
+#[derive(Template)]
+#[template(path = "members.html")]
+struct Members {
+    members: Vec<MemberRow>,
+    authed: bool,
+}
+
+struct MemberRow {
+    name: String,
+    is_self: bool,
+    state: &'static str,
+    phase: String,
+    used: u64,
+    capacity: u64,
+    used_h: String,
+    capacity_h: String,
+    pct: u64,
+    blocks: u64,
+    wanted: u64,
+    under_replicated: u64,
+}
+
+fn state_name(state: MemberState) -> &'static str {
+    match state {
+        MemberState::Alive => "alive",
+        MemberState::Dead => "dead",
+        MemberState::Left => "left",
+    }
+}
+
+fn members_view(app: &AppState, authed: bool) -> Members {
+    let members = app
+        .node
+        .members()
+        .into_iter()
+        .map(|m| {
+            let (used, capacity) = (m.meta.used, m.meta.capacity);
+            let pct = if capacity == 0 || capacity == u64::MAX {
+                0
+            } else {
+                (u128::from(used) * 100 / u128::from(capacity)).min(100) as u64
+            };
+            MemberRow {
+                is_self: m.is_self,
+                state: state_name(m.state),
+                phase: m.meta.phase.clone(),
+                used,
+                capacity,
+                used_h: human(used),
+                capacity_h: human(capacity),
+                pct,
+                blocks: m.meta.blocks,
+                wanted: m.meta.wanted,
+                under_replicated: m.meta.under_replicated,
+                name: m.name,
+            }
+        })
+        .collect();
+    Members { members, authed }
+}
+
+async fn members_fragment(State(app): State<AppState>, headers: HeaderMap) -> Html<String> {
+    Html(render(&members_view(&app, signed_in(&app, &headers))))
+}
+
+#[derive(Template)]
+#[template(path = "files.html")]
+struct Files {
+    files: Vec<FileRow>,
+    authed: bool,
+}
+
+struct FileRow {
+    root: String,
+    short_root: String,
+    name: String,
+    size_h: String,
+    pinned_here: bool,
+    has_health: bool,
+    blocks: u64,
+    at_rf: u64,
+    under_replicated: u64,
+    missing: u64,
+    pct_at_rf: u64,
+    pct_under: u64,
+    pct_missing: u64,
+    /// `at-rf`, `under-replicated`, `missing` or `local` (no catalog health yet).
+    status: &'static str,
+    status_text: String,
+}
+
+impl From<FileEntry> for FileRow {
+    fn from(f: FileEntry) -> Self {
+        let short_root = if f.root.len() > 16 {
+            format!("{}…{}", &f.root[..8], &f.root[f.root.len() - 6..])
+        } else {
+            f.root.clone()
+        };
+        let h = f.health.clone();
+        let (blocks, at_rf, under, missing) =
+            h.as_ref().map_or((0, 0, 0, 0), |h| (h.blocks, h.at_rf, h.under_replicated, h.missing));
+        let pct = |n: u64| (n * 100).checked_div(blocks).unwrap_or(0);
+        let (status, status_text) = match &h {
+            None => ("local", if f.pinned_here { "held here".to_string() } else { String::new() }),
+            Some(_) if missing > 0 => ("missing", format!("{missing} of {blocks} blocks missing")),
+            Some(_) if under > 0 => ("under-replicated", format!("{under} of {blocks} blocks under-replicated")),
+            Some(_) => ("at-rf", format!("all {blocks} blocks at RF")),
+        };
+        FileRow {
+            short_root,
+            size_h: human(f.size),
+            pinned_here: f.pinned_here,
+            has_health: h.is_some(),
+            blocks,
+            at_rf,
+            under_replicated: under,
+            missing,
+            pct_at_rf: pct(at_rf),
+            pct_under: pct(under),
+            pct_missing: pct(missing),
+            status,
+            status_text,
+            name: f.name,
+            root: f.root,
+        }
+    }
+}
+
+async fn files_view(app: &AppState, authed: bool) -> Result<Files, ApiError> {
+    let files = files::entries(app).await?.into_iter().map(FileRow::from).collect();
+    Ok(Files { files, authed })
+}
+
+async fn files_fragment(State(app): State<AppState>, headers: HeaderMap) -> Result<Html<String>, ApiError> {
+    let authed = signed_in(&app, &headers);
+    Ok(Html(render(&files_view(&app, authed).await?)))
+}
+
+#[derive(Template)]
+#[template(path = "wanted.html")]
+struct WantedList {
+    members: Vec<WantedRow>,
+}
+
+struct WantedRow {
+    name: String,
+    wanted: u64,
+    under_replicated: u64,
+}
+
+fn wanted_view(app: &AppState) -> WantedList {
+    let members = app
+        .node
+        .members()
+        .into_iter()
+        .filter(|m| m.state == MemberState::Alive)
+        .map(|m| WantedRow { name: m.name, wanted: m.meta.wanted, under_replicated: m.meta.under_replicated })
+        .collect();
+    WantedList { members }
+}
+
+async fn wanted_fragment(State(app): State<AppState>) -> Html<String> {
+    Html(render(&wanted_view(&app)))
+}
+
+#[derive(Template)]
+#[template(path = "cids.html")]
+struct Cids {
+    cids: Vec<String>,
+    more: u64,
+}
+
+/// How many wanted CIDs a member's entry lists.
+const WANTED_SHOWN: usize = 20;
+
+/// A member's first wanted CIDs, read from its own API (or this node's).
+async fn member_wanted(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+    let target = match forward::member(&app, &name) {
+        Ok(t) => t,
+        Err(e) => return flash_error(e),
+    };
+    let (count, cids) = if target.is_self {
+        let w = app.node.wanted(WANTED_SHOWN);
+        (w.count, w.cids)
+    } else {
+        match forward::read(&app, &name, &format!("/api/v1/blocks?limit={WANTED_SHOWN}")).await {
+            Ok(v) => {
+                let w = &v["wanted"];
+                let cids = w["cids"]
+                    .as_array()
+                    .map_or_else(Vec::new, |a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect());
+                (w["count"].as_u64().unwrap_or(0), cids)
+            }
+            Err(e) => return flash_error(e),
+        }
+    };
+    let more = count.saturating_sub(cids.len() as u64);
+    Html(render(&Cids { cids, more })).into_response()
+}
+
+#[derive(Template)]
+#[template(path = "transfer.html")]
+struct TransferItem {
+    time: String,
+    cid: String,
+    short_cid: String,
+    from: String,
+    to: String,
+    size: String,
+}
+
+impl From<&Transfer> for TransferItem {
+    fn from(t: &Transfer) -> Self {
+        let secs = t.at_ms / 1000;
+        let time = format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+        let short_cid =
+            if t.cid.len() > 14 { format!("{}…{}", &t.cid[..6], &t.cid[t.cid.len() - 6..]) } else { t.cid.clone() };
+        TransferItem {
+            time,
+            cid: t.cid.clone(),
+            short_cid,
+            from: t.from.clone(),
+            to: t.to.clone(),
+            size: human(t.bytes),
+        }
+    }
+}
+
+/// Server-sent events: one `transfer` event per block moved anywhere in the cluster, its data a `<li>` the page
+/// prepends to the log. Every transfer between two members is reported once, by its receiver: this node's own
+/// receipts (and what it sends outside the cluster) come from its network events, the other members' receipts from
+/// polling their `GET /api/v1/transfers` while the page is open. The stream ends when the node shuts down, so
+/// graceful shutdown never waits for open dashboards.
+async fn transfers(State(app): State<AppState>) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Transfer>(256);
+    tokio::spawn(local_transfers(app.clone(), tx.clone()));
+    tokio::spawn(remote_transfers(app.clone(), tx));
+    let stop = app.control.shutdown.clone();
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|t| Ok(Event::default().event("transfer").data(render(&TransferItem::from(&t)).trim())))
+        .take_until(stop.cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn local_transfers(app: AppState, tx: tokio::sync::mpsc::Sender<Transfer>) {
+    let mut rx = app.telemetry.subscribe();
+    let me = app.node.name().to_string();
+    loop {
+        let t = tokio::select! {
+            () = tx.closed() => return,
+            () = app.control.shutdown.cancelled() => return,
+            t = rx.recv() => t,
+        };
+        match t {
+            Ok(t) if t.to == me || !t.to_member => {
+                if tx.send(t).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// How often an open dashboard asks the other members what they received.
+const REMOTE_POLL: Duration = Duration::from_secs(1);
+
+async fn remote_transfers(app: AppState, tx: tokio::sync::mpsc::Sender<Transfer>) {
+    // Per member: its incarnation and the last sequence number seen (None: not asked yet, so skip its history).
+    let mut seen: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            () = app.control.shutdown.cancelled() => return,
+            () = tokio::time::sleep(REMOTE_POLL) => {}
+        }
+        let others: Vec<_> = app
+            .node
+            .members()
+            .into_iter()
+            .filter(|m| !m.is_self && m.state == MemberState::Alive && !m.meta.api_url.is_empty())
+            .collect();
+        for m in others {
+            let known = seen.get(&m.name).filter(|(generation, _)| *generation == m.generation).map(|(_, seq)| *seq);
+            let path = format!("/api/v1/transfers?since={}", known.unwrap_or(0));
+            let Ok(list) = forward::read(&app, &m.name, &path).await else { continue };
+            let list: Vec<Transfer> = serde_json::from_value(list).unwrap_or_default();
+            let last = list.iter().map(|t| t.seq).max().or(known).unwrap_or(0);
+            seen.insert(m.name.clone(), (m.generation, last));
+            if known.is_none() {
+                continue;
+            }
+            for t in list.into_iter().filter(|t| t.to == m.name) {
+                if tx.send(t).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "flash.html")]
+struct Flash<'a> {
+    kind: &'a str,
+    text: &'a str,
+}
+
+/// An action's outcome in the page's message area; success also tells the live sections to refresh.
+fn flash_ok(text: &str) -> Response {
+    ([("HX-Trigger", "refresh")], Html(render(&Flash { kind: "ok", text }))).into_response()
+}
+
+fn flash_error(e: ApiError) -> Response {
+    (e.status(), Html(render(&Flash { kind: "error", text: e.message() }))).into_response()
+}
+
+/// The admin token to forward, once [`check_admin`] accepted the request (cookie requests must carry the
+/// page's `X-Xnode-Csrf` or htmx's `HX-Request` header, which a cross-site form cannot add).
+fn ui_admin(app: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    check_admin(app, headers)?;
+    Ok(app.config.admin_token.clone())
+}
+
+#[derive(Deserialize)]
+struct Login {
+    token: String,
+}
+
+/// Checks the token and keeps it in an HttpOnly, SameSite=Strict cookie; the page reloads once to show the
+/// admin controls.
+async fn login(State(app): State<AppState>, headers: HeaderMap, Form(login): Form<Login>) -> Response {
+    if let Err(e) = check_same_origin(&headers) {
+        return flash_error(e);
+    }
+    let token = login.token.trim();
+    if !constant_time_eq(token.as_bytes(), app.config.admin_token.as_bytes()) {
+        return flash_error(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong admin token; use the node's XNODE_ADMIN_TOKEN (logged once at start when unset)",
+        ));
+    }
+    let cookie = format!(
+        "{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={COOKIE_MAX_AGE}",
+        crate::cookie_encode(token)
+    );
+    let mut response = flash_ok("signed in");
+    let h = response.headers_mut();
+    h.insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("encoded cookie is ASCII"));
+    h.insert("HX-Refresh", HeaderValue::from_static("true"));
+    response
+}
+
+async fn logout(headers: HeaderMap) -> Response {
+    if let Err(e) = check_same_origin(&headers) {
+        return flash_error(e);
+    }
+    let mut response = flash_ok("signed out");
+    let h = response.headers_mut();
+    let gone = format!("{TOKEN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    h.insert(header::SET_COOKIE, HeaderValue::from_str(&gone).expect("ASCII"));
+    h.insert("HX-Refresh", HeaderValue::from_static("true"));
+    response
+}
+
+async fn kill(State(app): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    let token = match ui_admin(&app, &headers) {
+        Ok(t) => t,
+        Err(e) => return flash_error(e),
+    };
+    match forward::run(&app, &name, Action::Kill, &token).await {
+        Ok(message) => flash_ok(&message),
+        Err(e) => flash_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ResizeForm {
+    capacity: String,
+}
+
+/// Parses `2GiB`, `500MB`, `1048576`.
+pub(crate) fn parse_size(s: &str) -> Result<u64, ApiError> {
+    let s = s.trim();
+    s.parse::<u64>()
+        .or_else(|_| s.parse::<ByteSize>().map(|b| b.as_u64()))
+        .map_err(|_| ApiError::bad_request(format!("{s:?} is not a size; write e.g. 2GiB, 500MB or a number of bytes")))
+}
+
+async fn resize(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<ResizeForm>,
+) -> Response {
+    let token = match ui_admin(&app, &headers) {
+        Ok(t) => t,
+        Err(e) => return flash_error(e),
+    };
+    let capacity = match parse_size(&form.capacity) {
+        Ok(c) => c,
+        Err(e) => return flash_error(e),
+    };
+    match forward::run(&app, &name, Action::Resize(capacity), &token).await {
+        Ok(message) => flash_ok(&message),
+        Err(e) => flash_error(e),
+    }
+}
+
+async fn upload(State(app): State<AppState>, Query(params): Query<UploadParams>, request: Request) -> Response {
+    if let Err(e) = ui_admin(&app, request.headers()) {
+        return flash_error(e);
+    }
+    match files::import(&app, params, request).await {
+        Ok(up) => flash_ok(&format!("added {} ({}) as {}", up.name, human(up.size), up.cid)),
+        Err(e) => flash_error(e),
+    }
+}
+
+async fn remove(State(app): State<AppState>, headers: HeaderMap, Path(cid): Path<String>) -> Response {
+    if let Err(e) = ui_admin(&app, &headers) {
+        return flash_error(e);
+    }
+    match files::remove(State(app.clone()), Path(cid.clone())).await {
+        Ok(_) => flash_ok(&format!("removed {cid} from {}", app.node.name())),
+        Err(e) => flash_error(e),
+    }
+}

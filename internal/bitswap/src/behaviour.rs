@@ -20,6 +20,7 @@ use libp2p::{Multiaddr, PeerId};
 use crate::engine::{Action, Engine, Limits, MAX_BLOCK_SIZE};
 use crate::handler::{FromBehaviour, Handler, HandlerIn, HandlerOut, ToBehaviour};
 use crate::message::{Message, WantType};
+use crate::reader::Reader;
 use crate::{BlockStore, Config, Event};
 
 /// Bitswap client and server for one swarm. See the crate documentation for the message flow.
@@ -27,6 +28,8 @@ pub struct Behaviour {
     config: Config,
     store: Arc<dyn BlockStore>,
     engine: Engine,
+    /// Reads the blocks peers ask for on a thread of its own (see `reader.rs`).
+    reader: Reader,
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     dialing: HashSet<PeerId>,
     /// Peers whose handlers were last told we expect something from them (keeps their connections open).
@@ -53,7 +56,10 @@ impl Behaviour {
             // A block must fit one message with its envelope.
             max_block_size: MAX_BLOCK_SIZE.min(config.max_message_size.saturating_sub(1024)),
         };
+        // Room for the message envelope: a batch must fit one message.
+        let batch_bytes = config.send_batch_bytes.clamp(1, config.max_message_size.saturating_sub(1024).max(1));
         Self {
+            reader: Reader::spawn(store.clone(), batch_bytes),
             config,
             store,
             engine: Engine::new(limits),
@@ -114,6 +120,7 @@ impl Behaviour {
                     touched.insert(peer);
                     self.send(peer, msg);
                 }
+                Action::Read(peer, cids) => self.reader.read(peer, cids),
             }
         }
         for peer in touched {
@@ -225,13 +232,10 @@ impl NetworkBehaviour for Behaviour {
     fn on_connection_handler_event(&mut self, peer: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
         let HandlerOut(event) = event;
         match event {
-            ToBehaviour::Frame(frame) => match Message::decode(&frame) {
-                Ok(msg) => {
-                    self.engine.on_message(peer, msg, self.store.as_ref());
-                    self.flush();
-                }
-                Err(e) => tracing::debug!(%peer, error = %e, "undecodable Bitswap message"),
-            },
+            ToBehaviour::Message(msg) => {
+                self.engine.on_message(peer, msg, self.store.as_ref());
+                self.flush();
+            }
             ToBehaviour::InboundError(e) => tracing::debug!(%peer, error = %e, "Bitswap inbound stream dropped"),
             ToBehaviour::Sent(blocks) => {
                 for (cid, bytes) in blocks {
@@ -249,6 +253,13 @@ impl NetworkBehaviour for Behaviour {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
         if let Some(ev) = self.pending.pop_front() {
             return Poll::Ready(ev);
+        }
+        while let Poll::Ready(Some((peer, blocks))) = self.reader.poll_batch(cx) {
+            self.engine.blocks_read(peer, blocks);
+            self.flush();
+            if let Some(ev) = self.pending.pop_front() {
+                return Poll::Ready(ev);
+            }
         }
         self.waker = Some(cx.waker().clone());
         Poll::Pending

@@ -25,6 +25,9 @@ pub(crate) enum Action {
     Send(PeerId, Message),
     /// Report this to the behaviour's user.
     Event(Event),
+    /// Read these blocks from the store, off the swarm's task, in this order, and hand them to
+    /// [`Engine::blocks_read`] (in one or several batches).
+    Read(PeerId, Vec<Cid>),
 }
 
 /// Limits the engine enforces.
@@ -36,6 +39,13 @@ pub(crate) struct Limits {
     pub(crate) max_wants_per_peer: usize,
     /// Largest block served.
     pub(crate) max_block_size: usize,
+}
+
+/// A block a remote peer asked for that is being read from the store; `send_dont_have` says what to answer if the
+/// read finds nothing after all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Serving {
+    send_dont_have: bool,
 }
 
 /// A remote peer's want that we could not satisfy yet, kept so [`Engine::notify_new_blocks`] can answer it.
@@ -50,6 +60,9 @@ pub(crate) struct Engine {
     limits: Limits,
     /// Server side: what each peer has asked us for and we have not answered with a block or HAVE yet.
     ledgers: HashMap<PeerId, HashMap<Cid, PendingWant>>,
+    /// Server side: blocks each peer asked for that we hold and are reading ([`Action::Read`]). A cancel removes
+    /// the entry, so a block read after it is not sent.
+    serving: HashMap<PeerId, HashMap<Cid, Serving>>,
     /// Client side: what we asked each peer for and have not had answered.
     wants: HashMap<PeerId, HashMap<Cid, WantType>>,
     recent: RecentCids,
@@ -61,6 +74,7 @@ impl Engine {
         Self {
             limits,
             ledgers: HashMap::new(),
+            serving: HashMap::new(),
             wants: HashMap::new(),
             recent: RecentCids::default(),
             out: VecDeque::new(),
@@ -128,6 +142,7 @@ impl Engine {
     /// waiting forever.
     pub(crate) fn peer_gone(&mut self, peer: PeerId) {
         self.ledgers.remove(&peer);
+        self.serving.remove(&peer);
         let Some(ours) = self.wants.remove(&peer) else { return };
         for cid in ours.into_keys() {
             self.forget_if_unwanted(cid);
@@ -212,22 +227,35 @@ impl Engine {
         }
     }
 
+    /// Answers presences at once (an index lookup) and queues reads for the blocks we hold: their bytes come back
+    /// through [`Engine::blocks_read`], so a wantlist never waits on the disk here.
     fn on_wantlist(&mut self, peer: PeerId, full: bool, wants: Vec<Want>, store: &dyn BlockStore) {
         let ledger = self.ledgers.entry(peer).or_default();
+        let serving = self.serving.entry(peer).or_default();
         if full {
             ledger.clear();
+            serving.clear();
         }
         let mut reply = Message::default();
+        let mut read = Vec::new();
         for w in wants {
             if w.cancel {
                 ledger.remove(&w.cid);
+                serving.remove(&w.cid);
                 continue;
             }
-            if let Some(answer) = answer(&self.limits, store, w.cid, w.want_type) {
+            if store.has(&w.cid) {
                 ledger.remove(&w.cid);
-                match answer {
-                    Answer::Block(data) => reply.blocks.push(BlockData { cid: w.cid, data }),
-                    Answer::Have => reply.presences.push((w.cid, Presence::Have)),
+                match w.want_type {
+                    // Already on its way as a block: a HAVE would say nothing more.
+                    WantType::Have if serving.contains_key(&w.cid) => {}
+                    WantType::Have => reply.presences.push((w.cid, Presence::Have)),
+                    WantType::Block => {
+                        let fresh = serving.insert(w.cid, Serving { send_dont_have: w.send_dont_have }).is_none();
+                        if fresh {
+                            read.push(w.cid);
+                        }
+                    }
                 }
                 continue;
             }
@@ -235,15 +263,39 @@ impl Engine {
                 reply.presences.push((w.cid, Presence::DontHave));
             }
             // Remember it so a block that arrives later can be sent; a want-block is never weakened to a want-have.
-            let want_type = match ledger.get(&w.cid) {
-                Some(PendingWant { want_type: WantType::Block }) => WantType::Block,
-                _ => w.want_type,
-            };
-            if ledger.len() < self.limits.max_wants_per_peer || ledger.contains_key(&w.cid) {
-                ledger.insert(w.cid, PendingWant { want_type });
-            } else {
-                tracing::debug!(%peer, cid = %w.cid, "wantlist full; dropping want");
+            remember(&self.limits, ledger, peer, w.cid, w.want_type);
+        }
+        if !reply.is_empty() {
+            self.out.push_back(Action::Send(peer, reply));
+        }
+        if !read.is_empty() {
+            self.out.push_back(Action::Read(peer, read));
+        }
+    }
+
+    /// Server: blocks read for `peer` after an [`Action::Read`], in the order read (`None`: no longer stored).
+    /// Those still wanted go out in one message, in that order; a cancelled one is dropped; a missing or oversized
+    /// one is answered DONT_HAVE (when asked for) and waits in the ledger like any block we lack.
+    pub(crate) fn blocks_read(&mut self, peer: PeerId, blocks: Vec<(Cid, Option<Bytes>)>) {
+        let Some(serving) = self.serving.get_mut(&peer) else { return };
+        let ledger = self.ledgers.entry(peer).or_default();
+        let mut reply = Message::default();
+        for (cid, data) in blocks {
+            let Some(want) = serving.remove(&cid) else { continue };
+            match data {
+                Some(data) if data.len() <= self.limits.max_block_size => {
+                    reply.blocks.push(BlockData { cid, data });
+                    continue;
+                }
+                Some(data) => {
+                    tracing::warn!(%cid, len = data.len(), "not serving a block larger than the Bitswap limit")
+                }
+                None => {}
             }
+            if want.send_dont_have && self.limits.send_dont_have {
+                reply.presences.push((cid, Presence::DontHave));
+            }
+            remember(&self.limits, ledger, peer, cid, WantType::Block);
         }
         if !reply.is_empty() {
             self.out.push_back(Action::Send(peer, reply));
@@ -252,23 +304,35 @@ impl Engine {
 
     /// Server: blocks `cids` are now in the store; send them (or HAVE) to every peer still waiting for them.
     pub(crate) fn notify_new_blocks(&mut self, cids: &[Cid], store: &dyn BlockStore) {
-        let mut replies = Vec::new();
+        let mut out = Vec::new();
         for (peer, ledger) in &mut self.ledgers {
             let mut reply = Message::default();
+            let mut read = Vec::new();
             for cid in cids {
                 let Some(want) = ledger.get(cid).copied() else { continue };
-                match answer(&self.limits, store, *cid, want.want_type) {
-                    Some(Answer::Block(data)) => reply.blocks.push(BlockData { cid: *cid, data }),
-                    Some(Answer::Have) => reply.presences.push((*cid, Presence::Have)),
-                    None => continue,
+                if !store.has(cid) {
+                    continue;
                 }
                 ledger.remove(cid);
+                match want.want_type {
+                    WantType::Have => reply.presences.push((*cid, Presence::Have)),
+                    WantType::Block => {
+                        let serving = self.serving.entry(*peer).or_default();
+                        // Asked without send-dont-have, or it would not have waited here.
+                        if serving.insert(*cid, Serving { send_dont_have: false }).is_none() {
+                            read.push(*cid);
+                        }
+                    }
+                }
             }
             if !reply.is_empty() {
-                replies.push((*peer, reply));
+                out.push(Action::Send(*peer, reply));
+            }
+            if !read.is_empty() {
+                out.push(Action::Read(*peer, read));
             }
         }
-        self.out.extend(replies.into_iter().map(|(p, m)| Action::Send(p, m)));
+        self.out.extend(out);
     }
 
     /// What `peer` is waiting for from us (for tests and the dashboard).
@@ -287,22 +351,17 @@ impl Engine {
     }
 }
 
-enum Answer {
-    Block(Bytes),
-    Have,
-}
-
-fn answer(limits: &Limits, store: &dyn BlockStore, cid: Cid, want_type: WantType) -> Option<Answer> {
-    match want_type {
-        WantType::Have => store.has(&cid).then_some(Answer::Have),
-        WantType::Block => {
-            let data = store.get(&cid)?;
-            if data.len() > limits.max_block_size {
-                tracing::warn!(%cid, len = data.len(), "not serving a block larger than the Bitswap limit");
-                return None;
-            }
-            Some(Answer::Block(data))
-        }
+/// Keeps a want we cannot answer yet in the peer's ledger, within the ledger's bound; a want-block is never weakened
+/// to a want-have.
+fn remember(limits: &Limits, ledger: &mut HashMap<Cid, PendingWant>, peer: PeerId, cid: Cid, want_type: WantType) {
+    let want_type = match ledger.get(&cid) {
+        Some(PendingWant { want_type: WantType::Block }) => WantType::Block,
+        _ => want_type,
+    };
+    if ledger.len() < limits.max_wants_per_peer || ledger.contains_key(&cid) {
+        ledger.insert(cid, PendingWant { want_type });
+    } else {
+        tracing::debug!(%peer, %cid, "wantlist full; dropping want");
     }
 }
 
@@ -378,6 +437,20 @@ mod tests {
             match a {
                 Action::Send(p, m) => sends.push((p, m)),
                 Action::Event(ev) => events.push(ev),
+                Action::Read(p, cids) => panic!("unexpected read for {p}: {cids:?}"),
+            }
+        }
+        (sends, events)
+    }
+
+    /// Like `drain`, but carries out reads from `store` at once, as the behaviour's reader thread would.
+    fn drain_reading(e: &mut Engine, store: &MemStore) -> (Vec<(PeerId, Message)>, Vec<Event>) {
+        let (mut sends, mut events) = (Vec::new(), Vec::new());
+        while let Some(a) = e.next_action() {
+            match a {
+                Action::Send(p, m) => sends.push((p, m)),
+                Action::Event(ev) => events.push(ev),
+                Action::Read(p, cids) => e.blocks_read(p, cids.into_iter().map(|c| (c, store.get(&c))).collect()),
             }
         }
         (sends, events)
@@ -385,7 +458,7 @@ mod tests {
 
     /// Carries a message over the "wire": encode for 1.2.0 and decode, as the handler would.
     fn wire(m: Message) -> Message {
-        Message::decode(&m.encode(Version::V120)).unwrap()
+        Message::decode(&m.encode(Version::V120)[..]).unwrap()
     }
 
     /// Two engines, a client and a server, exchange messages until neither has anything to send.
@@ -399,7 +472,7 @@ mod tests {
                 assert_eq!(*p, sp);
                 server.on_message(cp, wire(m.clone()), store);
             }
-            let (to_client, ev) = drain(server);
+            let (to_client, ev) = drain_reading(server, store);
             assert!(ev.is_empty(), "the server side reports nothing: {ev:?}");
             for (p, m) in &to_client {
                 assert_eq!(*p, cp);
@@ -465,11 +538,12 @@ mod tests {
         store.put(b"have-later");
         server.notify_new_blocks(&[later, have_later], &store);
         let ev = pump(&mut client, cp, &mut server, sp, &store);
+        // The HAVE goes at once; the block follows once read.
         assert_eq!(
             ev,
             vec![
+                Event::Have { peer: sp, cid: have_later },
                 Event::Block { peer: sp, cid: later, data: Bytes::from_static(b"later") },
-                Event::Have { peer: sp, cid: have_later }
             ]
         );
         assert!(server.ledger_of(&cp).is_empty());
@@ -628,5 +702,50 @@ mod tests {
             &MemStore::default(),
         );
         assert!(client.expects_from(&sp));
+    }
+
+    #[test]
+    fn blocks_are_read_in_order_and_a_cancel_beats_the_read() {
+        let cp = PeerId::random();
+        let mut server = Engine::new(limits());
+        let store = MemStore::default();
+        let [a, b, c] = [store.put(b"a"), store.put(b"b"), store.put(b"c")];
+        let want = |cid| Want { cid, want_type: WantType::Block, send_dont_have: true, cancel: false, priority: 1 };
+        let msg = |wants| Message { wants, ..Message::default() };
+        server.on_message(cp, msg(vec![want(a), want(b), want(c)]), &store);
+        // Nothing is read on the engine's caller: the reads are handed out, in the order asked.
+        let reads: Vec<_> = std::iter::from_fn(|| server.next_action()).collect();
+        assert!(matches!(&reads[..], [Action::Read(p, cids)] if *p == cp && *cids == vec![a, b, c]), "{reads:?}");
+        // A second want-block for a block being read does not read it twice.
+        server.on_message(cp, msg(vec![want(a)]), &store);
+        assert!(server.next_action().is_none());
+        // The peer cancels b while it is read.
+        server.on_message(cp, msg(vec![cancel_entry(b)]), &store);
+        server.blocks_read(cp, vec![(a, store.get(&a)), (b, store.get(&b))]);
+        server.blocks_read(cp, vec![(c, store.get(&c))]);
+        let (sends, _) = drain(&mut server);
+        let sent: Vec<Vec<Cid>> = sends.iter().map(|(_, m)| m.blocks.iter().map(|b| b.cid).collect()).collect();
+        assert_eq!(sent, vec![vec![a], vec![c]]);
+        // Reads that finish after the peer left send nothing.
+        server.on_message(cp, msg(vec![want(b)]), &store);
+        assert!(matches!(server.next_action(), Some(Action::Read(_, cids)) if cids == vec![b]));
+        server.peer_gone(cp);
+        server.blocks_read(cp, vec![(b, store.get(&b))]);
+        assert!(drain(&mut server).0.is_empty());
+    }
+
+    #[test]
+    fn a_block_gone_before_its_read_is_answered_dont_have() {
+        let cp = PeerId::random();
+        let mut server = Engine::new(limits());
+        let store = MemStore::default();
+        let a = store.put(b"a");
+        let w = Want { cid: a, want_type: WantType::Block, send_dont_have: true, cancel: false, priority: 1 };
+        server.on_message(cp, Message { wants: vec![w], ..Message::default() }, &store);
+        assert!(matches!(server.next_action(), Some(Action::Read(_, _))));
+        server.blocks_read(cp, vec![(a, None)]);
+        let (sends, _) = drain(&mut server);
+        assert!(matches!(&sends[..], [(_, m)] if m.presences == vec![(a, Presence::DontHave)] && m.blocks.is_empty()));
+        assert_eq!(server.ledger_of(&cp), vec![(a, WantType::Block)], "served if it comes back");
     }
 }

@@ -1,8 +1,10 @@
 //! One connection's Bitswap streams: reads every frame of every inbound stream until the peer closes it, and
 //! writes our messages over one reused outbound stream, reopening it if it breaks.
 //!
-//! The handler knows framing and versions, not the protocol rules: frames go up to the behaviour as bytes, and
-//! typed messages come down to be encoded for whatever version the outbound stream negotiated.
+//! The handler knows framing and versions, not the protocol rules: frames are decoded here, on the connection's
+//! task (decoding re-hashes every block, which would otherwise hold up the swarm's task), go up to the behaviour
+//! as typed messages, and typed messages come down to be encoded for whatever version the outbound stream
+//! negotiated.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
@@ -39,9 +41,10 @@ pub(crate) enum FromBehaviour {
 /// What a connection reports.
 #[derive(Debug)]
 pub(crate) enum ToBehaviour {
-    /// One inbound frame, not yet decoded.
-    Frame(Vec<u8>),
-    /// An inbound stream broke mid-frame or sent a frame over the limit; the stream is dropped.
+    /// One inbound message, decoded: its blocks' CIDs are what their bytes hash to.
+    Message(Message),
+    /// An inbound stream broke mid-frame or sent a frame over the limit (the stream is dropped), or a frame was
+    /// not a Bitswap message (skipped).
     InboundError(String),
     /// These blocks were written to the peer: (CID, bytes).
     Sent(Vec<(Cid, usize)>),
@@ -101,7 +104,7 @@ enum Outbound {
 pub struct Handler {
     max_message_size: usize,
     max_inbound_streams: usize,
-    readers: SelectAll<BoxStream<'static, Result<Vec<u8>, FrameError>>>,
+    readers: SelectAll<BoxStream<'static, Result<Message, FrameError>>>,
     outbound: Outbound,
     queue: VecDeque<Message>,
     /// A batch that failed to write is retried once on a fresh stream, then dropped.
@@ -145,7 +148,10 @@ impl Handler {
         let reader = futures::stream::unfold(Some(stream), move |state| async move {
             let mut stream = state?;
             match read_frame(&mut stream, max).await {
-                Ok(Some(frame)) => Some((Ok(frame), Some(stream))),
+                // An undecodable message is skipped; the stream goes on.
+                Ok(Some(frame)) => {
+                    Some((Message::decode(bytes::Bytes::from(frame)).map_err(FrameError::from), Some(stream)))
+                }
                 Ok(None) => None,
                 Err(e) => Some((Err(e), None)),
             }
@@ -249,8 +255,8 @@ impl ConnectionHandler for Handler {
                 return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(HandlerOut(ev)));
             }
             match self.readers.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(HandlerOut(ToBehaviour::Frame(frame))))
+                Poll::Ready(Some(Ok(msg))) => {
+                    return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(HandlerOut(ToBehaviour::Message(msg))))
                 }
                 Poll::Ready(Some(Err(e))) => {
                     return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(HandlerOut(ToBehaviour::InboundError(

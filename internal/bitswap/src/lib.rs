@@ -15,6 +15,7 @@ mod engine;
 pub mod handler;
 mod message;
 mod proto;
+mod reader;
 
 use bytes::Bytes;
 use cid::Cid;
@@ -34,7 +35,8 @@ pub const KUBO_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// Where the server side reads blocks from (the node passes its store).
 ///
-/// Called on the swarm's task, so lookups must be quick: an index hit and one read, not a network fetch.
+/// [`BlockStore::has`] is called on the swarm's task, so it must be quick (an index hit, not a network fetch);
+/// [`BlockStore::get`] is called on the behaviour's own reader thread, so it may read and check from disk.
 pub trait BlockStore: Send + Sync + 'static {
     /// Whether the block is stored locally.
     fn has(&self, cid: &Cid) -> bool;
@@ -57,6 +59,11 @@ pub struct Config {
     /// Most inbound Bitswap streams read at once per connection. Default 32; Kubo uses one stream for its
     /// wantlist plus one short-lived stream per reply batch.
     pub max_inbound_streams: usize,
+    /// Server: blocks read for a peer go out together, several per message, until the next one would take the
+    /// message's block data past this many bytes (a single larger block goes alone). Default 1 MiB: few enough
+    /// messages that framing costs nothing, small enough that the first blocks of a large request are on the wire
+    /// while the rest are still being read. Capped by `max_message_size`.
+    pub send_batch_bytes: usize,
 }
 
 impl Default for Config {
@@ -66,6 +73,7 @@ impl Default for Config {
             send_dont_have: true,
             max_wants_per_peer: 8192,
             max_inbound_streams: 32,
+            send_batch_bytes: 1024 * 1024,
         }
     }
 }

@@ -159,7 +159,9 @@ impl Message {
 
     /// Decodes one frame's protobuf. Entries and presences whose CID does not parse are skipped (a peer on a
     /// newer CID scheme is not malicious); blocks are re-hashed to learn their CID.
-    pub(crate) fn decode(buf: &[u8]) -> Result<Self, prost::DecodeError> {
+    ///
+    /// Given a [`Bytes`] buffer, the blocks are slices of it, not copies.
+    pub(crate) fn decode(buf: impl bytes::Buf) -> Result<Self, prost::DecodeError> {
         let pb = proto::Message::decode(buf)?;
         let mut msg = Message::default();
         if let Some(wl) = pb.wantlist {
@@ -378,7 +380,7 @@ mod tests {
     #[test]
     fn roundtrip_1_2_0() {
         let msg = sample();
-        assert_eq!(Message::decode(&msg.encode(Version::V120)).unwrap(), msg);
+        assert_eq!(Message::decode(&msg.encode(Version::V120)[..]).unwrap(), msg);
     }
 
     #[test]
@@ -391,7 +393,7 @@ mod tests {
         // The want-have is dropped: a 1.0.0 peer would read it as want-block.
         assert_eq!(pb.wantlist.unwrap().entries.len(), 1);
         // A 1.0.0 block decodes as CIDv0; the raw block's CID therefore differs from what we would ask for.
-        let back = Message::decode(&msg.encode(Version::V100)).unwrap();
+        let back = Message::decode(&msg.encode(Version::V100)[..]).unwrap();
         assert_eq!(back.blocks[1].cid, v0_cid(b"b"));
         assert_ne!(back.blocks[0].cid, raw_cid(b"a"));
     }
@@ -418,7 +420,7 @@ mod tests {
             payload: vec![proto::Block { prefix: vec![0x01, 0x55, 0x1e, 0x20], data: Bytes::from_static(b"x") }],
             ..Default::default()
         };
-        let got = Message::decode(&msg.encode_to_vec()).unwrap();
+        let got = Message::decode(&msg.encode_to_vec()[..]).unwrap();
         assert!(got.blocks.is_empty());
         assert_eq!(got.rejected.len(), 1);
     }
@@ -445,7 +447,7 @@ mod tests {
         let mut r = futures::io::Cursor::new(wire);
         let mut got = Vec::new();
         while let Some(f) = block_on(read_frame(&mut r, 1 << 22)).unwrap() {
-            got.push(Message::decode(&f).unwrap());
+            got.push(Message::decode(&f[..]).unwrap());
         }
         assert_eq!(got, frames);
     }

@@ -506,13 +506,20 @@ impl NetSink {
 
 impl xnode_p2p::BlockSink for NetSink {
     fn put(&self, cid: &Cid, data: &Bytes) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let mut guard = self.writer.lock().expect("not poisoned");
-        let writer = guard.get_or_insert_with(|| self.store.writer());
-        writer.put(cid, data)?;
-        if writer.pending_bytes() >= NET_COMMIT_BYTES {
-            if let Some(w) = guard.take() {
-                w.commit(None)?;
+        let full = {
+            let mut guard = self.writer.lock().expect("not poisoned");
+            let writer = guard.get_or_insert_with(|| self.store.writer());
+            writer.put(cid, data)?;
+            if writer.pending_bytes() >= NET_COMMIT_BYTES {
+                guard.take()
+            } else {
+                None
             }
+        };
+        // Synced outside the lock: the next blocks go to a new session meanwhile instead of waiting for the disk.
+        // This put returns (and the fetch counts the block as stored) only once the commit is done.
+        if let Some(w) = full {
+            w.commit(None)?;
         }
         Ok(())
     }

@@ -20,9 +20,11 @@ pub struct P2pConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Whether to discover peers of the LAN with mDNS. Default: true.
     pub mdns: bool,
-    /// Blocks in flight per fetch (wanted and not yet received). Default: 32.
+    /// Blocks in flight per fetch (wanted and not yet received, or received and not yet stored). Default: 128
+    /// (32 MiB of 256 KiB blocks), so every holder can have a full pipeline of requests.
     pub fetch_window: usize,
-    /// Blocks requested from one peer at once, so a fetch spreads over every holder. Default: 16.
+    /// Blocks requested from one peer at once, so a fetch spreads over every holder. Default: 64 (16 MiB of
+    /// 256 KiB blocks): enough to keep one fast peer's connection busy while answers travel (docs/p2p.md).
     pub max_inflight_per_peer: usize,
     /// How long one peer may take to send a requested block before it is asked of another holder. Default: 10 s.
     pub block_request_timeout: Duration,
@@ -61,8 +63,8 @@ impl P2pConfig {
             listen,
             bootstrap: Vec::new(),
             mdns: true,
-            fetch_window: 32,
-            max_inflight_per_peer: 16,
+            fetch_window: 128,
+            max_inflight_per_peer: 64,
             block_request_timeout: Duration::from_secs(10),
             ban_duration: Duration::from_secs(10 * 60),
             reprovide_interval: Duration::from_secs(22 * 60 * 60),

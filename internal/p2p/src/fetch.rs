@@ -3,10 +3,13 @@
 //! manner of chitchat's `process_message`; the tests below drive two fetches with no sockets at all.
 //!
 //! A block goes through: queued (beyond the fetch's window) -> wanted (want-have sent to every admitted peer) ->
-//! requested (want-block sent to the least loaded peer that said "have") -> received, verified, handed on. A peer
-//! that sends bytes not matching the CID is banned; a peer that is slow loses the request to the next holder; when
-//! every peer said "don't have", the DHT is asked for providers and the search is repeated now and then until the
-//! fetch's own deadline, which ends it with an error naming the first block still missing.
+//! requested (want-block sent to the least loaded peer that said "have") -> received, verified, handed on. Once a
+//! peer has answered for one block of a fetch (a HAVE or a block), it is taken to hold the rest of that DAG too:
+//! its next blocks are asked of it with want-block straight away, saving the want-have round trip per block (the
+//! other peers still get want-haves, so a fetch spreads over every holder, and a wrong guess costs one DONT_HAVE).
+//! A peer that sends bytes not matching the CID is banned; a peer that is slow loses the request to the next
+//! holder; when every peer said "don't have", the DHT is asked for providers and the search is repeated now and
+//! then until the fetch's own deadline, which ends it with an error naming the first block still missing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -101,8 +104,12 @@ struct Fetch {
     active: HashSet<Cid>,
     /// Every block met so far, so a block linked twice is fetched once.
     seen: HashSet<Cid>,
-    /// Blocks handed to the sink and not yet acknowledged.
+    /// Blocks handed to the sink and not yet acknowledged; they count against the window, so a slow disk slows
+    /// the fetch rather than filling memory.
     storing: usize,
+    /// Peers that answered for a block of this DAG (HAVE or the block), least recent last: asked first for the
+    /// rest of it.
+    holders: Vec<PeerId>,
     stats: FetchStats,
 }
 
@@ -154,6 +161,7 @@ impl Retriever {
             active: HashSet::new(),
             seen: HashSet::new(),
             storing: 0,
+            holders: Vec::new(),
             stats: FetchStats::default(),
         };
         fetch.seen.insert(root);
@@ -193,6 +201,9 @@ impl Retriever {
     pub(crate) fn peer_down(&mut self, peer: PeerId, now: Instant, out: &mut Vec<Action>) {
         self.peers.remove(&peer);
         self.load.remove(&peer);
+        for fetch in self.fetches.values_mut() {
+            fetch.holders.retain(|p| *p != peer);
+        }
         for want in self.wants.values_mut() {
             want.haves.retain(|p| *p != peer);
             want.asked.remove(&peer);
@@ -210,6 +221,7 @@ impl Retriever {
                 want.haves.push(peer);
             }
             want.dont_haves.remove(&peer);
+            note_holder(&mut self.fetches, &want.fetches, peer);
             self.pump(now, out);
         }
     }
@@ -226,17 +238,16 @@ impl Retriever {
         self.pump(now, out);
     }
 
-    /// The peer sent a block. Bitswap verified it already; it is checked again here because a wrong block stored
-    /// would be served to the whole cluster.
+    /// The peer sent a block, already verified: Bitswap computes every received block's CID from its bytes and
+    /// reports bytes that match nothing we asked for as invalid instead (see [`Retriever::on_invalid`]); hashing
+    /// it again here would cost the swarm's task a SHA-256 per block for nothing.
     pub(crate) fn on_block(&mut self, peer: PeerId, cid: Cid, data: Bytes, now: Instant, out: &mut Vec<Action>) {
-        if xnode_dag::verify(&cid, &data).is_err() {
-            self.on_invalid(peer, Some(cid), "bytes do not hash to the CID".into(), now, out);
-            return;
-        }
+        debug_assert!(xnode_dag::verify(&cid, &data).is_ok(), "Bitswap delivers verified blocks only");
         let Some(want) = self.wants.remove(&cid) else { return };
         if let Some((p, _)) = want.requested {
             release(&mut self.load, p);
         }
+        note_holder(&mut self.fetches, &want.fetches, peer);
         // Bitswap closes the want at every other peer itself.
         for id in want.fetches {
             let Some(fetch) = self.fetches.get_mut(&id) else { continue };
@@ -334,11 +345,22 @@ impl Retriever {
     /// Moves queued blocks into the window, asks for wanted ones, and hands out requests.
     fn pump(&mut self, now: Instant, out: &mut Vec<Action>) {
         let mut want_have: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        let mut want_block: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        // A busy peer is topped up to `per_peer` only once an eighth of its slots are free, so want-blocks go out
+        // several to a message and its reads come back several blocks to a message, rather than one message each
+        // way per block; the in-flight count stays within an eighth of the limit.
+        let refill = (self.per_peer / 8).max(1);
+        let open: HashSet<PeerId> = self
+            .peers
+            .iter()
+            .filter(|p| self.load.get(p).copied().unwrap_or(0) + refill <= self.per_peer)
+            .copied()
+            .collect();
         let ids: Vec<FetchId> = self.fetches.keys().copied().collect();
         for id in ids {
             loop {
                 let fetch = self.fetches.get_mut(&id).expect("present");
-                if fetch.active.len() >= self.window {
+                if fetch.active.len() + fetch.storing >= self.window {
                     break;
                 }
                 let Some(cid) = fetch.queue.pop_front() else { break };
@@ -371,16 +393,33 @@ impl Retriever {
                             requested: None,
                             last_search: None,
                         };
+                        // A peer that holds this DAG is asked for the block itself at once; the others are asked
+                        // whether they have it, so they can take over or share the load.
+                        let direct = fetch
+                            .holders
+                            .iter()
+                            .copied()
+                            .filter(|p| self.peers.contains(p))
+                            .filter(|p| open.contains(p) && self.load.get(p).copied().unwrap_or(0) < self.per_peer)
+                            .min_by_key(|p| self.load.get(p).copied().unwrap_or(0));
+                        if let Some(peer) = direct {
+                            want.requested = Some((peer, now));
+                            want.haves.push(peer);
+                            want.asked.insert(peer);
+                            *self.load.entry(peer).or_default() += 1;
+                            want_block.entry(peer).or_default().push(cid);
+                        }
                         for peer in &self.peers {
-                            want.asked.insert(*peer);
-                            want_have.entry(*peer).or_default().push(cid);
+                            if Some(*peer) != direct {
+                                want.asked.insert(*peer);
+                                want_have.entry(*peer).or_default().push(cid);
+                            }
                         }
                         self.wants.insert(cid, want);
                     }
                 }
             }
         }
-        let mut want_block: HashMap<PeerId, Vec<Cid>> = HashMap::new();
         for (cid, want) in self.wants.iter_mut() {
             if want.requested.is_some() {
                 continue;
@@ -389,10 +428,11 @@ impl Retriever {
                 .haves
                 .iter()
                 .copied()
-                .filter(|p| self.load.get(p).copied().unwrap_or(0) < self.per_peer)
+                .filter(|p| open.contains(p) && self.load.get(p).copied().unwrap_or(0) < self.per_peer)
                 .min_by_key(|p| self.load.get(p).copied().unwrap_or(0));
             if let Some(peer) = candidate {
                 want.requested = Some((peer, now));
+                want.asked.insert(peer);
                 *self.load.entry(peer).or_default() += 1;
                 want_block.entry(peer).or_default().push(*cid);
                 continue;
@@ -461,6 +501,18 @@ impl Retriever {
             }
         }
         out.push(Action::Finish { fetch: id, result: Err(error) });
+    }
+}
+
+/// `peer` answered for a block these fetches want: it goes to the front of their holders.
+fn note_holder(fetches: &mut HashMap<FetchId, Fetch>, ids: &[FetchId], peer: PeerId) {
+    for id in ids {
+        if let Some(fetch) = fetches.get_mut(id) {
+            if fetch.holders.first() != Some(&peer) {
+                fetch.holders.retain(|p| *p != peer);
+                fetch.holders.insert(0, peer);
+            }
+        }
     }
 }
 
@@ -540,7 +592,9 @@ mod tests {
         // The peer asked for the first block sends garbage: banned, and the block goes to the other one.
         let (liar, cid) = asked.iter().copied().find(|(_, c)| *c == blocks[0].0).unwrap();
         out.clear();
-        r.on_block(liar, cid, Bytes::from_static(b"garbage"), now, &mut out);
+        // Bitswap hashes what arrives: bytes matching nothing we asked for come as an invalid block.
+        let garbage = xnode_dag::cid_v1(xnode_dag::RAW, b"garbage");
+        r.on_invalid(liar, Some(garbage), "bytes hash to a CID we did not ask for".into(), now, &mut out);
         assert!(out.iter().any(|a| matches!(a, Action::Ban { peer, .. } if *peer == liar)));
         let honest = if liar == a { b } else { a };
         // The honest peer is busy with the other block until it delivers it.
@@ -602,5 +656,122 @@ mod tests {
         let second = requests(&out);
         assert_eq!(second.len(), 1);
         assert_ne!(second[0].0, first);
+    }
+
+    /// A three-leaf UnixFS file: its root, its leaves in order, and every block's bytes.
+    fn small_dag() -> (Cid, Vec<Cid>, HashMap<Cid, Bytes>) {
+        let data: Vec<u8> = (0..700 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut blocks: Vec<xnode_dag::Block> = Vec::new();
+        let added = xnode_dag::import_file(&xnode_dag::ImportOptions::default(), &data[..], &mut blocks).unwrap();
+        let bytes: HashMap<Cid, Bytes> = blocks.iter().map(|b| (b.cid, b.data.clone())).collect();
+        let leaves = xnode_dag::block_links(&added.cid, &bytes[&added.cid]).unwrap();
+        assert_eq!(leaves.len(), 3);
+        (added.cid, leaves, bytes)
+    }
+
+    fn want_haves(out: &[Action]) -> Vec<(PeerId, Cid)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::WantHave { peer, cids } => Some(cids.iter().map(|c| (*peer, *c)).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn a_peer_holding_the_dag_is_asked_for_blocks_directly() {
+        let now = Instant::now();
+        let mut r = Retriever::new(Arc::new(Mem::default()), 32, 16, Duration::from_secs(10));
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let (root, leaves, bytes) = small_dag();
+        let mut out = Vec::new();
+        r.peer_up(a, now, &mut out);
+        r.peer_up(b, now, &mut out);
+        r.start(root, FetchKind::Dag, Duration::from_secs(30), now, &mut out);
+        // Nobody is known to hold it: everyone is asked whether they have the root.
+        let mut asked = want_haves(&out);
+        asked.sort();
+        let mut expect = vec![(a, root), (b, root)];
+        expect.sort();
+        assert_eq!(asked, expect);
+        out.clear();
+        r.on_have(a, root, now, &mut out);
+        assert_eq!(requests(&out), vec![(a, root)]);
+        out.clear();
+        r.on_block(a, root, bytes[&root].clone(), now, &mut out);
+        // `a` holds the DAG: the leaves are want-blocks to it at once, and want-haves to `b` only.
+        let mut direct = requests(&out);
+        direct.sort();
+        let mut expect: Vec<_> = leaves.iter().map(|c| (a, *c)).collect();
+        expect.sort();
+        assert_eq!(direct, expect);
+        assert!(want_haves(&out).iter().all(|(p, _)| *p == b));
+        assert_eq!(want_haves(&out).len(), 3);
+        // `a` turns out to lack one: `b`, which said HAVE, gets it.
+        out.clear();
+        r.on_have(b, leaves[1], now, &mut out);
+        r.on_dont_have(a, leaves[1], now, &mut out);
+        assert_eq!(requests(&out), vec![(b, leaves[1])]);
+    }
+
+    #[test]
+    fn blocks_being_stored_count_against_the_window() {
+        let now = Instant::now();
+        let mut r = Retriever::new(Arc::new(Mem::default()), 2, 16, Duration::from_secs(10));
+        let a = PeerId::random();
+        let (root, leaves, bytes) = small_dag();
+        let mut out = Vec::new();
+        r.peer_up(a, now, &mut out);
+        let id = r.start(root, FetchKind::Dag, Duration::from_secs(30), now, &mut out);
+        r.on_have(a, root, now, &mut out);
+        out.clear();
+        r.on_block(a, root, bytes[&root].clone(), now, &mut out);
+        // The root is still being stored: one slot is left of two.
+        assert_eq!(requests(&out).len(), 1);
+        out.clear();
+        r.on_block(a, leaves[0], bytes[&leaves[0]].clone(), now, &mut out);
+        assert!(requests(&out).is_empty(), "two blocks are at the sink: the window is full");
+        r.stored(id, root, Ok(()), now, &mut out);
+        assert_eq!(requests(&out).len(), 1, "the root is stored: one more leaf is asked for");
+    }
+
+    #[test]
+    fn a_busy_peer_is_topped_up_in_batches() {
+        let now = Instant::now();
+        let mut r = Retriever::new(Arc::new(Mem::default()), 32, 16, Duration::from_secs(10));
+        let a = PeerId::random();
+        let mut out = Vec::new();
+        r.peer_up(a, now, &mut out);
+        let blocks: Vec<_> = (0..20).map(raw).collect();
+        for (cid, _) in &blocks {
+            r.start(*cid, FetchKind::Block, Duration::from_secs(30), now, &mut out);
+        }
+        out.clear();
+        for (cid, _) in &blocks {
+            r.on_have(a, *cid, now, &mut out);
+        }
+        // HAVEs arriving one by one stop the filling once fewer than two slots (16 / 8) are free.
+        let asked = requests(&out);
+        assert_eq!(asked.len(), 15);
+        let data: HashMap<Cid, Bytes> = blocks.iter().cloned().collect();
+        let batches = |out: &[Action]| -> Vec<usize> {
+            out.iter()
+                .filter_map(|a| match a {
+                    Action::WantBlock { cids, .. } => Some(cids.len()),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Two slots free: topped up to the limit, both in one message.
+        out.clear();
+        r.on_block(a, asked[0].1, data[&asked[0].1].clone(), now, &mut out);
+        assert_eq!(batches(&out), vec![2]);
+        // One slot free: not yet.
+        out.clear();
+        r.on_block(a, asked[1].1, data[&asked[1].1].clone(), now, &mut out);
+        assert!(batches(&out).is_empty());
+        r.on_block(a, asked[2].1, data[&asked[2].1].clone(), now, &mut out);
+        assert_eq!(batches(&out), vec![2]);
     }
 }

@@ -62,6 +62,31 @@ async fn quic_works_as_well_as_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_that_hangs_does_not_hold_up_one_to_a_good_address() {
+    init_tracing();
+    within(async {
+        let target = TestNode::start("blue", |_| {}).await;
+        let dialer = TestNode::start("blue", |_| {}).await;
+        let peer = target.client.peer_id();
+        // A UDP port that never answers: a QUIC dial there runs until the transport's timeout (10 s).
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead: libp2p::Multiaddr =
+            format!("/ip4/127.0.0.1/udp/{}/quic-v1/p2p/{peer}", silent.local_addr().unwrap().port()).parse().unwrap();
+        let hanging = {
+            let client = dialer.client.clone();
+            tokio::spawn(async move { client.dial(peer, vec![dead]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        dialer.client.dial(peer, vec![target.tcp_addr().await]).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3), "waited {:?} behind the hanging dial", started.elapsed());
+        // The first request is answered by the same connection.
+        hanging.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_do_not_mix() {
     init_tracing();
     within(async {

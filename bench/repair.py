@@ -98,8 +98,11 @@ class Node:
         self.proc.wait()
 
 
-def settled(nodes, root):
+def settled(nodes, root, old_plan):
+    """The plan every member reports once it holds its share, or None while they differ, still fetch, or still
+    report `old_plan` (the plan before the change being timed, which must not count)."""
     names = sorted(n.name for n in nodes)
+    plan = None
     for n in nodes:
         members = n.get("/api/v1/members") or []
         alive = [m for m in members if m["state"] == "Alive" and m["meta"].get("peer_id")]
@@ -107,19 +110,23 @@ def settled(nodes, root):
             return False
         plans = {m["meta"].get("settled", "") for m in alive}
         if len(plans) != 1 or "" in plans or any(m["meta"].get("wanted", 1) for m in alive):
-            return False
+            return None
+        if plans == {old_plan} or (plan is not None and plans != {plan}):
+            return None
+        plan = plans.pop()
         if root not in json.dumps(n.get("/api/v1/files")):
-            return False
-    return True
+            return None
+    return plan
 
 
-def wait_settled(nodes, root, what, limit=900):
+def wait_settled(nodes, root, what, old_plan=None, limit=900):
+    """Seconds until the cluster settles on a plan other than `old_plan`, and that plan."""
     start = time.monotonic()
-    while not settled(nodes, root):
+    while (plan := settled(nodes, root, old_plan)) is None:
         if time.monotonic() - start > limit:
-            sys.exit(f"{what}: the cluster did not settle within {limit} s")
+            sys.exit(f"{what}: the cluster did not settle on a new plan within {limit} s")
         time.sleep(0.25)
-    return time.monotonic() - start
+    return time.monotonic() - start, plan
 
 
 def moved(before, after):
@@ -156,7 +163,7 @@ def main():
         )
         root = out.stdout.strip()
         os.remove(payload)
-        t_settle = wait_settled(nodes, root, "after the add")
+        t_settle, plan = wait_settled(nodes, root, "after the add")
         time.sleep(3)  # let the adding node release its staging copies
         before = {n.name: n.held() for n in nodes}
         copies = sum(len(h) for h in before.values())
@@ -167,13 +174,13 @@ def main():
         victim_blocks = len(before[victim.name])
         victim.kill()
         nodes.remove(victim)
-        t_repair = wait_settled(nodes, root, "after the kill")
+        t_repair, plan = wait_settled(nodes, root, "after the kill", plan)
         time.sleep(3)
         after_repair = {n.name: n.held() for n in nodes}
 
         # Join.
         nodes.append(Node(args.xnode, base, "n6", nodes[0].gossip, cap))
-        t_join = wait_settled(nodes, root, "after the join")
+        t_join, plan = wait_settled(nodes, root, "after the join", plan)
         time.sleep(3)
         after_join = {n.name: n.held() for n in nodes}
         join_moved = moved(after_repair, after_join)
@@ -183,7 +190,7 @@ def main():
         # Resize: halve one node's capacity.
         target = nodes[1]
         target.put("/api/v1/storage", {"capacity": cap // 2})
-        t_resize = wait_settled(nodes, root, "after the resize")
+        t_resize, plan = wait_settled(nodes, root, "after the resize", plan)
         time.sleep(3)
         after_resize = {n.name: n.held() for n in nodes}
         resize_moved = moved(after_join, after_resize)

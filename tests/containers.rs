@@ -42,20 +42,7 @@ impl Compose {
 
     /// `xnode members --json` run inside a container: that node's view as name -> state.
     fn view(&self, container: &str) -> Option<Vec<(String, String)>> {
-        let out = docker(&["exec", container, "xnode", "members", "--json"]);
-        if !out.status.success() {
-            return None;
-        }
-        let members: Value = serde_json::from_slice(&out.stdout).ok()?;
-        Some(
-            members
-                .as_array()?
-                .iter()
-                .map(|m| {
-                    (m["name"].as_str().unwrap_or("").to_string(), m["state"].as_str().unwrap_or("").to_lowercase())
-                })
-                .collect(),
-        )
+        members_of(container)
     }
 }
 
@@ -74,6 +61,54 @@ impl Drop for Compose {
 
 fn docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).output().expect("docker runs")
+}
+
+/// A node container to start with [`Launch::run`]: `docker run -d` of `xnode:latest` named `name` on `network`,
+/// reachable there as `host` (its hostname, network alias and `XNODE_NAME`), with `XNODE_KNOWN_PEERS=peers`.
+struct Launch<'a> {
+    name: &'a str,
+    host: Option<&'a str>,
+    network: &'a str,
+    ip: Option<&'a str>,
+    peers: &'a str,
+    env: &'a [&'a str],
+}
+
+impl Launch<'_> {
+    fn run(&self) {
+        let mut args: Vec<String> =
+            ["run", "-d", "--name", self.name, "--network", self.network].map(String::from).into();
+        if let Some(host) = self.host {
+            args.extend(["--hostname", host, "--network-alias", host, "-e"].map(String::from));
+            args.push(format!("XNODE_NAME={host}"));
+        }
+        if let Some(ip) = self.ip {
+            args.extend(["--ip".to_string(), ip.to_string()]);
+        }
+        args.extend(["-e".to_string(), format!("XNODE_KNOWN_PEERS={}", self.peers)]);
+        for e in self.env {
+            args.extend(["-e".to_string(), e.to_string()]);
+        }
+        args.push("xnode:latest".into());
+        let out = docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "docker run {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// `xnode members --json` run inside `container`: that node's view as (name, lowercase state) pairs.
+fn members_of(container: &str) -> Option<Vec<(String, String)>> {
+    let out = docker(&["exec", container, "xnode", "members", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let members: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        members
+            .as_array()?
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap_or("").to_string(), m["state"].as_str().unwrap_or("").to_lowercase()))
+            .collect(),
+    )
 }
 
 /// Adds `bytes` random bytes as a file inside `container`; returns its CID and the file's sha256.
@@ -196,24 +231,7 @@ fn compose_cluster_join_kill_stop_and_late_join() {
     let seed_first = format!("{}-seed-first", c.project);
     let late = format!("{}-late", c.project);
     let run = |name: &str, node: &str, peers: &str| {
-        let out = docker(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--hostname",
-            node,
-            "--network",
-            &network,
-            "--network-alias",
-            node,
-            "-e",
-            &format!("XNODE_NAME={node}"),
-            "-e",
-            &format!("XNODE_KNOWN_PEERS={peers}"),
-            "xnode:latest",
-        ]);
-        assert!(out.status.success(), "docker run: {}", String::from_utf8_lossy(&out.stderr));
+        Launch { name, host: Some(node), network: &network, ip: None, peers, env: &[] }.run();
     };
     run(&seed_first, "xnode-5", "xnode-4:9090");
     std::thread::sleep(Duration::from_secs(2));
@@ -241,42 +259,14 @@ fn relay_carries_blocks_between_nodes_that_cannot_dial_each_other() {
         assert!(docker(&["network", "create", n]).status.success());
     }
     let run = |name: &str, host: &str, net: &str, peers: &str| {
-        let out = docker(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--hostname",
-            host,
-            "--network",
-            net,
-            "--network-alias",
-            host,
-            "-e",
-            &format!("XNODE_NAME={host}"),
-            "-e",
-            &format!("XNODE_KNOWN_PEERS={peers}"),
-            "-e",
-            "XNODE_ADMIN_TOKEN=t",
-            "xnode:latest",
-        ]);
-        assert!(out.status.success(), "docker run {name}: {}", String::from_utf8_lossy(&out.stderr));
+        Launch { name, host: Some(host), network: net, ip: None, peers, env: &["XNODE_ADMIN_TOKEN=t"] }.run();
     };
     run(&b, "relay-b", &left, "");
     assert!(docker(&["network", "connect", "--alias", "relay-b", &right, &b]).status.success());
     run(&a, "node-a", &left, "relay-b:9090");
     run(&c, "node-c", &right, "relay-b:9090");
 
-    let view = |ctr: &str| -> Vec<(String, String)> {
-        let out = docker(&["exec", ctr, "xnode", "members", "--json"]);
-        serde_json::from_slice::<Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .map(|m| (m["name"].as_str().unwrap_or("").to_string(), m["state"].as_str().unwrap_or("").to_lowercase()))
-            .collect()
-    };
+    let view = |ctr: &str| members_of(ctr).unwrap_or_default();
     wait_until("A sees C alive through B's gossip", Duration::from_secs(40), || {
         state_of(&view(&a), "node-c").as_deref() == Some("alive")
     });
@@ -302,22 +292,8 @@ fn mdns_pairs_nodes_of_one_group_only() {
     let _cleanup = Cleanup { containers: names.clone(), networks: vec![net.clone()] };
     assert!(docker(&["network", "create", &net]).status.success());
     for (name, group) in names.iter().zip(["Blue", "Blue", "Red"]) {
-        let out = docker(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            &net,
-            "-e",
-            "XNODE_KNOWN_PEERS=",
-            "-e",
-            &format!("XNODE_GROUP_NAME={group}"),
-            "-e",
-            "XNODE_ADMIN_TOKEN=t",
-            "xnode:latest",
-        ]);
-        assert!(out.status.success(), "docker run {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let group = format!("XNODE_GROUP_NAME={group}");
+        Launch { name, host: None, network: &net, ip: None, peers: "", env: &[&group, "XNODE_ADMIN_TOKEN=t"] }.run();
     }
     let (holder, reader, stranger) = (&names[0], &names[1], &names[2]);
     wait_until("the holder answers", Duration::from_secs(20), || {
@@ -333,4 +309,81 @@ fn mdns_pairs_nodes_of_one_group_only() {
     let out = docker(&["exec", stranger, "xnode", "cat", "--timeout", "5", &cid]);
     assert!(!out.status.success(), "a node of another group must not get blocks from this one");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Five nodes at RF 2 on a network of our own; two of them are cut off (`docker network disconnect`) and each side
+/// adds a file while apart. After the heal (the same addresses come back), every node lists both files, reads both
+/// back byte for byte, and reports every block of both at the replication factor.
+#[test]
+#[ignore = "needs docker and the xnode:latest image; run by scripts/test.sh (tier containers)"]
+fn a_file_added_during_a_partition_appears_everywhere_after_the_heal() {
+    let tag = format!("xnodepart{}", std::process::id());
+    let net = format!("{tag}-lan");
+    // A subnet outside Docker's default pools, so fixed addresses can be given back after the heal.
+    let octet = 100 + std::process::id() % 100;
+    let subnet = format!("10.213.{octet}.0/24");
+    let ip = |i: usize| format!("10.213.{octet}.{}", 10 + i);
+    let hosts: Vec<String> = (1..=5).map(|i| format!("p{i}")).collect();
+    let names: Vec<String> = hosts.iter().map(|h| format!("{tag}-{h}")).collect();
+    let _cleanup = Cleanup { containers: names.clone(), networks: vec![net.clone()] };
+    let made = docker(&["network", "create", "--subnet", &subnet, &net]);
+    assert!(made.status.success(), "docker network create: {}", String::from_utf8_lossy(&made.stderr));
+    for (i, (name, host)) in names.iter().zip(&hosts).enumerate() {
+        let env = ["XNODE_REPLICATION=2", "XNODE_ADMIN_TOKEN=t"];
+        let peers = if i == 0 { "" } else { "p1:9090" };
+        Launch { name, host: Some(host), network: &net, ip: Some(&ip(i)), peers, env: &env }.run();
+    }
+    let api = |i: usize, path: &str| -> Option<Value> {
+        ureq::get(&format!("http://{}:8080{path}", ip(i))).timeout(Duration::from_secs(5)).call().ok()?.into_json().ok()
+    };
+    let states = |i: usize| -> Vec<(String, String)> {
+        api(i, "/api/v1/members")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap_or("").to_string(), m["state"].as_str().unwrap_or("").to_lowercase()))
+            .collect()
+    };
+    let all_alive = |i: usize| {
+        let v = states(i);
+        hosts.iter().all(|h| state_of(&v, h).as_deref() == Some("alive"))
+    };
+    wait_until("every node sees 5 alive members", Duration::from_secs(60), || (0..5).all(all_alive));
+
+    // Cut p4 and p5 off: each is alone, and p1-p3 are the majority.
+    for i in [3, 4] {
+        let out = docker(&["network", "disconnect", &net, &names[i]]);
+        assert!(out.status.success(), "disconnect {}: {}", names[i], String::from_utf8_lossy(&out.stderr));
+    }
+    wait_until("p1 sees p4 and p5 dead", Duration::from_secs(30), || {
+        let v = states(0);
+        ["p4", "p5"].iter().all(|h| state_of(&v, h).as_deref() == Some("dead"))
+    });
+
+    // Each side adds a file while apart.
+    let (majority_cid, majority_digest) = add_random_file(&names[0], 6 << 20);
+    let (minority_cid, minority_digest) = add_random_file(&names[4], 5 << 20);
+
+    // Heal: the same addresses come back.
+    for i in [3, 4] {
+        let out = docker(&["network", "connect", "--ip", &ip(i), "--alias", &hosts[i], &net, &names[i]]);
+        assert!(out.status.success(), "connect {}: {}", names[i], String::from_utf8_lossy(&out.stderr));
+    }
+    wait_until("every node sees 5 alive members after the heal", Duration::from_secs(60), || (0..5).all(all_alive));
+
+    // Both files reach every node's catalog, with every block at RF 2.
+    let at_rf = |i: usize, cid: &str| -> bool {
+        api(i, "/api/v1/files").and_then(|v| v.as_array().cloned()).unwrap_or_default().iter().any(|f| {
+            f["root"] == cid && f["health"]["blocks"].as_u64().is_some_and(|b| b > 0 && f["health"]["at_rf"] == b)
+        })
+    };
+    wait_until("every node lists both files with every block at RF", Duration::from_secs(90), || {
+        (0..5).all(|i| at_rf(i, &majority_cid) && at_rf(i, &minority_cid))
+    });
+    for (i, name) in names.iter().enumerate() {
+        for (cid, digest) in [(&majority_cid, &majority_digest), (&minority_cid, &minority_digest)] {
+            let (got, err) = cat_digest(name, cid, 60);
+            assert_eq!(&got, digest, "p{} read different bytes of {cid}: {err}", i + 1);
+        }
+    }
 }

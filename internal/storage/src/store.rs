@@ -204,44 +204,22 @@ impl Store {
         let inner = &self.inner;
         let root_bytes = root.to_bytes();
         let pin_key = index::pin_key(&root_bytes);
-        let mut removal = Removal::default();
-        let mut released = 0;
-        {
-            let st = inner.lock();
-            if !inner.db.contains_key(&pin_key)? {
-                return Err(StoreError::NotPinned { root: *root });
-            }
-            let mut next = st.counters.clone();
-            let mut batch = sled::Batch::default();
-            let mut touched = BTreeSet::new();
-            let prefix = index::pin_blocks_prefix(&root_bytes);
-            for item in inner.db.scan_prefix(&prefix) {
-                let (pair_key, _) = item?;
-                let block = &pair_key[prefix.len()..];
-                let block_key = index::block_key(block);
-                batch.remove(pair_key.clone());
-                let Some(raw) = inner.db.get(&block_key)? else {
-                    warn!(root = %root, "pinned block missing from the index; skipping it");
-                    continue;
-                };
-                let mut entry = Entry::decode(&raw)?;
-                entry.refcount = entry.refcount.saturating_sub(1);
-                released += 1;
-                if entry.refcount == 0 && !st.protected.contains_key(block) {
-                    remove_block(&mut next, &mut batch, block_key, &entry, &mut removal, &mut touched);
-                } else {
-                    batch.insert(block_key, &entry.encode());
-                }
-            }
-            batch.remove(pin_key);
-            next.pins -= 1;
-            settle_packs(&mut next, &mut batch, &touched, &mut removal);
-            inner.db.apply_batch(batch)?;
-            inner.swap_counters(st, next);
+        let st = inner.lock();
+        if !inner.db.contains_key(&pin_key)? {
+            return Err(StoreError::NotPinned { root: *root });
         }
-        inner.db.flush()?;
-        inner.reclaim(&removal);
-        Ok(UnpinStats { blocks_released: released, blocks_deleted: removal.blocks, bytes_freed: removal.bytes })
+        let mut unref = Unref::new(&st);
+        let prefix = index::pin_blocks_prefix(&root_bytes);
+        for item in inner.db.scan_prefix(&prefix) {
+            let (pair_key, _) = item?;
+            unref.batch.remove(pair_key.clone());
+            if !unref.drop_one(inner, &st, &pair_key[prefix.len()..])? {
+                warn!(root = %root, "pinned block missing from the index; skipping it");
+            }
+        }
+        unref.batch.remove(pin_key);
+        unref.next.pins -= 1;
+        unref.finish(inner, st)
     }
 
     /// Marks stored blocks as held by the node's allocation: each counts as one more reference (once, however often
@@ -292,38 +270,18 @@ impl Store {
     /// released. Blocks the allocation does not hold are skipped.
     pub fn release(&self, cids: &[Cid]) -> Result<UnpinStats, StoreError> {
         let inner = &self.inner;
-        let mut removal = Removal::default();
-        let mut released = 0;
-        {
-            let st = inner.lock();
-            let mut next = st.counters.clone();
-            let mut batch = sled::Batch::default();
-            let mut touched = BTreeSet::new();
-            for cid in cids {
-                let bytes = cid.to_bytes();
-                let held = index::held_key(&bytes);
-                if !inner.db.contains_key(&held)? {
-                    continue;
-                }
-                batch.remove(held);
-                let block_key = index::block_key(&bytes);
-                let Some(raw) = inner.db.get(&block_key)? else { continue };
-                let mut entry = Entry::decode(&raw)?;
-                entry.refcount = entry.refcount.saturating_sub(1);
-                released += 1;
-                if entry.refcount == 0 && !st.protected.contains_key(&bytes) {
-                    remove_block(&mut next, &mut batch, block_key, &entry, &mut removal, &mut touched);
-                } else {
-                    batch.insert(block_key, &entry.encode());
-                }
+        let st = inner.lock();
+        let mut unref = Unref::new(&st);
+        for cid in cids {
+            let bytes = cid.to_bytes();
+            let held = index::held_key(&bytes);
+            if !inner.db.contains_key(&held)? {
+                continue;
             }
-            settle_packs(&mut next, &mut batch, &touched, &mut removal);
-            inner.db.apply_batch(batch)?;
-            inner.swap_counters(st, next);
+            unref.batch.remove(held);
+            unref.drop_one(inner, &st, &bytes)?;
         }
-        inner.db.flush()?;
-        inner.reclaim(&removal);
-        Ok(UnpinStats { blocks_released: released, blocks_deleted: removal.blocks, bytes_freed: removal.bytes })
+        unref.finish(inner, st)
     }
 
     /// The CIDs of up to `limit` stored blocks that a pin or the allocation needs (not loose cache), in index
@@ -539,6 +497,58 @@ impl Inner {
 }
 
 /// Removes a block from the index (in `batch`) and from the counters.
+/// Drops references to blocks in one sled batch, for [`Store::unpin`] and [`Store::release`]: a block left with none
+/// (and not protected by a write in progress) leaves the index, and its bytes are punched out of its pack once the
+/// batch has landed.
+struct Unref {
+    next: Counters,
+    batch: sled::Batch,
+    touched: BTreeSet<u32>,
+    removal: Removal,
+    released: u64,
+}
+
+impl Unref {
+    fn new(st: &State) -> Self {
+        Unref {
+            next: st.counters.clone(),
+            batch: sled::Batch::default(),
+            touched: BTreeSet::new(),
+            removal: Removal::default(),
+            released: 0,
+        }
+    }
+
+    /// Drops one reference to the block whose CID bytes are `block`; false if the index does not list it.
+    fn drop_one(&mut self, inner: &Inner, st: &State, block: &[u8]) -> Result<bool, StoreError> {
+        let block_key = index::block_key(block);
+        let Some(raw) = inner.db.get(&block_key)? else { return Ok(false) };
+        let mut entry = Entry::decode(&raw)?;
+        entry.refcount = entry.refcount.saturating_sub(1);
+        self.released += 1;
+        if entry.refcount == 0 && !st.protected.contains_key(block) {
+            remove_block(&mut self.next, &mut self.batch, block_key, &entry, &mut self.removal, &mut self.touched);
+        } else {
+            self.batch.insert(block_key, &entry.encode());
+        }
+        Ok(true)
+    }
+
+    /// Applies the batch and the new counters under the lock, then syncs the index and reclaims the freed space.
+    fn finish(mut self, inner: &Inner, st: MutexGuard<'_, State>) -> Result<UnpinStats, StoreError> {
+        settle_packs(&mut self.next, &mut self.batch, &self.touched, &mut self.removal);
+        inner.db.apply_batch(self.batch)?;
+        inner.swap_counters(st, self.next);
+        inner.db.flush()?;
+        inner.reclaim(&self.removal);
+        Ok(UnpinStats {
+            blocks_released: self.released,
+            blocks_deleted: self.removal.blocks,
+            bytes_freed: self.removal.bytes,
+        })
+    }
+}
+
 fn remove_block(
     next: &mut Counters,
     batch: &mut sled::Batch,

@@ -165,8 +165,8 @@ pub(crate) async fn list(State(app): State<AppState>) -> Result<Json<Vec<FileEnt
         (status = 400, description = "no name, bad options, not a tar, no file part", body = ErrorBody),
         (status = 401, description = "no or wrong admin token", body = ErrorBody),
         (status = 403, description = "a cross-site request with the dashboard cookie", body = ErrorBody),
-        (status = 413, description = "larger than XNODE_MAX_UPLOAD", body = ErrorBody),
-        (status = 507, description = "the store is full", body = ErrorBody)))]
+        (status = 413, description = "larger than XNODE_MAX_UPLOAD, or than the room left in the store (the message \
+                                      says which, with the free bytes)", body = ErrorBody)))]
 pub(crate) async fn upload(
     State(app): State<AppState>,
     Query(params): Query<UploadParams>,

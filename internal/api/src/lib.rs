@@ -101,18 +101,20 @@ impl ApiError {
 impl From<InstanceError> for ApiError {
     fn from(e: InstanceError) -> Self {
         let status = match &e {
-            InstanceError::Store(StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            // A full store is a client error the caller can act on (smaller upload, more capacity, fewer files): 413,
+            // like a body over the limit, with the free bytes in the message.
+            InstanceError::Store(StoreError::Full { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             InstanceError::Store(StoreError::NotPinned { .. }) => StatusCode::NOT_FOUND,
             InstanceError::Read(ReadError::NotFound(_)) => StatusCode::NOT_FOUND,
             InstanceError::Read(ReadError::WrongKind { .. }) => StatusCode::BAD_REQUEST,
             InstanceError::BadUpload(_) | InstanceError::Import(xnode_dag::ImportError::Options(_)) => {
                 StatusCode::BAD_REQUEST
             }
-            // The importer reports a store refusal through its sink; keep it a 507.
+            // The importer reports a store refusal through its sink; the same 413.
             InstanceError::Import(xnode_dag::ImportError::Sink(inner))
                 if inner.downcast_ref::<StoreError>().is_some_and(|s| matches!(s, StoreError::Full { .. })) =>
             {
-                StatusCode::INSUFFICIENT_STORAGE
+                StatusCode::PAYLOAD_TOO_LARGE
             }
             InstanceError::Import(xnode_dag::ImportError::Read(_)) => StatusCode::BAD_REQUEST,
             InstanceError::P2p(xnode_p2p::P2pError::NotFound { .. }) => StatusCode::GATEWAY_TIMEOUT,

@@ -107,7 +107,7 @@ def settled(nodes, root, old_plan):
         members = n.get("/api/v1/members") or []
         alive = [m for m in members if m["state"] == "Alive" and m["meta"].get("peer_id")]
         if sorted(m["name"] for m in alive) != names:
-            return False
+            return None
         plans = {m["meta"].get("settled", "") for m in alive}
         if len(plans) != 1 or "" in plans or any(m["meta"].get("wanted", 1) for m in alive):
             return None

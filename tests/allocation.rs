@@ -109,12 +109,19 @@ fn dag_of(data: &[u8]) -> (Vec<(String, u32)>, Vec<String>) {
     (leaves, interior)
 }
 
-/// Checks that each leaf is on exactly the nodes placement names for `view`, and each interior block on all.
-fn assert_placed(nodes: &[(&str, &RunningNode)], view: &[NodeInfo], leaves: &[(String, u32)], interior: &[String]) {
+/// Checks that each leaf is on exactly the nodes placement names for `view` once the `departed` members' copies
+/// have been handed over, and each interior block on all of `nodes`.
+fn assert_placed(
+    nodes: &[(&str, &RunningNode)],
+    view: &[NodeInfo],
+    departed: &[&str],
+    leaves: &[(String, u32)],
+    interior: &[String],
+) {
     let placement = Placement::new(view, 2).unwrap();
     let key = |c: &str| BlockKey::of(&cid::Cid::try_from(c).unwrap().to_bytes());
     let refs: Vec<BlockRef> = leaves.iter().map(|(c, s)| BlockRef { key: key(c), size: *s }).collect();
-    let assignment = placement.assign(&refs);
+    let assignment = placement.assign_without(&refs, departed);
     let holdings: HashMap<&str, HashSet<String>> = nodes.iter().map(|(n, node)| (*n, held(node))).collect();
     for (cid, _) in leaves {
         let mut expected: Vec<&str> = assignment.holders(key(cid));
@@ -179,13 +186,15 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     std::thread::sleep(Duration::from_secs(3));
     let view: Vec<NodeInfo> = caps.iter().map(|(n, c)| NodeInfo { name: n.to_string(), capacity: *c }).collect();
     let named: Vec<(&str, &RunningNode)> = names.iter().copied().zip(nodes.iter()).collect();
-    assert_placed(&named, &view, &leaves, &interior);
+    assert_placed(&named, &view, &[], &leaves, &interior);
     for n in &nodes {
         let files = get_json(n, "/api/v1/files");
         assert!(files.to_string().contains(&root), "{} does not list the file: {files}", n.api);
     }
 
-    // Kill n5: the four others restore two copies of every leaf among themselves.
+    // Kill n5: the four others restore two copies of every leaf among themselves, and only n5's copies move:
+    // each survivor still holds every leaf it held.
+    let before: Vec<HashSet<String>> = nodes[..4].iter().map(held).collect();
     let mut n5 = nodes.pop().unwrap();
     n5.child.kill().unwrap();
     n5.child.wait().unwrap();
@@ -193,7 +202,12 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     let plan = wait_settled(&four, &names[..4], &root, &plan, Duration::from_secs(240), "after killing n5");
     std::thread::sleep(Duration::from_secs(3));
     let named: Vec<(&str, &RunningNode)> = names[..4].iter().copied().zip(nodes.iter()).collect();
-    assert_placed(&named, &view[..4], &leaves, &interior);
+    assert_placed(&named, &view, &["n5"], &leaves, &interior);
+    for ((name, node), before) in named.iter().zip(&before) {
+        let now = held(node);
+        let dropped = leaves.iter().filter(|(c, _)| before.contains(c) && !now.contains(c)).count();
+        assert_eq!(dropped, 0, "{name} dropped {dropped} leaves it held: a repair must move only n5's copies");
+    }
     assert!(cat(&nodes[1], &root) == data, "n2 read different bytes after the repair");
 
     // Shrink n3 to 60 MiB: its excess moves to the others, it ends within its new capacity, nothing is lost.
@@ -203,9 +217,9 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     assert!(resized.is_ok(), "resize refused: {resized:?}");
     let plan = wait_settled(&four, &names[..4], &root, &plan, Duration::from_secs(240), "after shrinking n3");
     std::thread::sleep(Duration::from_secs(3));
-    let mut view4 = view[..4].to_vec();
-    view4[2].capacity = 60 * MIB;
-    assert_placed(&named, &view4, &leaves, &interior);
+    let mut shrunk = view.clone();
+    shrunk[2].capacity = 60 * MIB;
+    assert_placed(&named, &shrunk, &["n5"], &leaves, &interior);
     let used = get_json(&nodes[2], "/api/v1/storage")["used"].as_u64().unwrap();
     assert!(used <= 60 * MIB, "n3 holds {used} bytes, over its new capacity");
 

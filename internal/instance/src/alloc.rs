@@ -187,14 +187,15 @@ async fn round(node: &Arc<Node>) -> Result<(), InstanceError> {
         }
     }
 
-    // 3. Placement.
-    let view: Vec<NodeInfo> = alive
-        .iter()
-        .map(|m| NodeInfo {
-            name: m.name.clone(),
-            capacity: if m.meta.capacity == u64::MAX { UNLIMITED_WEIGHT } else { m.meta.capacity },
-        })
-        .collect();
+    // 3. Placement. The view keeps the members that died or left until membership forgets them
+    //    (`forget_after`): the balanced walk runs over the same view as before, and only their copies move
+    //    (`Placement::assign_without`, docs/placement.md).
+    let departed: Vec<&Member> =
+        members.iter().filter(|m| m.state != MemberState::Alive && !alive.iter().any(|a| a.name == m.name)).collect();
+    let weight = |m: &Member| if m.meta.capacity == u64::MAX { UNLIMITED_WEIGHT } else { m.meta.capacity };
+    let view: Vec<NodeInfo> =
+        alive.iter().chain(&departed).map(|m| NodeInfo { name: m.name.clone(), capacity: weight(m) }).collect();
+    let departed: Vec<&str> = departed.iter().map(|m| m.name.as_str()).collect();
     let (interior, leaves) = {
         let a = node.alloc.lock().expect("not poisoned");
         let mut interior: HashSet<Cid> = a.catalog.state().entry_cids().into_iter().collect();
@@ -211,9 +212,13 @@ async fn round(node: &Arc<Node>) -> Result<(), InstanceError> {
     };
     let placement = Placement::new(&view, node.replication()).map_err(|e| InstanceError::BadUpload(e.to_string()))?;
     let refs: Vec<BlockRef> = leaves.iter().map(|(k, (_, size))| BlockRef { key: *k, size: *size }).collect();
-    let assignment = placement.assign(&refs);
-    let plan =
-        plan_digest(&view, node.replication(), &node.alloc.lock().expect("not poisoned").catalog.state().heads());
+    let assignment = placement.assign_without(&refs, &departed);
+    let plan = plan_digest(
+        &view,
+        &departed,
+        node.replication(),
+        &node.alloc.lock().expect("not poisoned").catalog.state().heads(),
+    );
     let mine: Vec<(Cid, u32)> = assignment.blocks_of(node.name()).filter_map(|k| leaves.get(&k).copied()).collect();
 
     // 4. Fetch what is ours and missing, within the store's room.
@@ -272,15 +277,18 @@ async fn round(node: &Arc<Node>) -> Result<(), InstanceError> {
     Ok(())
 }
 
-/// A digest every member computes alike from the same view, replication factor and catalog.
-fn plan_digest(view: &[NodeInfo], replication: usize, heads: &Heads) -> String {
-    let mut nodes: Vec<(&str, u64)> = view.iter().map(|n| (n.name.as_str(), n.capacity)).collect();
+/// A digest every member computes alike from the same view (who is in it, with what capacity, and who of them
+/// has departed), replication factor and catalog.
+fn plan_digest(view: &[NodeInfo], departed: &[&str], replication: usize, heads: &Heads) -> String {
+    let mut nodes: Vec<(&str, u64, bool)> =
+        view.iter().map(|n| (n.name.as_str(), n.capacity, departed.contains(&n.name.as_str()))).collect();
     nodes.sort_unstable();
     let mut h = Sha256::new();
-    for (name, cap) in nodes {
+    for (name, cap, gone) in nodes {
         h.update(name.as_bytes());
         h.update([0]);
         h.update(cap.to_be_bytes());
+        h.update([u8::from(gone)]);
     }
     h.update((replication as u64).to_be_bytes());
     for (author, head) in heads {

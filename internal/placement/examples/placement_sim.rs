@@ -40,15 +40,21 @@ fn report(limit: LoadLimit, blocks: &[BlockRef]) {
     println!("  max copies / share in copies {:.4}", base.max_copies_ratio());
     for victim in ["node-0000", "node-0500", "node-0999"] {
         let capacity = big.iter().find(|n| n.name == victim).map(|n| n.capacity / TB).unwrap_or(0);
-        let rest: Vec<NodeInfo> = big.iter().filter(|n| n.name != victim).cloned().collect();
-        let stats = moves(&base, &assign(&rest, blocks, limit).0);
+        let placement = Placement::new(&big, DEFAULT_REPLICATION).expect("valid view").with_load_limit(limit);
+        let repaired = placement.assign_without(blocks, &[victim]);
+        let stats = moves(&base, &repaired);
         println!(
-            "  remove {victim} ({capacity} TB): moved {} copies, it held {} ({:.4}x); dropped by remaining nodes {}",
+            "  remove {victim} ({capacity} TB), repaired in the same view: moved {} copies, it held {} ({:.4}x); \
+             dropped by remaining nodes {}; max load / share {:.4}",
             stats.copies_moved,
             held(&base, victim),
             stats.copies_moved as f64 / held(&base, victim) as f64,
             stats.copies_dropped_by_remaining,
+            repaired.max_load_ratio(),
         );
+        let rest: Vec<NodeInfo> = big.iter().filter(|n| n.name != victim).cloned().collect();
+        let stats = moves(&repaired, &assign(&rest, blocks, limit).0);
+        println!("    then forgotten (a view of 999): {} more copies move", stats.copies_moved);
     }
     for (label, factor) in [("halve", 0.5), ("double", 2.0)] {
         let node = &big[500];

@@ -111,6 +111,69 @@ impl Placement {
     }
 }
 
+impl Placement {
+    /// [`Placement::assign`] over the whole view, then every copy that fell on a node named in `departed` goes to
+    /// the next node of that block's rendezvous order that has not departed and does not hold the block yet.
+    ///
+    /// This is how the cluster repairs. `departed` are members the view still lists but that are dead or have
+    /// left: the balanced walk runs over the same view as before they went, so its caps and cascades do not
+    /// change, and the only copies that move are the departed nodes' own (no other block changes holders). The
+    /// replacements are not capped: a node takes a departed node's copies in proportion to its capacity, as in
+    /// plain rendezvous hashing, which adds a handful of copies per node. When membership forgets the departed
+    /// node, [`Placement::assign`] over the smaller view rebalances under the cap again (docs/placement.md).
+    ///
+    /// The result lists only the remaining nodes; shares are theirs.
+    pub fn assign_without(&self, blocks: &[BlockRef], departed: &[&str]) -> Assignment {
+        let whole = self.assign(blocks);
+        let gone: Vec<bool> = self.nodes.iter().map(|n| departed.contains(&n.name.as_str())).collect();
+        if !gone.contains(&true) {
+            return whole;
+        }
+        // Each remaining node's index in the result.
+        let mut index = vec![NONE; self.nodes.len()];
+        let (mut names, mut capacities) = (Vec::new(), Vec::new());
+        for (i, node) in self.nodes.iter().enumerate().filter(|&(i, _)| !gone[i]) {
+            index[i] = names.len() as u32;
+            names.push(node.name.clone());
+            capacities.push(node.capacity);
+        }
+        let live = capacities.iter().filter(|&&c| c > 0).count();
+        let replication = self.replication.min(live);
+        let one_copy: u128 = whole.sizes.iter().map(|&s| u128::from(s)).sum();
+        let targets = shares(&capacities, one_copy, replication);
+        let copy_targets = shares(&capacities, whole.keys.len() as u128, replication);
+
+        let mut loads = vec![0u64; names.len()];
+        let mut copies = vec![0u64; names.len()];
+        let mut holders = vec![NONE; whole.keys.len() * self.replication];
+        let mut next = Vec::with_capacity(replication);
+        for (at, slot) in holders.chunks_exact_mut(self.replication).enumerate() {
+            let kept: Vec<usize> = whole.slots(at).filter(|&i| !gone[i]).collect();
+            let want = replication.saturating_sub(kept.len());
+            self.top(whole.keys[at].0, want, &mut next, |i| !gone[i] && !kept.contains(&i));
+            let size = u64::from(whole.sizes[at]);
+            for (holder, i) in slot.iter_mut().zip(kept.iter().copied().chain(next.iter().map(|&(_, i)| i as usize))) {
+                let j = index[i];
+                *holder = j;
+                loads[j as usize] += size;
+                copies[j as usize] += 1;
+            }
+        }
+        Assignment {
+            names,
+            targets,
+            copy_targets,
+            loads,
+            copies,
+            keys: whole.keys,
+            sizes: whole.sizes,
+            holders,
+            replication: self.replication,
+            over_limit: whole.over_limit,
+        }
+    }
+}
+
 impl LoadLimit {
     /// The most each node may hold, given its share (in bytes or in copies).
     fn caps(self, targets: &[u64]) -> Vec<u64> {
@@ -296,6 +359,35 @@ mod tests {
         let b = Placement::new(&reversed, 2).unwrap().assign(&shuffled_blocks);
         assert_eq!(a.holders, b.holders);
         assert_eq!(a.keys, b.keys);
+    }
+
+    #[test]
+    fn departed_nodes_hand_over_exactly_their_copies() {
+        let capacities: Vec<u64> = (0..40).map(|i| [1, 2, 4, 8][i % 4]).collect();
+        let placement = Placement::new(&view(&capacities), 2).unwrap();
+        let blocks = blocks(20_000);
+        let whole = placement.assign(&blocks);
+        let after = placement.assign_without(&blocks, &["n007", "n020", "not-a-member"]);
+        assert!(after.names.iter().all(|n| n != "n007" && n != "n020"));
+        for block in &blocks {
+            let (old, new) = (whole.holders(block.key), after.holders(block.key));
+            assert_eq!(new.len(), 2);
+            assert_ne!(new[0], new[1]);
+            assert!(new.iter().all(|n| *n != "n007" && *n != "n020"));
+            // Every holder that stayed keeps the block; only the departed ones' slots change hands.
+            for n in old.iter().filter(|n| **n != "n007" && **n != "n020") {
+                assert!(new.contains(n), "{n} lost a block it held: {old:?} -> {new:?}");
+            }
+        }
+        let moved = crate::moves(&whole, &after);
+        let departed: u64 = whole.loads().filter(|l| l.name == "n007" || l.name == "n020").map(|l| l.copies).sum();
+        assert_eq!(
+            (moved.copies_moved, moved.copies_departed, moved.copies_dropped_by_remaining),
+            (departed, departed, 0)
+        );
+        assert_eq!(after.loads().map(|l| l.copies).sum::<u64>(), 40_000);
+        // Nothing departed: the plain assignment.
+        assert_eq!(placement.assign_without(&blocks, &[]).holders, whole.holders);
     }
 
     #[test]

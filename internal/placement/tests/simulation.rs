@@ -31,15 +31,22 @@ fn thousand_nodes_balance_and_removal() {
     let copies: u64 = base.loads().map(|l| l.copies).sum();
     assert_eq!(copies, 2 * BLOCKS as u64);
 
-    // Removing one node: every copy it held moves. The load limit adds a few swaps among nodes near their cap
-    // (docs/placement.md, "Removal"); they are bounded here and counted exactly.
+    // Removing one node: the cluster repairs with the departed node still in the view (`assign_without`), so
+    // exactly the copies it held move, nothing else, and the fullest remaining node stays within the bar.
     let victim = "node-0500";
-    let rest: Vec<NodeInfo> = nodes.iter().filter(|n| n.name != victim).cloned().collect();
-    let stats = moves(&base, &assign(&rest, &blocks, LoadLimit::default()));
     let held = held(&base, victim);
-    assert_eq!(stats.copies_departed, held);
-    assert_eq!(stats.copies_moved, held + stats.copies_dropped_by_remaining, "{stats:?}");
-    assert!(stats.copies_dropped_by_remaining * 100 <= held * 15, "{stats:?}, held {held}");
+    let repaired = Placement::new(&nodes, DEFAULT_REPLICATION).unwrap().assign_without(&blocks, &[victim]);
+    let stats = moves(&base, &repaired);
+    assert_eq!((stats.copies_moved, stats.copies_departed, stats.copies_dropped_by_remaining), (held, held, 0));
+    assert!(repaired.max_load_ratio() <= 1.05, "after the repair: max load / share {}", repaired.max_load_ratio());
+    assert!(repaired.loads().all(|l| l.name != victim));
+
+    // When membership later forgets it, the capped walk over the 999 nodes rebalances: a few swaps among nodes
+    // near their cap (docs/placement.md, "Removal"), bounded here and counted exactly.
+    let rest: Vec<NodeInfo> = nodes.iter().filter(|n| n.name != victim).cloned().collect();
+    let forgotten = moves(&repaired, &assign(&rest, &blocks, LoadLimit::default()));
+    assert_eq!(forgotten.copies_departed, 0);
+    assert!(forgotten.copies_moved * 100 <= held * 15, "{forgotten:?}, held {held}");
 }
 
 /// Without the load limit, removal moves exactly the removed node's copies, and nothing else.

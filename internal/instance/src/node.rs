@@ -474,7 +474,8 @@ async fn refresh_meta(node: std::sync::Weak<Node>, stop: CancellationToken) {
     }
 }
 
-/// The store as Bitswap's server sees it: index lookups and verified reads.
+/// The store as Bitswap sees it: index lookups, checked reads for retrieval's walk of blocks held here, and
+/// unchecked reads for the server (see [`Store::get_unchecked`]: every receiver hashes what it gets).
 struct StoreBlocks(Store);
 
 impl xnode_bitswap::BlockStore for StoreBlocks {
@@ -484,6 +485,10 @@ impl xnode_bitswap::BlockStore for StoreBlocks {
 
     fn get(&self, cid: &Cid) -> Option<Bytes> {
         self.0.get(cid).ok().flatten()
+    }
+
+    fn read_to_send(&self, cid: &Cid) -> Option<Bytes> {
+        self.0.get_unchecked(cid).ok().flatten()
     }
 }
 

@@ -74,3 +74,107 @@ fn a_file_added_on_one_node_is_read_on_the_others() {
     assert!(err.contains(missing) && err.contains("not found"), "{err}");
     assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(20), "waited {waited:?}");
 }
+
+/// GET of a file through a node's API, with an optional `Range`: (status, body).
+fn download(p: &Proc, cid: &str, range: Option<&str>) -> (u16, Vec<u8>) {
+    let mut req = ureq::get(&p.url(&format!("/api/v1/files/{cid}?timeout=30")));
+    if let Some(r) = range {
+        req = req.set("Range", r);
+    }
+    let resp = req.call().unwrap();
+    let status = resp.status();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).unwrap();
+    (status, body)
+}
+
+/// Adds files to `dir/name`'s store offline (before its node starts); returns their CIDs.
+fn add_offline(dir: &Path, name: &str, files: &[(&str, &[u8])]) -> Vec<String> {
+    files
+        .iter()
+        .map(|(file_name, bytes)| {
+            let file = dir.join(file_name);
+            std::fs::write(&file, bytes).unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_xnode"))
+                .arg("--data-dir")
+                .arg(dir.join(name))
+                .args(["--offline", "add", "-Q", file.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        })
+        .collect()
+}
+
+fn wait_for_members(nodes: &[&Proc]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes.iter().any(|p| members_alive(p) < nodes.len()) {
+        assert!(Instant::now() < deadline, "the nodes did not all see each other");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn downloads_of_files_held_elsewhere_stream_with_ranges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = random(6 * 1024 * 1024 + 321, 11);
+    let cid = add_offline(tmp.path(), "alpha", &[("good.bin", &data)]).remove(0);
+    let (a, seed) = start(tmp.path(), "alpha", None);
+    let (b, _) = start(tmp.path(), "beta", Some(&seed));
+    let (c, _) = start(tmp.path(), "gamma", Some(&seed));
+    wait_for_members(&[&a, &b, &c]);
+
+    // A range of a file beta does not hold yet: 206 with exactly those bytes.
+    let (status, body) = download(&b, &cid, Some("bytes=3000000-3999999"));
+    assert_eq!(status, 206);
+    assert!(body == data[3_000_000..4_000_000], "beta's range differs ({} bytes)", body.len());
+    // The whole file from gamma, which does not hold it either: streamed as it is fetched, identical bytes.
+    let (status, body) = download(&c, &cid, None);
+    assert_eq!(status, 200);
+    assert!(body == data, "gamma's download differs ({} of {} bytes)", body.len(), data.len());
+    // And the rest of the file from beta, which fetched the whole DAG for its range.
+    let (status, body) = download(&b, &cid, Some("bytes=4000000-"));
+    assert_eq!(status, 206);
+    assert!(body == data[4_000_000..], "beta's second range differs ({} bytes)", body.len());
+}
+
+#[test]
+fn a_download_ends_short_with_an_error_when_a_block_never_comes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Added offline, so alpha's copy is the only one, then damaged on disk 4 MiB in (the pack holds the leaves in
+    // file order, then the root): alpha serves it as stored (its server does not re-hash), beta rejects it.
+    let damaged = random(6 * 1024 * 1024 + 321, 12);
+    let cid = add_offline(tmp.path(), "alpha", &[("damaged.bin", &damaged)]).remove(0);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let packs = tmp.path().join("alpha/store/packs");
+        let pack = std::fs::read_dir(packs).unwrap().next().unwrap().unwrap().path();
+        let mut pack = std::fs::OpenOptions::new().write(true).open(pack).unwrap();
+        pack.seek(SeekFrom::Start(4 * 1024 * 1024)).unwrap();
+        pack.write_all(b"\xff\x00\xff").unwrap();
+    }
+    let (a, seed) = start(tmp.path(), "alpha", None);
+    let (b, _) = start(tmp.path(), "beta", Some(&seed));
+    wait_for_members(&[&a, &b]);
+
+    // The download starts, streams the leaves before the damaged one, then ends short with an error once the fetch
+    // gives up on it (nobody has a good copy) instead of hanging.
+    let started = Instant::now();
+    let out = cli(&b, &["cat", "--timeout", "3", &cid]);
+    let waited = started.elapsed();
+    assert!(!out.status.success(), "a body short of its length is an error");
+    let got = out.stdout.len();
+    assert!(got >= 1024 * 1024 && got < damaged.len(), "streamed {got} bytes");
+    assert!(out.stdout == damaged[..got], "the bytes before the damage are right");
+    assert!(waited >= Duration::from_secs(3) && waited < Duration::from_secs(20), "waited {waited:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(tmp.path().join("beta.log")).unwrap_or_default();
+        if log.contains("ended early") && log.contains("not found on any reachable peer") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "beta's log does not name the missing block:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -45,11 +45,15 @@ pub(crate) struct ReadParams {
 
 /// Makes sure the DAG under `cid` is in the local store, fetching it from the network if not.
 async fn ensure_local(app: &AppState, cid: Cid, params: &ReadParams) -> Result<(), ApiError> {
-    let timeout = params.timeout.map_or(app.config.fetch_timeout, std::time::Duration::from_secs_f64);
-    if let Some(stats) = app.node.fetch(cid, timeout).await? {
+    if let Some(stats) = app.node.fetch(cid, read_timeout(app, params)).await? {
         tracing::info!(%cid, blocks = stats.blocks_fetched, bytes = stats.bytes_fetched, peers = stats.per_peer.len(), "fetched from the network");
     }
     Ok(())
+}
+
+/// How long a read waits for blocks from other nodes.
+fn read_timeout(app: &AppState, params: &ReadParams) -> std::time::Duration {
+    params.timeout.map_or(app.config.fetch_timeout, std::time::Duration::from_secs_f64)
 }
 
 /// What an upload stored.
@@ -360,7 +364,9 @@ pub(crate) fn parse_cid(s: &str) -> Result<Cid, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("{s:?} is not a valid CID ({e}); CIDs look like Qm... or bafy...")))
 }
 
-/// `GET /api/v1/files/{cid}`: a file's bytes, streamed; `Range: bytes=a-b` gives 206 with that slice.
+/// `GET /api/v1/files/{cid}`: a file's bytes, streamed; `Range: bytes=a-b` gives 206 with that slice. Blocks this
+/// node lacks are fetched while the body streams, in file order as they arrive; a block that does not arrive within
+/// the timeout ends the body early, with an error, after the status was sent.
 #[utoipa::path(get, path = "/api/v1/files/{cid}", tag = "files",
     params(("cid" = String, Path, description = "the file's root CID"), ReadParams,
         ("Range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
@@ -371,7 +377,7 @@ pub(crate) fn parse_cid(s: &str) -> Result<Cid, ApiError> {
         (status = 304, description = "unchanged (If-None-Match)"),
         (status = 400, description = "malformed CID, or not a file", body = ErrorBody),
         (status = 416, description = "range outside the file"),
-        (status = 504, description = "no member sent the blocks before the timeout", body = ErrorBody)))]
+        (status = 504, description = "no member sent the root block before the timeout", body = ErrorBody)))]
 pub(crate) async fn download(
     State(app): State<AppState>,
     UrlPath(cid): UrlPath<String>,
@@ -379,13 +385,10 @@ pub(crate) async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let cid = parse_cid(&cid)?;
-    ensure_local(&app, cid, &params).await?;
+    // Blocks this node lacks are fetched while the body streams: the response starts once the root is here.
+    let (source, kind) = app.node.open_streaming(cid, read_timeout(&app, &params)).await?;
     let repo = app.node.repo().clone();
-    let (kind, name) = blocking({
-        let repo = repo.clone();
-        move || Ok((repo.stat(&cid)?, repo.store().pin(&cid).ok().flatten().map(|p| p.name)))
-    })
-    .await?;
+    let name = blocking(move || Ok(repo.store().pin(&cid).ok().flatten().map(|p| p.name))).await?;
     let size = match kind {
         NodeKind::File { size } => size,
         NodeKind::Directory => {
@@ -413,7 +416,9 @@ pub(crate) async fn download(
 
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     tokio::task::spawn_blocking(move || {
-        let reader = xnode_dag::FileReader::open(&repo, &cid, offset, length);
+        // A block that does not arrive in time fails the read; the body then ends with an error, short of its
+        // Content-Length, rather than hanging.
+        let reader = xnode_dag::FileReader::open(&source, &cid, offset, length);
         let mut reader = match reader {
             Ok(r) => r,
             Err(e) => {
@@ -422,14 +427,18 @@ pub(crate) async fn download(
             }
         };
         loop {
-            let next = reader.next_chunk().map_err(io::Error::other).transpose();
-            match next {
-                None => return,
-                Some(item) => {
-                    let failed = item.is_err();
-                    if tx.blocking_send(item).is_err() || failed {
-                        return;
+            match reader.next_chunk() {
+                Ok(None) => return,
+                Ok(Some(chunk)) => {
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return; // the client went away
                     }
+                }
+                Err(e) => {
+                    // The status and length are sent: all that is left is to cut the body short (and say why here).
+                    tracing::warn!(%cid, "download ended early: {e}");
+                    let _ = tx.blocking_send(Err(io::Error::other(e)));
+                    return;
                 }
             }
         }

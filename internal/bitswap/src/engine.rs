@@ -450,7 +450,9 @@ mod tests {
             match a {
                 Action::Send(p, m) => sends.push((p, m)),
                 Action::Event(ev) => events.push(ev),
-                Action::Read(p, cids) => e.blocks_read(p, cids.into_iter().map(|c| (c, store.get(&c))).collect()),
+                Action::Read(p, cids) => {
+                    e.blocks_read(p, cids.into_iter().map(|c| (c, store.read_to_send(&c))).collect())
+                }
             }
         }
         (sends, events)
@@ -721,8 +723,8 @@ mod tests {
         assert!(server.next_action().is_none());
         // The peer cancels b while it is read.
         server.on_message(cp, msg(vec![cancel_entry(b)]), &store);
-        server.blocks_read(cp, vec![(a, store.get(&a)), (b, store.get(&b))]);
-        server.blocks_read(cp, vec![(c, store.get(&c))]);
+        server.blocks_read(cp, vec![(a, store.read_to_send(&a)), (b, store.read_to_send(&b))]);
+        server.blocks_read(cp, vec![(c, store.read_to_send(&c))]);
         let (sends, _) = drain(&mut server);
         let sent: Vec<Vec<Cid>> = sends.iter().map(|(_, m)| m.blocks.iter().map(|b| b.cid).collect()).collect();
         assert_eq!(sent, vec![vec![a], vec![c]]);
@@ -730,7 +732,7 @@ mod tests {
         server.on_message(cp, msg(vec![want(b)]), &store);
         assert!(matches!(server.next_action(), Some(Action::Read(_, cids)) if cids == vec![b]));
         server.peer_gone(cp);
-        server.blocks_read(cp, vec![(b, store.get(&b))]);
+        server.blocks_read(cp, vec![(b, store.read_to_send(&b))]);
         assert!(drain(&mut server).0.is_empty());
     }
 

@@ -36,12 +36,20 @@ pub const KUBO_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// Where the server side reads blocks from (the node passes its store).
 ///
 /// [`BlockStore::has`] is called on the swarm's task, so it must be quick (an index hit, not a network fetch);
-/// [`BlockStore::get`] is called on the behaviour's own reader thread, so it may read and check from disk.
+/// [`BlockStore::read_to_send`] is called on the behaviour's own reader thread, so it may read from disk.
 pub trait BlockStore: Send + Sync + 'static {
     /// Whether the block is stored locally.
     fn has(&self, cid: &Cid) -> bool;
-    /// The block's bytes, already verified against `cid`, or `None` if not stored.
+    /// The block's bytes, already verified against `cid`, or `None` if not stored. For local use (retrieval in
+    /// `p2p` walks the blocks it already holds with it); the server does not call it.
     fn get(&self, cid: &Cid) -> Option<Bytes>;
+    /// The block's bytes to send to a peer, or `None` if not stored: the only read the server makes. A store may
+    /// skip checking them against `cid` here (Kubo's default `HashOnRead=false`), because every receiver hashes
+    /// each block it gets (this crate does, in the handler); bad bytes cost the receiver a rejected block, never a
+    /// wrong one. The default is [`BlockStore::get`].
+    fn read_to_send(&self, cid: &Cid) -> Option<Bytes> {
+        self.get(cid)
+    }
 }
 
 /// Bitswap settings.

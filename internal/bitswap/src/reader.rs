@@ -1,6 +1,7 @@
-//! The server's block reader: a thread of its own that reads the blocks peers asked for from the store, so the
-//! swarm's task never waits on the disk or on hashing (the store checks every block it reads), and hands them back
-//! in batches of a bounded size, in the order they were asked for.
+//! The server's block reader: a thread of its own that reads the blocks peers asked for from the store
+//! ([`BlockStore::read_to_send`], which the node's store answers without re-hashing: receivers verify), so the
+//! swarm's task never waits on the disk, and hands them back in batches of a bounded size, in the order they were
+//! asked for.
 //!
 //! Batches are what the server sends as one Bitswap message: a batch is closed before a block would take it past
 //! the byte cap, and at the end of each request, so the first blocks of a large request are on the wire while the
@@ -72,7 +73,7 @@ pub(crate) fn read_batches(
     let mut batch = Vec::new();
     let mut bytes = 0usize;
     for cid in cids {
-        let data = store.get(&cid);
+        let data = store.read_to_send(&cid);
         let len = data.as_ref().map_or(0, Bytes::len);
         if !batch.is_empty() && bytes + len > batch_bytes {
             if !emit(std::mem::take(&mut batch)) {
@@ -103,7 +104,10 @@ mod tests {
         fn has(&self, cid: &Cid) -> bool {
             self.0.lock().unwrap().contains_key(cid)
         }
-        fn get(&self, cid: &Cid) -> Option<Bytes> {
+        fn get(&self, _: &Cid) -> Option<Bytes> {
+            panic!("the server reads with read_to_send only (it may skip the hash check; receivers verify)")
+        }
+        fn read_to_send(&self, cid: &Cid) -> Option<Bytes> {
             self.0.lock().unwrap().get(cid).cloned()
         }
     }

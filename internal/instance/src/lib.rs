@@ -6,9 +6,11 @@
 //! its membership in the cluster.
 
 mod alloc;
+mod fetched;
 mod node;
 mod watch;
 
+pub use fetched::FetchingSource;
 pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
 
 use std::fs;

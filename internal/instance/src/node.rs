@@ -12,13 +12,13 @@ use xnode_storage::{StoreConfig, StoreStats};
 
 use bytes::Bytes;
 use cid::Cid;
-use xnode_p2p::{Client, FetchStats, Multiaddr, P2pConfig, PeerId};
-use xnode_storage::{BlockWriter, Store};
+use xnode_dag::NodeKind;
+use xnode_p2p::{Client, FetchStats, Multiaddr, P2pConfig, P2pError, PeerId};
+use xnode_storage::Store;
 
+use crate::fetched::{fetch_and_commit, FetchingSource, NetSink};
 use crate::{InstanceError, Repo};
 
-/// Fetched blocks are committed (made crash-safe) at least every this many bytes.
-const NET_COMMIT_BYTES: u64 = 64 << 20;
 /// How often the node dials members it learned about through gossip but is not connected to.
 const DIAL_MEMBERS: Duration = Duration::from_secs(2);
 
@@ -177,7 +177,7 @@ impl Node {
         let catalog = tokio::task::spawn_blocking(move || xnode_catalog::Catalog::open(&catalog_dir))
             .await
             .expect("opening the catalog does not panic")?;
-        let net_sink = Arc::new(NetSink { store: repo.store().clone(), writer: std::sync::Mutex::new(None) });
+        let net_sink = Arc::new(NetSink::new(repo.store().clone()));
         let p2p = xnode_p2p::Node::spawn(
             config.p2p.clone(),
             xnode_bitswap::Config::default(),
@@ -427,10 +427,44 @@ impl Node {
         if complete {
             return Ok(None);
         }
-        let result = self.client.fetch_dag(root, timeout).await;
-        let sink = self.net_sink.clone();
-        tokio::task::spawn_blocking(move || sink.commit()).await.expect("commit does not panic")?;
-        Ok(Some(result?))
+        Ok(Some(fetch_and_commit(&self.client, &self.net_sink, root, timeout).await?))
+    }
+
+    /// Opens the DAG under `root` for reading while the blocks the store lacks are fetched (a download of a file
+    /// held elsewhere streams from its first block on), and says what it is. The fetch starts at the first block
+    /// missing here and covers the whole DAG, which is then kept as cache as [`Node::fetch`] keeps it; `timeout`
+    /// is for the whole DAG. Fails as [`Node::fetch`] does when the root itself does not arrive in time; a block
+    /// missing later fails the read of that block, with the same error.
+    pub async fn open_streaming(
+        &self,
+        root: Cid,
+        timeout: Duration,
+    ) -> Result<(FetchingSource, NodeKind), InstanceError> {
+        let (client, sink) = (self.client.clone(), self.net_sink.clone());
+        let start: crate::fetched::StartFetch = Box::new(move || {
+            Box::pin(async move {
+                match fetch_and_commit(&client, &sink, root, timeout).await {
+                    Ok(stats) => {
+                        tracing::info!(%root, blocks = stats.blocks_fetched, bytes = stats.bytes_fetched, peers = stats.per_peer.len(), "fetched from the network while streaming");
+                        Ok(())
+                    }
+                    Err(InstanceError::P2p(e)) => Err(e),
+                    // The blocks arrived but could not be committed: they are not stored.
+                    Err(e) => Err(P2pError::Sink { cid: root, reason: format!("committing fetched blocks: {e}") }),
+                }
+            })
+        });
+        let source = FetchingSource::new(self.repo.store().clone(), self.net_sink.clone(), start);
+        let (source, kind) = tokio::task::spawn_blocking(move || {
+            let kind = xnode_dag::stat(&source, &root);
+            (source, kind)
+        })
+        .await
+        .expect("stat does not panic");
+        match kind {
+            Ok(kind) => Ok((source, kind)),
+            Err(e) => Err(source.failure().map_or_else(|| e.into(), InstanceError::P2p)),
+        }
     }
 
     /// Announces a stored root in the DHT (best effort: a node without DHT peers just keeps it queued).
@@ -474,7 +508,8 @@ async fn refresh_meta(node: std::sync::Weak<Node>, stop: CancellationToken) {
     }
 }
 
-/// The store as Bitswap's server sees it: index lookups and verified reads.
+/// The store as Bitswap sees it: index lookups, checked reads for retrieval's walk of blocks held here, and
+/// unchecked reads for the server (see [`Store::get_unchecked`]: every receiver hashes what it gets).
 struct StoreBlocks(Store);
 
 impl xnode_bitswap::BlockStore for StoreBlocks {
@@ -485,43 +520,9 @@ impl xnode_bitswap::BlockStore for StoreBlocks {
     fn get(&self, cid: &Cid) -> Option<Bytes> {
         self.0.get(cid).ok().flatten()
     }
-}
 
-/// Where fetched blocks go: one store write session, committed every [`NET_COMMIT_BYTES`] and after each fetch, so
-/// network blocks are not fsynced one by one.
-struct NetSink {
-    store: Store,
-    writer: std::sync::Mutex<Option<BlockWriter>>,
-}
-
-impl NetSink {
-    fn commit(&self) -> Result<(), InstanceError> {
-        let writer = self.writer.lock().expect("not poisoned").take();
-        if let Some(w) = writer {
-            w.commit(None)?;
-        }
-        Ok(())
-    }
-}
-
-impl xnode_p2p::BlockSink for NetSink {
-    fn put(&self, cid: &Cid, data: &Bytes) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let full = {
-            let mut guard = self.writer.lock().expect("not poisoned");
-            let writer = guard.get_or_insert_with(|| self.store.writer());
-            writer.put(cid, data)?;
-            if writer.pending_bytes() >= NET_COMMIT_BYTES {
-                guard.take()
-            } else {
-                None
-            }
-        };
-        // Synced outside the lock: the next blocks go to a new session meanwhile instead of waiting for the disk.
-        // This put returns (and the fetch counts the block as stored) only once the commit is done.
-        if let Some(w) = full {
-            w.commit(None)?;
-        }
-        Ok(())
+    fn read_to_send(&self, cid: &Cid) -> Option<Bytes> {
+        self.0.get_unchecked(cid).ok().flatten()
     }
 }
 

@@ -6,7 +6,7 @@ use cid::Cid;
 use libp2p::{Multiaddr, PeerId};
 
 /// Why a p2p operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum P2pError {
     /// The identity key file could not be read, written or decoded.
     #[error("identity key {path}: {reason}")]

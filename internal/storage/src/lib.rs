@@ -3,7 +3,8 @@
 //! It owns the storage directory: block bodies in append-only pack files (`<dir>/packs/pack-NNNNNNNNNN.dat`)
 //! and a sled index (`<dir>/index/`) saying where each block is, how many pins need it and which files are
 //! pinned. Blocks become "stored" only when a [`BlockWriter`] commits; a crash at any point leaves every
-//! committed block readable and never serves a half-written one. Every read is checked against its CID.
+//! committed block readable and never serves a half-written one. Every read is checked against its CID, except
+//! [`Store::get_unchecked`]'s, which only the Bitswap server uses (its receivers check).
 //!
 //! It never builds DAGs, talks to the network or reads the environment: callers hand it CIDs and bytes
 //! (from `xnode-dag` or from peers) and a [`StoreConfig`]. It does not check a body against its CID on

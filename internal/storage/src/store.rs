@@ -175,6 +175,38 @@ impl Store {
         Err(StoreError::Corrupted { cid: *cid })
     }
 
+    /// The block `cid` as stored, **not** checked against its hash; `None` if it is not stored.
+    ///
+    /// Only for bytes that go to another node, whose receiver hashes every block anyway: the Bitswap server reads
+    /// with it (`xnode_bitswap::BlockStore::read_to_send`, implemented by the node), sparing a SHA-256 per block
+    /// sent, as Kubo does by default (`HashOnRead=false`). It is safe there because a corrupted block can only make
+    /// the receiver reject it (and drop us); it never enters another store. Everything read for local use (`cat`,
+    /// `get`, walking a DAG) goes through [`Store::get`], which checks, so corruption is still found here.
+    ///
+    /// A block deleted while it is read would read as a punched hole, which no hash check catches here; so the
+    /// index is asked again after the read, and a block no longer listed at the same place is read again or
+    /// reported absent (space is punched out only after the index change that freed it is durable).
+    pub fn get_unchecked(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        verify::check_supported(cid)?;
+        let key = index::block_key(&cid.to_bytes());
+        for _ in 0..3 {
+            let Some(raw) = self.inner.db.get(&key)? else { return Ok(None) };
+            let entry = Entry::decode(&raw)?;
+            let read = self.inner.read(&entry);
+            match self.inner.db.get(&key)? {
+                None => return Ok(None),
+                Some(now) if !same_place(&Entry::decode(&now)?, &entry) => continue,
+                Some(_) => {}
+            }
+            return match read {
+                Ok(data) => Ok(Some(Bytes::from(data))),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupted { cid: *cid }),
+                Err(e) => Err(StoreError::io(format!("reading block {cid} from pack {}", entry.pack), e)),
+            };
+        }
+        Err(StoreError::Corrupted { cid: *cid })
+    }
+
     /// Whether `cid` is stored (committed).
     pub fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
         Ok(self.inner.db.contains_key(index::block_key(&cid.to_bytes()))?)

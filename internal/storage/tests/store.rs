@@ -161,6 +161,33 @@ fn flipped_byte_reads_as_corrupted() {
 }
 
 #[test]
+fn unchecked_reads_skip_the_hash_but_not_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let data = blocks(9, 3, 64 * KIB);
+    let mut w = store.writer();
+    for (cid, body) in &data {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(Some(pin(data[0].0, "f"))).unwrap();
+    assert_eq!(store.get_unchecked(&data[0].0).unwrap().unwrap(), data[0].1.as_slice());
+    assert_eq!(store.get_unchecked(&cid_of(b"absent")).unwrap(), None);
+    let pack = std::fs::read_dir(dir.path().join("packs")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[64 * KIB + 10] ^= 0x01; // inside the second block
+    std::fs::write(&pack, bytes).unwrap();
+    // The checked read finds the flip; the unchecked one hands the stored bytes out as they are (the receiver of a
+    // Bitswap block hashes it and rejects it).
+    assert!(matches!(store.get(&data[1].0), Err(StoreError::Corrupted { .. })));
+    let read = store.get_unchecked(&data[1].0).unwrap().unwrap();
+    assert_eq!(read.len(), 64 * KIB);
+    assert_ne!(read, data[1].1.as_slice());
+    // A deleted block is absent, not a hole of zeros.
+    store.unpin(&data[0].0).unwrap();
+    assert_eq!(store.get_unchecked(&data[2].0).unwrap(), None);
+}
+
+#[test]
 fn dropping_a_writer_discards_its_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

@@ -148,31 +148,7 @@ impl Store {
 
     /// The block `cid`, checked against its hash; `None` if it is not stored.
     pub fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
-        verify::check_supported(cid)?;
-        let key = index::block_key(&cid.to_bytes());
-        // A block deleted while we read it reads as holes; then the index no longer lists it (None), or
-        // lists it somewhere else (another try).
-        for _ in 0..3 {
-            let Some(raw) = self.inner.db.get(&key)? else { return Ok(None) };
-            let entry = Entry::decode(&raw)?;
-            let read = self.inner.read(&entry);
-            if let Ok(data) = &read {
-                if verify::matches(cid, data) {
-                    return Ok(Some(Bytes::from(read.expect("checked Ok"))));
-                }
-            }
-            match self.inner.db.get(&key)? {
-                None => return Ok(None),
-                Some(now) if !same_place(&Entry::decode(&now)?, &entry) => continue,
-                Some(_) => {}
-            }
-            return match read {
-                Ok(_) => Err(StoreError::Corrupted { cid: *cid }),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupted { cid: *cid }),
-                Err(e) => Err(StoreError::io(format!("reading block {cid} from pack {}", entry.pack), e)),
-            };
-        }
-        Err(StoreError::Corrupted { cid: *cid })
+        self.read_block(cid, true)
     }
 
     /// The block `cid` as stored, **not** checked against its hash; `None` if it is not stored.
@@ -187,19 +163,32 @@ impl Store {
     /// index is asked again after the read, and a block no longer listed at the same place is read again or
     /// reported absent (space is punched out only after the index change that freed it is durable).
     pub fn get_unchecked(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        self.read_block(cid, false)
+    }
+
+    /// Reads `cid`'s bytes, hash-checked if `check`. A block deleted while we read it reads as holes; then the
+    /// index no longer lists it (None), or lists it somewhere else (another try). A checked read that does not
+    /// match, at a place the index still gives, is corruption.
+    fn read_block(&self, cid: &Cid, check: bool) -> Result<Option<Bytes>, StoreError> {
         verify::check_supported(cid)?;
         let key = index::block_key(&cid.to_bytes());
         for _ in 0..3 {
             let Some(raw) = self.inner.db.get(&key)? else { return Ok(None) };
             let entry = Entry::decode(&raw)?;
             let read = self.inner.read(&entry);
+            if let Ok(data) = &read {
+                if check && verify::matches(cid, data) {
+                    return Ok(Some(Bytes::from(read.expect("checked Ok"))));
+                }
+            }
             match self.inner.db.get(&key)? {
                 None => return Ok(None),
                 Some(now) if !same_place(&Entry::decode(&now)?, &entry) => continue,
                 Some(_) => {}
             }
             return match read {
-                Ok(data) => Ok(Some(Bytes::from(data))),
+                Ok(data) if !check => Ok(Some(Bytes::from(data))),
+                Ok(_) => Err(StoreError::Corrupted { cid: *cid }),
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupted { cid: *cid }),
                 Err(e) => Err(StoreError::io(format!("reading block {cid} from pack {}", entry.pack), e)),
             };

@@ -245,6 +245,8 @@ def main():
             except NoAlertPresentException:
                 pass
             wait_until("gamma marked dead", lambda: member_state("gamma") == "dead", 20)
+            card = driver.find_element(By.CSS_SELECTOR, "#members [data-name='gamma'] .last-seen").text
+            assert card.startswith("last reported"), f"a dead member's card should say what it last reported: {card!r}"
             assert gamma.proc.wait(5) != 0, "gamma was killed, not stopped gracefully"
             shot("06-killed")
         checks.run("kill_marks_that_member_dead", kill)

@@ -1,10 +1,11 @@
-//! Two in-process swarms over TCP on 127.0.0.1 (noise + yamux) exchanging blocks with Bitswap.
+//! Two in-process swarms over TCP on 127.0.0.1 (Xnode's transport: TLS or noise, yamux) exchanging blocks with
+//! Bitswap.
 
 mod common;
 
 use bytes::Bytes;
 use cid::Cid;
-use common::{init_tracing, MemStore, Seen, TestNode};
+use common::{init_tracing, MemStore, Seen, Stack, TestNode};
 use multihash::Multihash;
 use sha2::{Digest, Sha256};
 use xnode_bitswap::Event;
@@ -16,8 +17,12 @@ fn raw_block(data: &[u8]) -> (Cid, Bytes) {
 
 /// A server holding `blocks`, a client connected to it.
 async fn pair(server_store: MemStore) -> (TestNode, TestNode) {
-    let server = TestNode::spawn(server_store).await;
-    let mut client = TestNode::spawn(MemStore::default()).await;
+    pair_of(server_store, Stack::Xnode, Stack::Xnode).await
+}
+
+async fn pair_of(server_store: MemStore, server: Stack, client: Stack) -> (TestNode, TestNode) {
+    let server = TestNode::spawn_with(server_store, server).await;
+    let mut client = TestNode::spawn_with(MemStore::default(), client).await;
     client.dial(server.p2p_addr());
     let sp = server.peer_id;
     client.expect("connection to the server", 10, |s| matches!(s, Seen::Connected(p) if *p == sp).then_some(())).await;
@@ -94,6 +99,32 @@ async fn want_block_delivers_verified_blocks_and_server_reports_sent() {
                 _ => None,
             })
             .await;
+    }
+}
+
+/// A peer that offers only noise (and `libp2p-yamux`'s 16 KiB frames) meets Xnode's transport, dialing and dialed:
+/// the connection falls back to noise and large blocks cross intact.
+#[tokio::test]
+async fn a_peer_without_tls_exchanges_blocks_over_noise_either_way() {
+    init_tracing();
+    for (server, client) in [(Stack::Xnode, Stack::NoiseOnly), (Stack::NoiseOnly, Stack::Xnode)] {
+        let store = MemStore::default();
+        let big: Vec<u8> = (0..(2 << 20) - 100).map(|i| (i % 253) as u8).collect();
+        let (cid, data) = raw_block(&big);
+        store.insert(cid, data.clone());
+        let (mut c, s) = pair_of(store, server, client).await;
+        let sp = s.peer_id;
+        c.want_block(sp, &[cid]);
+        let got = c
+            .expect("the block", 20, |seen| match seen {
+                Seen::Bitswap(Event::Block { peer, cid: got, data }) if *peer == sp && *got == cid => {
+                    Some(data.clone())
+                }
+                Seen::Bitswap(e @ (Event::DontHave { .. } | Event::InvalidBlock { .. })) => panic!("unexpected {e:?}"),
+                _ => None,
+            })
+            .await;
+        assert!(got == data, "{server:?} server, {client:?} client: the block's bytes differ");
     }
 }
 

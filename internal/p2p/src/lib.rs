@@ -96,7 +96,11 @@ impl Node {
         let behaviour_store = store.clone();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                (xnode_transport::Tls::new, noise::Config::new),
+                xnode_transport::Yamux::default,
+            )
             .map_err(|e| build(&e))?
             .with_quic()
             .with_relay_client(noise::Config::new, yamux::Config::default)

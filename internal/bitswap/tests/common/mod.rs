@@ -1,4 +1,4 @@
-//! Test harness: a swarm (TCP on 127.0.0.1, noise, yamux, identify, Bitswap) driven by its own task, controlled
+//! Test harness: a swarm (TCP on 127.0.0.1, Xnode's transport or plain noise + yamux, identify, Bitswap) driven by its own task, controlled
 //! through a command channel and observed through an event channel, like the file-sharing example's event loop.
 
 #![allow(dead_code, unreachable_pub)]
@@ -68,6 +68,15 @@ enum Cmd {
     Dial(Multiaddr),
 }
 
+/// How a test node's TCP connections are secured and multiplexed.
+#[derive(Debug, Clone, Copy)]
+pub enum Stack {
+    /// `xnode_transport`: TLS 1.3 (AES-GCM first) or noise, and yamux with large frames.
+    Xnode,
+    /// What `libp2p` offers by default: noise only, `libp2p-yamux`; stands for a peer that does not speak TLS.
+    NoiseOnly,
+}
+
 pub struct TestNode {
     pub peer_id: PeerId,
     pub addr: Multiaddr,
@@ -77,22 +86,39 @@ pub struct TestNode {
 }
 
 impl TestNode {
+    /// A node with Xnode's transport (TLS 1.3 or noise, our yamux), as `xnode run` has.
     pub async fn spawn(store: MemStore) -> TestNode {
+        TestNode::spawn_with(store, Stack::Xnode).await
+    }
+
+    pub async fn spawn_with(store: MemStore, stack: Stack) -> TestNode {
         let store = Arc::new(store);
         let for_behaviour: Arc<dyn BlockStore> = store.clone();
-        let mut swarm: Swarm<TestBehaviour> = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-            .expect("tcp transport")
-            .with_behaviour(|key| TestBehaviour {
-                bitswap: xnode_bitswap::Behaviour::new(Config::default(), for_behaviour),
-                identify: identify::Behaviour::new(
-                    identify::Config::new("/ipfs/0.1.0".into(), key.public()).with_agent_version("xnode-test".into()),
-                ),
-            })
-            .expect("behaviour")
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+        let behaviour = move |key: &libp2p::identity::Keypair| TestBehaviour {
+            bitswap: xnode_bitswap::Behaviour::new(Config::default(), for_behaviour.clone()),
+            identify: identify::Behaviour::new(
+                identify::Config::new("/ipfs/0.1.0".into(), key.public()).with_agent_version("xnode-test".into()),
+            ),
+        };
+        let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+        let tcp = tcp::Config::default().nodelay(true);
+        let builder = libp2p::SwarmBuilder::with_new_identity().with_tokio();
+        let mut swarm: Swarm<TestBehaviour> = match stack {
+            Stack::Xnode => builder
+                .with_tcp(tcp, (xnode_transport::Tls::new, noise::Config::new), xnode_transport::Yamux::default)
+                .expect("tcp transport")
+                .with_behaviour(behaviour)
+                .expect("behaviour")
+                .with_swarm_config(idle)
+                .build(),
+            Stack::NoiseOnly => builder
+                .with_tcp(tcp, noise::Config::new, yamux::Config::default)
+                .expect("tcp transport")
+                .with_behaviour(behaviour)
+                .expect("behaviour")
+                .with_swarm_config(idle)
+                .build(),
+        };
         swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
         let addr = loop {
             if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {

@@ -139,6 +139,8 @@ struct EnvConfig {
     data_dir: Option<PathBuf>,
     /// XNODE_STORAGE_MAX: the store's hard capacity, e.g. `10GiB` (default: unlimited).
     storage_max: Option<String>,
+    /// XNODE_DIRECT_IO: `true` or `false`, whether block bodies bypass the page cache (default `true`).
+    direct_io: Option<String>,
     /// XNODE_NAME: this node's unique name in the cluster (default: the hostname).
     name: Option<String>,
     /// XNODE_GOSSIP_PORT: UDP port for membership gossip (default 9090).
@@ -215,7 +217,13 @@ fn run(cli: Cli) -> Result<()> {
             format!("XNODE_STORAGE_MAX={s:?} is not a size; use e.g. 10GiB, 500MB or a number of bytes")
         })?,
     };
-    let store_config = StoreConfig { capacity, ..StoreConfig::default() };
+    let direct_io = match env.direct_io.as_deref().map(str::trim) {
+        None | Some("") => true,
+        Some(v) => v.parse().map_err(|_| {
+            anyhow::anyhow!("XNODE_DIRECT_IO={v:?} is not true or false; use true (bypass the page cache) or false")
+        })?,
+    };
+    let store_config = StoreConfig { capacity, direct_io, ..StoreConfig::default() };
     let open =
         || Repo::open(&data_dir, store_config).with_context(|| format!("opening the store in {}", data_dir.display()));
 

@@ -2,8 +2,9 @@
 //!
 //! It owns the storage directory: block bodies in append-only pack files (`<dir>/packs/pack-NNNNNNNNNN.dat`)
 //! and a sled index (`<dir>/index/`) saying where each block is, how many pins need it and which files are
-//! pinned. Blocks become "stored" only when a [`BlockWriter`] commits; a crash at any point leaves every
-//! committed block readable and never serves a half-written one. Every read is checked against its CID, except
+//! pinned. Pack data is written and read around the page cache (`O_DIRECT`) unless the config turns that
+//! off or the file system refuses it. Blocks become "stored" only when a [`BlockWriter`] commits; a crash at
+//! any point leaves every committed block readable and never serves a half-written one. Every read is checked against its CID, except
 //! [`Store::get_unchecked`]'s, which only the Bitswap server uses (its receivers check).
 //!
 //! It never builds DAGs, talks to the network or reads the environment: callers hand it CIDs and bytes
@@ -13,6 +14,7 @@
 //! The API is synchronous; async callers use `spawn_blocking`. The design and its measurements are in
 //! `docs/storage.md`.
 
+mod direct;
 mod error;
 mod index;
 mod pack;
@@ -36,11 +38,15 @@ pub struct StoreConfig {
     /// A writer starts a new pack file once its pack has reached this many bytes. Bytes; default 1 GiB.
     /// Smaller packs are deleted sooner once their blocks go; larger ones mean fewer files.
     pub pack_target_size: u64,
+    /// Whether pack data is written and read around the page cache (`O_DIRECT`); default true. Where the file
+    /// system refuses direct I/O, the store says so once in the log and uses the page cache instead.
+    /// Why: on a VM, filling fresh page-cache pages costs far more CPU than the disk transfer (`docs/storage.md`).
+    pub direct_io: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { capacity: u64::MAX, pack_target_size: 1 << 30 }
+        StoreConfig { capacity: u64::MAX, pack_target_size: 1 << 30, direct_io: true }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use cid::Cid;
 use tracing::{error, info, warn};
 
+use crate::direct::{self, AlignedBuf};
 use crate::index::{self, Entry, PackRecord};
 use crate::pack;
 use crate::verify;
@@ -38,8 +40,12 @@ pub(crate) struct Inner {
     /// Every change to the index goes through this lock, so a read-modify-write of refcounts and the
     /// counters below stays consistent. Reads (`get`, `has`) do not take it.
     state: Mutex<State>,
-    /// Read handles, one per pack, opened read-write so deletion can punch holes through them.
-    readers: RwLock<HashMap<u32, Arc<File>>>,
+    /// Read handles by pack and whether they were opened with `O_DIRECT`, opened read-write so deletion can punch
+    /// holes through them.
+    readers: RwLock<HashMap<(u32, bool), Arc<File>>>,
+    /// Pack data bypasses the page cache (`O_DIRECT`). Set from the config; cleared for good the first time the
+    /// file system refuses direct I/O.
+    direct: AtomicBool,
     /// Set after the first "cannot punch holes" warning so it is logged once.
     punch_unsupported: AtomicBool,
 }
@@ -136,6 +142,7 @@ impl Store {
                 pack_target_size: config.pack_target_size.max(1),
                 state: Mutex::new(state),
                 readers: RwLock::new(HashMap::new()),
+                direct: AtomicBool::new(config.direct_io),
                 punch_unsupported: AtomicBool::new(false),
             }),
         })
@@ -175,21 +182,19 @@ impl Store {
         for _ in 0..3 {
             let Some(raw) = self.inner.db.get(&key)? else { return Ok(None) };
             let entry = Entry::decode(&raw)?;
-            let read = self.inner.read(&entry);
-            if let Ok(data) = &read {
-                if check && verify::matches(cid, data) {
-                    return Ok(Some(Bytes::from(read.expect("checked Ok"))));
-                }
-            }
+            let read = match self.inner.read(&entry) {
+                Ok(data) if check && verify::matches(cid, &data) => return Ok(Some(data)),
+                read => read,
+            };
             match self.inner.db.get(&key)? {
                 None => return Ok(None),
                 Some(now) if !same_place(&Entry::decode(&now)?, &entry) => continue,
                 Some(_) => {}
             }
             return match read {
-                Ok(data) if !check => Ok(Some(Bytes::from(data))),
+                Ok(data) if !check => Ok(Some(data)),
                 Ok(_) => Err(StoreError::Corrupted { cid: *cid }),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupted { cid: *cid }),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StoreError::Corrupted { cid: *cid }),
                 Err(e) => Err(StoreError::io(format!("reading block {cid} from pack {}", entry.pack), e)),
             };
         }
@@ -400,6 +405,12 @@ impl Store {
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
+
+    /// Whether pack data bypasses the page cache now: the config asked for direct I/O and the file system has not
+    /// refused it.
+    pub fn direct_io(&self) -> bool {
+        self.inner.direct_io()
+    }
 }
 
 impl Inner {
@@ -464,25 +475,64 @@ impl Inner {
         self.reclaim(&removal);
     }
 
-    fn reader(&self, id: u32) -> std::io::Result<Arc<File>> {
-        if let Some(f) = self.readers.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
-            return Ok(f.clone());
-        }
-        let file = Arc::new(OpenOptions::new().read(true).write(true).open(self.pack_path(id))?);
-        let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
-        Ok(readers.entry(id).or_insert(file).clone())
+    /// Whether pack data bypasses the page cache now.
+    pub(crate) fn direct_io(&self) -> bool {
+        self.direct.load(Ordering::Relaxed)
     }
 
-    fn read(&self, entry: &Entry) -> std::io::Result<Vec<u8>> {
-        let file = self.reader(entry.pack)?;
+    /// Uses the page cache for pack data from now on, after the file system refused direct I/O with `err`.
+    /// Nothing is lost: the caller redoes the refused operation through the page cache.
+    pub(crate) fn fall_back(&self, err: &io::Error) {
+        if self.direct.swap(false, Ordering::Relaxed) {
+            warn!(
+                dir = %self.packs_dir.display(), error = %err,
+                "this file system refuses direct I/O (O_DIRECT); pack data goes through the page cache from now on"
+            );
+            self.readers.write().unwrap_or_else(|p| p.into_inner()).retain(|&(_, direct), _| !direct);
+        }
+    }
+
+    /// The read handle of pack `id`, opened with `O_DIRECT` if `direct`.
+    fn reader(&self, id: u32, direct: bool) -> io::Result<Arc<File>> {
+        if let Some(f) = self.readers.read().unwrap_or_else(|p| p.into_inner()).get(&(id, direct)) {
+            return Ok(f.clone());
+        }
+        let file = Arc::new(direct::open(&self.pack_path(id), direct, false)?);
+        let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
+        Ok(readers.entry((id, direct)).or_insert(file).clone())
+    }
+
+    /// The body `entry` points at. Past the end of the pack is `UnexpectedEof`.
+    fn read(&self, entry: &Entry) -> io::Result<Bytes> {
+        if self.direct_io() {
+            match self.read_direct(entry) {
+                Err(e) if direct::is_refusal(&e) => self.fall_back(&e),
+                read => return read,
+            }
+        }
+        let file = self.reader(entry.pack, false)?;
         let mut buf = vec![0; entry.len as usize];
         file.read_exact_at(&mut buf, entry.offset)?;
-        Ok(buf)
+        Ok(Bytes::from(buf))
+    }
+
+    /// Reads the whole pages around the body into an aligned buffer and hands out the body's part of it.
+    fn read_direct(&self, entry: &Entry) -> io::Result<Bytes> {
+        let file = self.reader(entry.pack, true)?;
+        let start = direct::align_down(entry.offset);
+        let head = (entry.offset - start) as usize;
+        let want = head + entry.len as usize;
+        let mut buf = AlignedBuf::new(want);
+        // The last block of a pack ends before the end of its last page: the read stops at the end of the file.
+        if buf.read_at(&file, true, start, want)? < want {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "block past the end of its pack"));
+        }
+        Ok(buf.into_bytes(head..want))
     }
 
     /// Punches out a range of a pack. Failing only wastes space, so it logs rather than fails.
     pub(crate) fn punch(&self, id: u32, offset: u64, len: u64) {
-        let result = self.reader(id).and_then(|f| pack::punch_hole(&f, offset, len));
+        let result = self.reader(id, self.direct_io()).and_then(|f| pack::punch_hole(&f, offset, len));
         match result {
             Ok(()) => {}
             Err(e) if pack::is_unsupported(&e) => {
@@ -506,11 +556,11 @@ impl Inner {
             }
         }
         for &id in &removal.dead_packs {
-            self.readers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            self.readers.write().unwrap_or_else(|p| p.into_inner()).retain(|&(pack, _), _| pack != id);
             let path = self.pack_path(id);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => warn!(path = %path.display(), error = %e, "could not delete an empty pack; open deletes it"),
             }
         }

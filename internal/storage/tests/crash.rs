@@ -17,10 +17,11 @@ use xnode_storage::{Store, StoreConfig};
 const DIR: &str = "XNODE_CRASH_DIR";
 const MODE: &str = "XNODE_CRASH_MODE";
 const ROUND: &str = "XNODE_CRASH_ROUND";
+const DIRECT: &str = "XNODE_CRASH_DIRECT";
 
 /// Small packs so that crashes also land on pack rolls.
-fn config() -> StoreConfig {
-    StoreConfig { pack_target_size: 8 << 20, ..Default::default() }
+fn config(direct_io: bool) -> StoreConfig {
+    StoreConfig { pack_target_size: 8 << 20, direct_io, ..Default::default() }
 }
 
 /// The child's work; a no-op when run as an ordinary test.
@@ -29,7 +30,8 @@ fn crash_child() {
     let Ok(dir) = std::env::var(DIR) else { return };
     let mode = std::env::var(MODE).unwrap();
     let round: u64 = std::env::var(ROUND).unwrap().parse().unwrap();
-    let store = Store::open(Path::new(&dir), config()).unwrap();
+    let direct: bool = std::env::var(DIRECT).unwrap().parse().unwrap();
+    let store = Store::open(Path::new(&dir), config(direct)).unwrap();
     let mut rng = rand::thread_rng();
     for i in 0.. {
         let seed = round * 1_000_000 + i;
@@ -45,7 +47,7 @@ fn crash_child() {
             println!("C {cid}");
         }
         if mode == "hang" && i == 3 {
-            // More than the write buffer, so the bytes reach the pack file, then wait to be killed.
+            // More than the write buffer (either), so the bytes reach the pack file, then wait to be killed.
             let data = common::blocks(seed + 500_000, 100, 64 << 10);
             let mut w = store.writer();
             for (cid, body) in &data {
@@ -61,12 +63,19 @@ fn crash_child() {
 
 /// Runs the child until `kill_when` says so, kills it with SIGKILL, and returns the CIDs it reported
 /// committed and those it had put without committing.
-fn run_child(dir: &Path, mode: &str, round: u64, kill_when: impl Fn(usize, &str) -> bool) -> (Vec<Cid>, Vec<Cid>) {
+fn run_child(
+    dir: &Path,
+    direct: bool,
+    mode: &str,
+    round: u64,
+    kill_when: impl Fn(usize, &str) -> bool,
+) -> (Vec<Cid>, Vec<Cid>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(DIR, dir)
         .env(MODE, mode)
         .env(ROUND, round.to_string())
+        .env(DIRECT, direct.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -100,6 +109,15 @@ fn assert_all_served_blocks_verify(store: &Store) -> usize {
 
 #[test]
 fn sigkill_mid_add_keeps_every_committed_block_and_serves_no_partial_one() {
+    sigkill_mid_add(true);
+}
+
+#[test]
+fn sigkill_mid_add_through_the_page_cache() {
+    sigkill_mid_add(false);
+}
+
+fn sigkill_mid_add(direct: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mut reported = Vec::new();
     let mut rng = rand::thread_rng();
@@ -108,7 +126,7 @@ fn sigkill_mid_add_keeps_every_committed_block_and_serves_no_partial_one() {
     for round in 1..=4 {
         let after = rng.gen_range(50..400);
         let delay = Duration::from_millis(rng.gen_range(0..40));
-        let (committed, _) = run_child(dir.path(), "random", round, |n, _| {
+        let (committed, _) = run_child(dir.path(), direct, "random", round, |n, _| {
             if n >= after {
                 std::thread::sleep(delay);
                 true
@@ -118,7 +136,7 @@ fn sigkill_mid_add_keeps_every_committed_block_and_serves_no_partial_one() {
         });
         assert!(committed.len() >= after);
         reported.extend(committed);
-        let store = Store::open(dir.path(), config()).unwrap();
+        let store = Store::open(dir.path(), config(direct)).unwrap();
         for cid in &reported {
             assert!(store.get(cid).unwrap().is_some(), "committed block {cid} lost after SIGKILL (round {round})");
         }
@@ -127,11 +145,11 @@ fn sigkill_mid_add_keeps_every_committed_block_and_serves_no_partial_one() {
     }
 
     // A kill while a writer certainly has uncommitted bytes in the pack file.
-    let (committed, pending) = run_child(dir.path(), "hang", 9, |_, line| line == "PENDING");
+    let (committed, pending) = run_child(dir.path(), direct, "hang", 9, |_, line| line == "PENDING");
     assert_eq!(pending.len(), 100);
     reported.extend(committed);
     let before = common::pack_file_lengths(dir.path());
-    let store = Store::open(dir.path(), config()).unwrap();
+    let store = Store::open(dir.path(), config(direct)).unwrap();
     let after = common::pack_file_lengths(dir.path());
     assert!(after + (1 << 20) <= before, "open cut off the uncommitted bytes: {before} -> {after}");
     for cid in &reported {

@@ -1,4 +1,5 @@
-//! Behaviour of the block store through its public API.
+//! Behaviour of the block store through its public API. Every scenario runs twice (see `both_modes!` at the end):
+//! with direct I/O, the default, and through the page cache.
 
 mod common;
 
@@ -6,22 +7,21 @@ use std::path::Path;
 
 use cid::multihash::Multihash;
 use cid::Cid;
-use common::{blocks, cid_of, pin};
+use common::{blocks, blocks_sized, cid_of, odd_sizes, pack_lengths, pin};
 use xnode_storage::{Store, StoreConfig, StoreError};
 
 const KIB: usize = 1024;
 
-fn open(dir: &Path) -> Store {
-    Store::open(dir, StoreConfig::default()).unwrap()
+fn open(dir: &Path, config: StoreConfig) -> Store {
+    common::open_store(dir, config)
 }
 
-#[test]
-fn put_get_roundtrip_and_reopen_keeps_everything() {
+fn put_get_roundtrip_and_reopen_keeps_everything(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
     let data = blocks(1, 20, 256 * KIB);
     let root = data[0].0;
     {
-        let store = open(dir.path());
+        let store = open(dir.path(), config);
         let mut w = store.writer();
         for (cid, body) in &data {
             w.put(cid, body).unwrap();
@@ -34,7 +34,7 @@ fn put_get_roundtrip_and_reopen_keeps_everything() {
             assert_eq!(store.get(cid).unwrap().unwrap(), body.as_slice());
         }
     }
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     for (cid, body) in &data {
         assert_eq!(store.get(cid).unwrap().unwrap(), body.as_slice());
         assert_eq!(store.block_size(cid).unwrap(), Some(256 * KIB as u64));
@@ -46,10 +46,9 @@ fn put_get_roundtrip_and_reopen_keeps_everything() {
     assert_eq!(store.get(&cid_of(b"absent")).unwrap(), None);
 }
 
-#[test]
-fn same_block_twice_is_stored_once() {
+fn same_block_twice_is_stored_once(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     let data = blocks(2, 1, 100 * KIB);
     let (cid, body) = &data[0];
     let mut w = store.writer();
@@ -69,10 +68,9 @@ fn same_block_twice_is_stored_once() {
     assert!(!store.has(cid).unwrap());
 }
 
-#[test]
-fn shared_block_survives_first_unpin_and_goes_with_the_second() {
+fn shared_block_survives_first_unpin_and_goes_with_the_second(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     let shared = blocks(3, 1, 256 * KIB).remove(0);
     let a = blocks(4, 32, 256 * KIB);
     let b = blocks(5, 32, 256 * KIB);
@@ -108,10 +106,9 @@ fn shared_block_survives_first_unpin_and_goes_with_the_second() {
     assert!(matches!(store.unpin(&b[0].0), Err(StoreError::NotPinned { .. })));
 }
 
-#[test]
-fn put_over_capacity_fails_with_free_bytes_and_loses_nothing() {
+fn put_over_capacity_fails_with_free_bytes_and_loses_nothing(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig { capacity: 300 * KIB as u64, ..Default::default() }).unwrap();
+    let store = Store::open(dir.path(), StoreConfig { capacity: 300 * KIB as u64, ..config }).unwrap();
     let data = blocks(6, 3, 100 * KIB);
     let mut w = store.writer();
     w.put(&data[0].0, &data[0].1).unwrap();
@@ -141,10 +138,9 @@ fn put_over_capacity_fails_with_free_bytes_and_loses_nothing() {
     assert_eq!(store.stats().unwrap().free, (1 << 20) - 300 * KIB as u64);
 }
 
-#[test]
-fn flipped_byte_reads_as_corrupted() {
+fn flipped_byte_reads_as_corrupted(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     let data = blocks(8, 3, 64 * KIB);
     let mut w = store.writer();
     for (cid, body) in &data {
@@ -160,10 +156,9 @@ fn flipped_byte_reads_as_corrupted() {
     assert_eq!(store.get(&data[2].0).unwrap().unwrap(), data[2].1.as_slice());
 }
 
-#[test]
-fn unchecked_reads_skip_the_hash_but_not_the_index() {
+fn unchecked_reads_skip_the_hash_but_not_the_index(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     let data = blocks(9, 3, 64 * KIB);
     let mut w = store.writer();
     for (cid, body) in &data {
@@ -187,10 +182,9 @@ fn unchecked_reads_skip_the_hash_but_not_the_index() {
     assert_eq!(store.get_unchecked(&data[2].0).unwrap(), None);
 }
 
-#[test]
-fn dropping_a_writer_discards_its_blocks() {
+fn dropping_a_writer_discards_its_blocks(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     let kept = blocks(9, 2, 64 * KIB);
     let mut w = store.writer();
     for (cid, body) in &kept {
@@ -209,15 +203,14 @@ fn dropping_a_writer_discards_its_blocks() {
     assert_eq!(store.stats().unwrap().free, u64::MAX - 2 * 64 * KIB as u64, "reservation released");
     let store2 = {
         drop(store);
-        open(dir.path())
+        open(dir.path(), config)
     };
     assert_eq!(store2.stats().unwrap().blocks, 2);
 }
 
-#[test]
-fn unpinned_blocks_are_listed_and_gc_removes_them() {
+fn unpinned_blocks_are_listed_and_gc_removes_them(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     let loose = blocks(11, 3, 10 * KIB);
     let pinned = blocks(12, 2, 10 * KIB);
     let mut w = store.writer();
@@ -241,10 +234,9 @@ fn unpinned_blocks_are_listed_and_gc_removes_them() {
     assert!(store.has(&pinned[1].0).unwrap());
 }
 
-#[test]
-fn a_block_a_writer_relies_on_is_not_deleted_under_it() {
+fn a_block_a_writer_relies_on_is_not_deleted_under_it(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     let b = blocks(13, 1, 10 * KIB).remove(0);
     let mut w = store.writer();
     w.put(&b.0, &b.1).unwrap();
@@ -258,11 +250,9 @@ fn a_block_a_writer_relies_on_is_not_deleted_under_it() {
     assert_eq!(store.unpin(&b.0).unwrap().blocks_deleted, 1);
 }
 
-#[test]
-fn concurrent_writers_use_different_packs_and_roll_at_target_size() {
+fn concurrent_writers_use_different_packs_and_roll_at_target_size(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Store::open(dir.path(), StoreConfig { pack_target_size: 256 * KIB as u64, ..Default::default() }).unwrap();
+    let store = Store::open(dir.path(), StoreConfig { pack_target_size: 256 * KIB as u64, ..config }).unwrap();
     let a = blocks(14, 8, 64 * KIB);
     let b = blocks(15, 8, 64 * KIB);
     let mut wa = store.writer();
@@ -278,16 +268,15 @@ fn concurrent_writers_use_different_packs_and_roll_at_target_size() {
     store.unpin(&a[0].0).unwrap();
     assert_eq!(std::fs::read_dir(dir.path().join("packs")).unwrap().count(), 2, "emptied packs are deleted");
     drop(store);
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let store = open(dir.path(), config);
     for (cid, body) in &b {
         assert_eq!(store.get(cid).unwrap().unwrap(), body.as_slice());
     }
 }
 
-#[test]
-fn unsupported_hashes_are_refused_and_identity_is_accepted() {
+fn unsupported_hashes_are_refused_and_identity_is_accepted(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     let blake = Cid::new_v1(0x55, Multihash::wrap(0x1e, &[7; 32]).unwrap());
     let mut w = store.writer();
     assert!(matches!(w.put(&blake, b"x"), Err(StoreError::UnsupportedHash { code: 0x1e, .. })));
@@ -298,12 +287,11 @@ fn unsupported_hashes_are_refused_and_identity_is_accepted() {
     assert!(matches!(store.get(&blake), Err(StoreError::UnsupportedHash { .. })));
 }
 
-#[test]
-fn store_handle_is_shared_across_threads() {
+fn store_handle_is_shared_across_threads(config: StoreConfig) {
     fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<Store>();
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     let handles: Vec<_> = (0..4)
         .map(|t| {
             let store = store.clone();
@@ -326,10 +314,9 @@ fn store_handle_is_shared_across_threads() {
     assert_eq!(store.stats().unwrap().blocks, 64);
 }
 
-#[test]
-fn kept_blocks_survive_unpin_and_gc_until_released() {
+fn kept_blocks_survive_unpin_and_gc_until_released(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     let file = blocks(21, 4, 10 * KIB);
     let mut w = store.writer();
     for (cid, body) in &file {
@@ -359,6 +346,190 @@ fn kept_blocks_survive_unpin_and_gc_until_released() {
     assert_eq!(store.stats().unwrap().blocks, 0);
     // Reopening keeps the marks' effect: nothing left, nothing kept.
     drop(store);
-    let store = open(dir.path());
+    let store = open(dir.path(), config);
     assert!(store.kept().unwrap().is_empty());
 }
+
+/// Sessions appending to the same pack, whose committed length is never a multiple of 4 KiB, with bodies of odd
+/// sizes: every pack ends exactly after its last body, and every block reads back byte for byte, also after reopening.
+fn odd_sizes_append_across_sessions_and_read_back_exactly(config: StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = Vec::new();
+    let mut held = 0;
+    {
+        let store = open(dir.path(), config);
+        for session in 0..4 {
+            let mut data = blocks_sized(40 + session, odd_sizes(session, 60));
+            if session == 1 {
+                // An empty body, right at an unaligned offset.
+                data.insert(7, (cid_of(b""), Vec::new()));
+            }
+            let mut w = store.writer();
+            for (cid, body) in &data {
+                w.put(cid, body).unwrap();
+            }
+            let stats = w.commit(Some(pin(data[0].0, "odd"))).unwrap();
+            assert_eq!(stats.blocks_written, data.len() as u64);
+            held += data.iter().map(|(_, body)| body.len() as u64).sum::<u64>();
+            assert_eq!(pack_lengths(dir.path()), vec![held], "one pack, ending exactly after the last body");
+            assert_ne!(held % 4096, 0, "the next session starts on an unaligned pack");
+            for (cid, body) in data.iter().chain(all.iter().take(3)) {
+                assert_eq!(store.get(cid).unwrap().unwrap(), body.as_slice(), "{cid}");
+            }
+            all.extend(data);
+        }
+        assert_eq!(store.stats().unwrap().bytes_held, held);
+        assert_eq!(
+            store.direct_io(),
+            config.direct_io,
+            "the mode under test is in use (direct-mode tests need a TMPDIR whose file system allows O_DIRECT)"
+        );
+    }
+    let store = open(dir.path(), config);
+    for (cid, body) in &all {
+        assert_eq!(store.get(cid).unwrap().unwrap(), body.as_slice(), "{cid}");
+        assert_eq!(store.get_unchecked(cid).unwrap().unwrap(), body.as_slice(), "{cid}");
+    }
+    assert_eq!(store.stats().unwrap().bytes_held, held);
+}
+
+/// A writer dropped after writing more than its buffer to an unaligned pack leaves the pack exactly as committed:
+/// the committed bodies sharing the partial page it rewrote read back intact, and the next session appends after them.
+fn dropping_a_writer_on_an_unaligned_pack_keeps_the_committed_bytes(config: StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config);
+    let kept = blocks_sized(50, [5000, 123, 77_777]);
+    let mut w = store.writer();
+    for (cid, body) in &kept {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(None).unwrap();
+    let committed = 5000 + 123 + 77_777;
+
+    let lost = blocks_sized(51, odd_sizes(51, 90));
+    let mut w = store.writer();
+    for (cid, body) in &lost {
+        w.put(cid, body).unwrap();
+    }
+    assert!(pack_lengths(dir.path())[0] > committed + (1 << 20), "bodies reached the file before the drop");
+    drop(w);
+    assert_eq!(pack_lengths(dir.path()), vec![committed], "pack cut back to its committed length");
+    assert!(!store.has(&lost[0].0).unwrap());
+    for (cid, body) in &kept {
+        assert_eq!(store.get(cid).unwrap().unwrap(), body.as_slice());
+    }
+
+    let more = blocks_sized(52, odd_sizes(52, 10));
+    let mut w = store.writer();
+    for (cid, body) in &more {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(None).unwrap();
+    drop(store);
+    let store = open(dir.path(), config);
+    for (cid, body) in kept.iter().chain(&more) {
+        assert_eq!(store.get(cid).unwrap().unwrap(), body.as_slice());
+    }
+    let total: u64 = more.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + committed;
+    assert_eq!(pack_lengths(dir.path()), vec![total]);
+}
+
+/// A session rolls to a new pack once its pack reaches the target size; each pack ends exactly after its last body,
+/// and a later session fills the last pack up before starting another.
+fn packs_roll_at_target_size_with_odd_sizes(config: StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = 1_000_000;
+    let config = StoreConfig { pack_target_size: target, ..config };
+    let data = blocks_sized(60, odd_sizes(60, 60));
+    let store = open(dir.path(), config);
+    let mut w = store.writer();
+    for (cid, body) in &data {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(Some(pin(data[0].0, "rolled"))).unwrap();
+    let lengths = pack_lengths(dir.path());
+    let total: u64 = data.iter().map(|(_, b)| b.len() as u64).sum();
+    assert_eq!(lengths.iter().sum::<u64>(), total);
+    assert!(lengths.len() >= 5, "{lengths:?}");
+    for len in &lengths[..lengths.len() - 1] {
+        assert!((target..target + 262_144).contains(len), "a full pack is its target plus at most one body: {len}");
+    }
+    let last = lengths.len() - 1;
+
+    let more = blocks_sized(61, odd_sizes(61, 12));
+    let mut w = store.writer();
+    for (cid, body) in &more {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(None).unwrap();
+    let after = pack_lengths(dir.path());
+    assert_eq!(&after[..last], &lengths[..last], "full packs are left alone");
+    if lengths[last] < target {
+        assert!(after[last] > lengths[last], "the last pack, not full, was appended to");
+    }
+    assert_eq!(after.iter().sum::<u64>(), total + more.iter().map(|(_, b)| b.len() as u64).sum::<u64>());
+    drop(store);
+    let store = open(dir.path(), config);
+    for (cid, body) in data.iter().chain(&more) {
+        assert_eq!(store.get(cid).unwrap().unwrap(), body.as_slice());
+    }
+}
+
+/// A store on tmpfs works whether this kernel lets tmpfs do direct I/O (6.6 and later) or refuses it (the store
+/// then falls back to the page cache).
+fn works_on_tmpfs(config: StoreConfig) {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("no /dev/shm here; skipping");
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let data = blocks_sized(70, odd_sizes(70, 30));
+    {
+        let store = open(dir.path(), config);
+        let mut w = store.writer();
+        for (cid, body) in &data {
+            w.put(cid, body).unwrap();
+        }
+        w.commit(None).unwrap();
+        eprintln!("tmpfs: direct I/O asked {}, in use {}", config.direct_io, store.direct_io());
+    }
+    let store = open(dir.path(), config);
+    for (cid, body) in &data {
+        assert_eq!(store.get(cid).unwrap().unwrap(), body.as_slice());
+    }
+}
+
+/// Generates a test per mode for each scenario: `direct::NAME` and `buffered::NAME`.
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod direct {
+            $(#[test] fn $name() { super::$name(xnode_storage::StoreConfig::default()); })*
+        }
+        mod buffered {
+            $(#[test] fn $name() {
+                super::$name(xnode_storage::StoreConfig { direct_io: false, ..Default::default() });
+            })*
+        }
+    };
+}
+
+both_modes!(
+    put_get_roundtrip_and_reopen_keeps_everything,
+    same_block_twice_is_stored_once,
+    shared_block_survives_first_unpin_and_goes_with_the_second,
+    put_over_capacity_fails_with_free_bytes_and_loses_nothing,
+    flipped_byte_reads_as_corrupted,
+    unchecked_reads_skip_the_hash_but_not_the_index,
+    dropping_a_writer_discards_its_blocks,
+    unpinned_blocks_are_listed_and_gc_removes_them,
+    a_block_a_writer_relies_on_is_not_deleted_under_it,
+    concurrent_writers_use_different_packs_and_roll_at_target_size,
+    unsupported_hashes_are_refused_and_identity_is_accepted,
+    store_handle_is_shared_across_threads,
+    kept_blocks_survive_unpin_and_gc_until_released,
+    odd_sizes_append_across_sessions_and_read_back_exactly,
+    dropping_a_writer_on_an_unaligned_pack_keeps_the_committed_bytes,
+    packs_roll_at_target_size_with_odd_sizes,
+    works_on_tmpfs,
+);

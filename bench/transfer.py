@@ -132,7 +132,7 @@ def tcp_established_to(port):
 class Xnode:
     """One `xnode run` child on loopback with its own data dir, ports picked by the OS."""
 
-    def __init__(self, binary, name, root, group, known_peers=None, bootstrap=None, fetch_timeout=600):
+    def __init__(self, binary, name, root, group, known_peers=None, bootstrap=None, fetch_timeout=600, extra_env=None):
         self.binary, self.name = binary, name
         self.data = os.path.join(root, f"{name}-data")
         self.log = os.path.join(root, f"{name}.log")
@@ -147,6 +147,7 @@ class Xnode:
             env["XNODE_KNOWN_PEERS"] = known_peers
         if bootstrap:
             env["XNODE_BOOTSTRAP"] = bootstrap
+        env.update(extra_env or {})
         self.env = env
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen([binary, "--data-dir", self.data, "run"], stdin=subprocess.DEVNULL,

@@ -189,7 +189,8 @@ impl Repo {
     ) -> Result<Added, InstanceError> {
         let ((added, name), writer) = std::thread::scope(|scope| {
             let (tx, rx) = mpsc::sync_channel::<Block>(WRITE_QUEUE);
-            let mut writer = self.store.writer();
+            // Through the page cache: the allocation loop reads these blocks right back to send copies.
+            let mut writer = self.store.cached_writer();
             let disk = scope.spawn(move || -> Result<BlockWriter, StoreError> {
                 for block in rx {
                     writer.put(&block.cid, &block.data)?;

@@ -333,7 +333,7 @@ impl Node {
         };
         let store = self.repo.store().clone();
         tokio::task::spawn_blocking(move || -> Result<(), InstanceError> {
-            let mut w = store.writer();
+            let mut w = store.cached_writer();
             w.put(&cid, &bytes)?;
             w.commit(None)?;
             store.keep(&[cid])?;

@@ -10,8 +10,6 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use bytes::Bytes;
-
 /// The alignment of direct I/O: 4 KiB covers 512-byte and 4 KiB logical sectors and the usual page size.
 pub(crate) const ALIGN: usize = 4096;
 
@@ -132,12 +130,6 @@ impl AlignedBuf {
         self.len = done.min(len);
         Ok(self.len)
     }
-
-    /// `range` of the bytes held, as `Bytes` that own this buffer (no copy).
-    pub(crate) fn into_bytes(self, range: std::ops::Range<usize>) -> Bytes {
-        assert!(range.end <= self.len, "slicing past the bytes held");
-        Bytes::from(self.mem).slice(self.start + range.start..self.start + range.end)
-    }
 }
 
 #[cfg(test)]
@@ -173,10 +165,6 @@ mod tests {
         assert_eq!(padded.len(), ALIGN);
         assert_eq!(&padded[..6], &[1, 1, 1, 1, 1, 0]);
         assert!(padded[5..].iter().all(|&b| b == 0), "stale bytes past the end are zeroed");
-        let ptr = buf.filled().as_ptr();
-        let bytes = buf.into_bytes(1..4);
-        assert_eq!(&bytes[..], &[1, 1, 1]);
-        assert_eq!(bytes.as_ptr(), ptr.wrapping_add(1));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use cid::Cid;
 use tracing::{error, info, warn};
 
-use crate::direct::{self, AlignedBuf};
+use crate::direct;
 use crate::index::{self, Entry, PackRecord};
 use crate::pack;
 use crate::verify;
@@ -42,7 +42,7 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// Read handles by pack and whether they were opened with `O_DIRECT`, opened read-write so deletion can punch
     /// holes through them.
-    readers: RwLock<HashMap<(u32, bool), Arc<File>>>,
+    readers: RwLock<HashMap<u32, Arc<File>>>,
     /// Pack data bypasses the page cache (`O_DIRECT`). Set from the config; cleared for good the first time the
     /// file system refuses direct I/O.
     direct: AtomicBool,
@@ -148,9 +148,17 @@ impl Store {
         })
     }
 
-    /// Starts a write session. Its blocks are stored only when [`BlockWriter::commit`] returns.
+    /// Starts a write session. Its blocks are stored only when [`BlockWriter::commit`] returns. Their bodies go
+    /// around the page cache when the store uses direct I/O: for blocks that are not read again soon (fetched
+    /// replicas), so that they do not push out what is.
     pub fn writer(&self) -> BlockWriter {
-        BlockWriter::new(self.clone())
+        BlockWriter::new(self.clone(), true)
+    }
+
+    /// A write session whose bodies go through the page cache even with direct I/O: for blocks read again right
+    /// away, as a file just added is, whose blocks the allocation loop then reads to send to other members.
+    pub fn cached_writer(&self) -> BlockWriter {
+        BlockWriter::new(self.clone(), false)
     }
 
     /// The block `cid`, checked against its hash; `None` if it is not stored.
@@ -488,51 +496,35 @@ impl Inner {
                 dir = %self.packs_dir.display(), error = %err,
                 "this file system refuses direct I/O (O_DIRECT); pack data goes through the page cache from now on"
             );
-            self.readers.write().unwrap_or_else(|p| p.into_inner()).retain(|&(_, direct), _| !direct);
         }
     }
 
     /// The read handle of pack `id`, opened with `O_DIRECT` if `direct`.
-    fn reader(&self, id: u32, direct: bool) -> io::Result<Arc<File>> {
-        if let Some(f) = self.readers.read().unwrap_or_else(|p| p.into_inner()).get(&(id, direct)) {
+    fn reader(&self, id: u32) -> io::Result<Arc<File>> {
+        if let Some(f) = self.readers.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
             return Ok(f.clone());
         }
-        let file = Arc::new(direct::open(&self.pack_path(id), direct, false)?);
+        let file = Arc::new(direct::open(&self.pack_path(id), false, false)?);
         let mut readers = self.readers.write().unwrap_or_else(|p| p.into_inner());
-        Ok(readers.entry((id, direct)).or_insert(file).clone())
+        Ok(readers.entry(id).or_insert(file).clone())
     }
 
     /// The body `entry` points at. Past the end of the pack is `UnexpectedEof`.
+    ///
+    /// Reads go through the page cache whatever the writes do: the kernel reads ahead within a pack (a file's blocks
+    /// are stored in order), and blocks read often stay in memory. Direct reads, one block at a time, made serving a
+    /// file wait on the disk between blocks; on this project's machine serving 1 GiB from a node whose disk was also
+    /// taking a fetch ran at 290-340 MB/s against 390-470 through the cache (docs/storage.md).
     fn read(&self, entry: &Entry) -> io::Result<Bytes> {
-        if self.direct_io() {
-            match self.read_direct(entry) {
-                Err(e) if direct::is_refusal(&e) => self.fall_back(&e),
-                read => return read,
-            }
-        }
-        let file = self.reader(entry.pack, false)?;
+        let file = self.reader(entry.pack)?;
         let mut buf = vec![0; entry.len as usize];
         file.read_exact_at(&mut buf, entry.offset)?;
         Ok(Bytes::from(buf))
     }
 
-    /// Reads the whole pages around the body into an aligned buffer and hands out the body's part of it.
-    fn read_direct(&self, entry: &Entry) -> io::Result<Bytes> {
-        let file = self.reader(entry.pack, true)?;
-        let start = direct::align_down(entry.offset);
-        let head = (entry.offset - start) as usize;
-        let want = head + entry.len as usize;
-        let mut buf = AlignedBuf::new(want);
-        // The last block of a pack ends before the end of its last page: the read stops at the end of the file.
-        if buf.read_at(&file, true, start, want)? < want {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "block past the end of its pack"));
-        }
-        Ok(buf.into_bytes(head..want))
-    }
-
     /// Punches out a range of a pack. Failing only wastes space, so it logs rather than fails.
     pub(crate) fn punch(&self, id: u32, offset: u64, len: u64) {
-        let result = self.reader(id, self.direct_io()).and_then(|f| pack::punch_hole(&f, offset, len));
+        let result = self.reader(id).and_then(|f| pack::punch_hole(&f, offset, len));
         match result {
             Ok(()) => {}
             Err(e) if pack::is_unsupported(&e) => {
@@ -556,7 +548,7 @@ impl Inner {
             }
         }
         for &id in &removal.dead_packs {
-            self.readers.write().unwrap_or_else(|p| p.into_inner()).retain(|&(pack, _), _| pack != id);
+            self.readers.write().unwrap_or_else(|p| p.into_inner()).retain(|&pack, _| pack != id);
             let path = self.pack_path(id);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}

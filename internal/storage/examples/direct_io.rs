@@ -125,13 +125,5 @@ fn drop_cached_pages(dir: &Path) {
 }
 
 fn parse_size(s: &str) -> u64 {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().expect("--size like 1GiB, 512MiB or 1073741824");
-    n * match unit {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => panic!("unknown unit {other}"),
-    }
+    s.parse::<bytesize::ByteSize>().expect("--size like 1GiB, 512MiB or 1073741824").as_u64()
 }

@@ -64,6 +64,30 @@ fn a_file_added_on_one_node_is_read_on_the_others() {
     assert!(std::fs::read(&dest).unwrap() == data, "gamma wrote different bytes");
     assert!(c.data.join("store").exists());
 
+    // A directory: listed and written out by nodes that lack it (`ls` and `stat` read as they fetch).
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let (top, inner) = (random(700_000, 8), random(300_001, 9));
+    std::fs::write(tree.join("top.bin"), &top).unwrap();
+    std::fs::write(tree.join("sub").join("inner.bin"), &inner).unwrap();
+    let out = cli(&a, &["add", "-Q", "-r", tree.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = String::from_utf8(out.stdout).unwrap().trim().lines().last().unwrap().to_string();
+    let listing: serde_json::Value =
+        ureq::get(&b.url(&format!("/api/v1/ls/{dir}?timeout=30"))).call().unwrap().into_json().unwrap();
+    let names: Vec<(&str, &str)> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("sub", "directory"), ("top.bin", "file")], "{listing}");
+    let dest = tmp.path().join("tree-from-gamma");
+    let out = cli(&c, &["get", "--timeout", "30", &dir, "-o", dest.to_str().unwrap()]);
+    assert!(out.status.success(), "gamma could not get the directory: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(dest.join("top.bin")).unwrap() == top);
+    assert!(std::fs::read(dest.join("sub").join("inner.bin")).unwrap() == inner);
+
     // Nobody has this block: a clear error naming it, once the chosen timeout has passed.
     let missing = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
     let started = Instant::now();

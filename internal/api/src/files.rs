@@ -43,14 +43,6 @@ pub(crate) struct ReadParams {
     timeout: Option<f64>,
 }
 
-/// Makes sure the DAG under `cid` is in the local store, fetching it from the network if not.
-async fn ensure_local(app: &AppState, cid: Cid, params: &ReadParams) -> Result<(), ApiError> {
-    if let Some(stats) = app.node.fetch(cid, read_timeout(app, params)).await? {
-        tracing::info!(%cid, blocks = stats.blocks_fetched, bytes = stats.bytes_fetched, peers = stats.per_peer.len(), "fetched from the network");
-    }
-    Ok(())
-}
-
 /// How long a read waits for blocks from other nodes.
 fn read_timeout(app: &AppState, params: &ReadParams) -> std::time::Duration {
     params.timeout.map_or(app.config.fetch_timeout, std::time::Duration::from_secs_f64)
@@ -524,21 +516,19 @@ pub(crate) async fn ls(
     Query(params): Query<ReadParams>,
 ) -> Result<Json<Vec<Listing>>, ApiError> {
     let cid = parse_cid(&cid)?;
-    ensure_local(&app, cid, &params).await?;
-    let repo = app.node.repo().clone();
-    let out = blocking(move || {
-        let mut out = Vec::new();
-        for e in xnode_dag::list_directory(&repo, &cid).map_err(InstanceError::from)? {
-            let (kind, size, target) = match repo.stat(&e.cid)? {
+    // Blocks this node lacks are fetched as the listing needs them (the rest of the DAG follows, as cache).
+    let entries = app.node.list_streaming(cid, read_timeout(&app, &params)).await?;
+    let out = entries
+        .into_iter()
+        .map(|(e, kind)| {
+            let (kind, size, target) = match kind {
                 NodeKind::File { size } => ("file", size, None),
                 NodeKind::Directory => ("directory", 0, None),
                 NodeKind::Symlink { target } => ("symlink", 0, Some(target)),
             };
-            out.push(Listing { name: e.name, cid: e.cid.to_string(), kind, size, target });
-        }
-        Ok(out)
-    })
-    .await?;
+            Listing { name: e.name, cid: e.cid.to_string(), kind, size, target }
+        })
+        .collect();
     Ok(Json(out))
 }
 
@@ -552,9 +542,9 @@ pub(crate) async fn stat(
     Query(params): Query<ReadParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let cid = parse_cid(&cid)?;
-    ensure_local(&app, cid, &params).await?;
-    let repo = app.node.repo().clone();
-    let kind = blocking(move || repo.stat(&cid)).await?;
+    // Only the root block is needed; a DAG this node lacks goes on arriving (as cache) after the answer, so that
+    // `xnode get`, which asks this first, streams the download that follows.
+    let (_, kind) = app.node.open_streaming(cid, read_timeout(&app, &params)).await?;
     Ok(Json(match kind {
         NodeKind::File { size } => serde_json::json!({ "cid": cid.to_string(), "kind": "file", "size": size }),
         NodeKind::Directory => serde_json::json!({ "cid": cid.to_string(), "kind": "directory" }),

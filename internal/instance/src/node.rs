@@ -467,6 +467,28 @@ impl Node {
         }
     }
 
+    /// The entries of the directory `root` with what each is, reading as [`Node::open_streaming`] does: the fetch
+    /// of what this node lacks starts on the first missing block and goes on (as cache) after the listing returns,
+    /// which needs only the directory's blocks and each entry's root.
+    pub async fn list_streaming(
+        &self,
+        root: Cid,
+        timeout: Duration,
+    ) -> Result<Vec<(xnode_dag::DirEntry, NodeKind)>, InstanceError> {
+        let (source, _) = self.open_streaming(root, timeout).await?;
+        tokio::task::spawn_blocking(move || {
+            let listed = xnode_dag::list_directory(&source, &root).and_then(|entries| {
+                entries
+                    .into_iter()
+                    .map(|e| xnode_dag::stat(&source, &e.cid).map(|kind| (e, kind)))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            listed.map_err(|e| source.failure().map_or_else(|| e.into(), InstanceError::P2p))
+        })
+        .await
+        .expect("listing does not panic")
+    }
+
     /// Announces a stored root in the DHT (best effort: a node without DHT peers just keeps it queued).
     pub async fn provide(&self, root: Cid) {
         if let Err(e) = self.client.provide(root).await {

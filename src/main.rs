@@ -163,6 +163,8 @@ struct EnvConfig {
     fetch_timeout: Option<String>,
     /// XNODE_REPLICATION: how many nodes hold each block (default 2).
     replication: Option<String>,
+    /// XNODE_PARTITIONS: partitions blocks hash into (default 65536; a power of two, the same on every member).
+    partitions: Option<String>,
     /// XNODE_WATCH_DIR: a folder whose new or changed files are added once they stop changing (default: none).
     watch_dir: Option<String>,
     /// XNODE_API: base URL of a running node for the client commands.
@@ -469,8 +471,20 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
             Some(path)
         }
     };
+    let partitions = match env.partitions.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => xnode_placement::DEFAULT_PARTITIONS,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if n.is_power_of_two() && n <= xnode_placement::MAX_PARTITIONS => n,
+            _ => bail!(
+                "XNODE_PARTITIONS={v:?} is not a power of two between 1 and {}; use the same value on every member, \
+                 e.g. 65536 (the default)",
+                xnode_placement::MAX_PARTITIONS
+            ),
+        },
+    };
     let config = NodeConfig {
         replication,
+        partitions,
         watch_dir,
         data_dir,
         store,

@@ -88,6 +88,11 @@ impl Catalog {
         Ok(())
     }
 
+    /// A handle to flush the catalog with, without holding whatever lock guards the catalog (a flush is an fsync).
+    pub fn flush_handle(&self) -> sled::Db {
+        self.db.clone()
+    }
+
     /// The stored bytes of `author`'s entry `seq`.
     pub fn entry_bytes(&self, author: &PeerId, seq: u64) -> Result<Option<Vec<u8>>, CatalogError> {
         Ok(self.db.get(key_of(author, seq))?.map(|v| v.to_vec()))

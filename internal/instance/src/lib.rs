@@ -10,6 +10,8 @@ mod fetched;
 mod node;
 mod watch;
 
+/// The allocation's decisions as a pure core (no I/O): public for benchmarks and for reading.
+pub use alloc::core as allocation;
 pub use fetched::FetchingSource;
 pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
 

@@ -75,6 +75,8 @@ pub struct NodeConfig {
     pub replication: usize,
     /// A folder whose new and changed files are added once they stop changing (`XNODE_WATCH_DIR`; none by default).
     pub watch_dir: Option<PathBuf>,
+    /// Partitions blocks hash into (`XNODE_PARTITIONS`, default 65536, a power of two); the same on every member.
+    pub partitions: u32,
 }
 
 /// A node's own summary, for `/api/v1/status`.
@@ -147,8 +149,11 @@ pub struct Node {
     p2p: tokio::sync::Mutex<Option<xnode_p2p::Node>>,
     client: Client,
     net_sink: Arc<NetSink>,
-    /// The catalog and the allocation loop's state. A std mutex: held only for short, non-blocking updates.
-    pub(crate) alloc: std::sync::Mutex<crate::alloc::Allocator>,
+    /// The catalog (the merged logs). A std mutex: held for in-memory reads and appends; its disk writes are
+    /// sled's (buffered), flushed outside the lock.
+    catalog: std::sync::Mutex<xnode_catalog::Catalog>,
+    /// What the allocation task last found; it owns the allocation state and publishes this after each round.
+    report: tokio::sync::watch::Sender<crate::alloc::Report>,
     /// The identity key, to sign this node's catalog entries.
     key: libp2p_identity::Keypair,
     replication: usize,
@@ -178,6 +183,7 @@ impl Node {
             .await
             .expect("opening the catalog does not panic")?;
         let net_sink = Arc::new(NetSink::new(repo.store().clone()));
+        let held = Arc::new(crate::alloc::HeldDigests::new(config.partitions));
         let p2p = xnode_p2p::Node::spawn(
             config.p2p.clone(),
             xnode_bitswap::Config::default(),
@@ -216,12 +222,14 @@ impl Node {
             p2p: tokio::sync::Mutex::new(Some(p2p)),
             client,
             net_sink,
-            alloc: std::sync::Mutex::new(crate::alloc::Allocator::new(catalog)),
+            catalog: std::sync::Mutex::new(catalog),
+            report: tokio::sync::watch::Sender::new(crate::alloc::Report::default()),
             key,
             replication: config.replication.max(1),
             catalog_version: tokio::sync::watch::Sender::new(0),
         });
-        tokio::spawn(crate::alloc::run(Arc::downgrade(&node), node.stop.clone()));
+        let alloc_config = crate::alloc::AllocConfig { replication: node.replication, partitions: config.partitions };
+        tokio::spawn(crate::alloc::run(Arc::downgrade(&node), alloc_config, held, node.stop.clone()));
         if let Some(dir) = config.watch_dir.clone() {
             tokio::spawn(crate::watch::run(Arc::downgrade(&node), dir, WATCH_INTERVAL, node.stop.clone()));
         }
@@ -299,7 +307,7 @@ impl Node {
         if !self.joined() && !self.starts_alone {
             return Phase::LookingForPeers;
         }
-        self.alloc.lock().expect("not poisoned").report.phase.unwrap_or(Phase::FetchingMetadata)
+        self.report.borrow().phase.unwrap_or(Phase::FetchingMetadata)
     }
 
     /// The replication factor.
@@ -309,7 +317,66 @@ impl Node {
 
     /// The catalog's files (what every node of the cluster can read).
     pub fn catalog_files(&self) -> Vec<xnode_catalog::FileRecord> {
-        self.alloc.lock().expect("not poisoned").catalog.state().files()
+        self.catalog.lock().expect("not poisoned").state().files()
+    }
+
+    /// Entries of `author`'s catalog log this node has.
+    pub(crate) fn catalog_len_of(&self, author: &PeerId) -> u64 {
+        self.catalog.lock().expect("not poisoned").state().len_of(author)
+    }
+
+    /// Whether the catalog ever listed `root` (added or removed).
+    pub(crate) fn catalog_mentions(&self, root: &Cid) -> bool {
+        self.catalog.lock().expect("not poisoned").state().mentions(root)
+    }
+
+    /// Whether a local pin should be published: the catalog does not list it, and did not remove it after it was
+    /// pinned.
+    pub(crate) fn catalog_should_publish(&self, pin: &xnode_storage::Pin) -> bool {
+        let catalog = self.catalog.lock().expect("not poisoned");
+        let state = catalog.state();
+        let listed = state.files().iter().any(|f| f.root == pin.root);
+        let removed_later = state.removed_at(&pin.root).is_some_and(|t| t >= pin.added_at * 1000);
+        !listed && !removed_later
+    }
+
+    /// Applies fetched entries of one log, oldest first; returns those applied (to store) and whether all were.
+    pub(crate) async fn apply_catalog(&self, chain: Vec<(Cid, Bytes)>) -> (Vec<(Cid, Bytes)>, bool) {
+        let mut applied = Vec::new();
+        let mut complete = true;
+        {
+            let mut catalog = self.catalog.lock().expect("not poisoned");
+            for (cid, data) in chain {
+                match catalog.apply(&cid, &data) {
+                    Ok(_) => applied.push((cid, data)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "catalog entry refused");
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if !applied.is_empty() {
+            tracing::info!(entries = applied.len(), "catalog log grew");
+            self.flush_catalog().await;
+            self.catalog_grew();
+        }
+        (applied, complete)
+    }
+
+    async fn flush_catalog(&self) {
+        // sled's flush is an fsync: never under the catalog lock, never on the async threads.
+        let tree = self.catalog.lock().expect("not poisoned").flush_handle();
+        let _ = tokio::task::spawn_blocking(move || tree.flush()).await;
+    }
+
+    pub(crate) fn set_report(&self, report: crate::alloc::Report) {
+        self.report.send_replace(report);
+    }
+
+    fn heads_json(&self) -> String {
+        crate::alloc::heads_json(&self.catalog.lock().expect("not poisoned").state().heads())
     }
 
     /// A receiver that changes whenever the catalog grows (entries of any author).
@@ -325,12 +392,7 @@ impl Node {
     /// head at once.
     pub(crate) async fn append_catalog(self: &Arc<Self>, op: xnode_catalog::Op) -> Result<(), InstanceError> {
         let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let (cid, bytes) = {
-            let mut a = self.alloc.lock().expect("not poisoned");
-            let appended = a.catalog.append(&self.key, op, at_ms as u64)?;
-            a.report.heads_json = crate::alloc::heads_json_of(&a.catalog);
-            appended
-        };
+        let (cid, bytes) = self.catalog.lock().expect("not poisoned").append(&self.key, op, at_ms as u64)?;
         let store = self.repo.store().clone();
         tokio::task::spawn_blocking(move || -> Result<(), InstanceError> {
             let mut w = store.cached_writer();
@@ -374,12 +436,11 @@ impl Node {
         next.blocks = stats.blocks;
         next.phase = self.phase().as_str().to_string();
         {
-            let a = self.alloc.lock().expect("not poisoned");
-            next.wanted = a.report.wanted.len() as u64;
-            next.under_replicated = a.report.under_replicated;
-            next.catalog = a.report.heads_json.clone();
-            next.settled = a.report.settled.clone();
+            let report = self.report.borrow();
+            next.wanted = report.wanted_count;
+            next.under_replicated = report.under_replicated;
         }
+        next.catalog = self.heads_json();
         if next != *meta {
             let handle = self.membership.read().expect("not poisoned").as_ref().map(Membership::meta_setter);
             let Some(setter) = handle else { return };
@@ -393,16 +454,13 @@ impl Node {
 
     /// The catalog's files with their replication health, as of the last allocation round.
     pub fn files_health(&self) -> Vec<FileHealth> {
-        self.alloc.lock().expect("not poisoned").report.health.clone()
+        self.report.borrow().health.clone()
     }
 
     /// Blocks this node should hold and does not yet; at most `limit` CIDs are listed.
     pub fn wanted(&self, limit: usize) -> Wanted {
-        let a = self.alloc.lock().expect("not poisoned");
-        Wanted {
-            count: a.report.wanted.len() as u64,
-            cids: a.report.wanted.iter().take(limit).map(|c| c.to_string()).collect(),
-        }
+        let report = self.report.borrow();
+        Wanted { count: report.wanted_count, cids: report.wanted.iter().take(limit).map(|c| c.to_string()).collect() }
     }
 
     /// Blocks this node holds for the cluster (pinned or kept by the allocation; read caches excluded), at most

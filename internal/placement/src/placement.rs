@@ -40,6 +40,9 @@ pub enum PlacementError {
     /// Two members share a name, so their draws would coincide and nodes could disagree about which one it is.
     #[error("node {0:?} appears twice in the membership view")]
     DuplicateNode(String),
+    /// Partitions must be a power of two (so a partition is a prefix of the block key) and at most 2^24.
+    #[error("the number of partitions must be a power of two between 1 and 16777216 (XNODE_PARTITIONS), got {0}")]
+    BadPartitionCount(u32),
 }
 
 #[derive(Debug, Clone)]

@@ -403,6 +403,13 @@ impl Store {
         Ok(())
     }
 
+    /// A named tree in the store's index database, for an index another crate keeps beside the blocks (the
+    /// allocation's leaf index, say): it shares the store's cache and files, so it costs no second database. The
+    /// store never reads or writes it; `flush` makes it durable with the rest.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+
     /// Makes every index change so far durable. Commits already do this; call it at shutdown.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.inner.db.flush()?;

@@ -1,0 +1,955 @@
+//! The allocation loop: every node keeps the catalog and the interior blocks of every catalog file, and fetches and
+//! keeps the leaves of the partitions the layout gives it, so the cluster keeps each file at its replication factor
+//! by itself. Work is in proportion to what changed, not to what the cluster stores (docs/allocation.md).
+//!
+//! One task owns the allocation state ([`core::AllocCore`], the decisions, and [`index::Index`], the on-disk
+//! catalog index); the rest of the node reads what it publishes ([`Report`], [`HeldDigests`]). Each round:
+//! 1. pull catalog entries the members' gossiped heads say we lack, and publish local pins the catalog lacks;
+//! 2. when the catalog changed: index each new file once (its DAG walked, interior blocks kept, leaves listed by
+//!    partition), unindex removed ones and release their copies;
+//! 3. when the view changed: a new layout (only the partitions that changed hands become work);
+//! 4. fetch the missing leaves of our incomplete partitions, within the store's room;
+//! 5. hand off surplus partitions: ask their holders for the digest of what they keep there, and release our
+//!    copies of a partition once every holder showed it has every leaf;
+//! 6. every few seconds, file health from what each member shows it holds.
+
+mod ask;
+pub mod core;
+mod index;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cid::Cid;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use xnode_catalog::{FileRecord, Head, Heads, Op};
+use xnode_dag::pb::{DataType, PbNode, UnixFsData};
+use xnode_gossip::{Member, MemberState};
+use xnode_p2p::PeerId;
+use xnode_placement::NodeInfo;
+
+use self::core::{AllocCore, SetDigest};
+use self::index::Index;
+use crate::node::{FileHealth, Node, Phase};
+use crate::InstanceError;
+
+/// Time between two rounds.
+const ROUND: Duration = Duration::from_millis(1000);
+/// Time between two health sweeps (each asks every member one summary of its share).
+const HEALTH_EVERY: Duration = Duration::from_secs(3);
+/// How long one catalog entry or interior block is looked for before the round moves on (it is retried next round).
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one leaf is looked for.
+const LEAF_TIMEOUT: Duration = Duration::from_secs(20);
+/// Leaves fetched at once.
+const FETCH_CONCURRENCY: usize = 48;
+/// Most leaves fetched in one round, so a change of view is noticed within a few seconds even mid-repair.
+const FETCH_PER_ROUND: usize = 4096;
+/// Most surplus partitions asked about in one round.
+const HANDOFF_PER_ROUND: usize = 8192;
+/// Most partitions or blocks in one question to a member (the holdings protocol's bound).
+const ASK_CHUNK: usize = 8192;
+/// Fetched blocks are written to the store in batches of this many.
+const WRITE_BATCH: usize = 64;
+/// Wanted CIDs listed in the report (the count is exact).
+const WANTED_LISTED: usize = 1000;
+/// A dag-pb child whose total size exceeds the file bytes under it by less than this is a leaf: an interior node
+/// carries at least one link (>= 36 bytes) on top of its children's overhead, a leaf only its UnixFS framing (~14).
+const LEAF_OVERHEAD: u64 = 32;
+/// The weight given to a member with an unlimited store, so placement shares stay finite.
+const UNLIMITED_WEIGHT: u64 = 1 << 50;
+
+/// Settings of the allocation, from the node's config.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AllocConfig {
+    /// Copies of each block.
+    pub(crate) replication: usize,
+    /// Partitions blocks hash into (a power of two, the same on every member).
+    pub(crate) partitions: u32,
+}
+
+/// What the loop found, for the API, the dashboard and the gossiped metadata.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Report {
+    pub(crate) phase: Option<Phase>,
+    /// Blocks placement gives us that we do not hold yet (the first [`WANTED_LISTED`]).
+    pub(crate) wanted: Vec<Cid>,
+    /// How many blocks placement gives us that we do not hold yet.
+    pub(crate) wanted_count: u64,
+    /// Blocks we should hold but could not fetch this round (store full, nobody has them).
+    pub(crate) under_replicated: u64,
+    /// Every catalog file with its replication health, as of the last sweep.
+    pub(crate) health: Vec<FileHealth>,
+    /// Partitions given to this node, and how many of them it holds completely.
+    pub(crate) partitions_mine: u64,
+    pub(crate) partitions_complete: u64,
+    /// Surplus partitions waiting for their holders' evidence.
+    pub(crate) partitions_surplus: u64,
+}
+
+/// What this node keeps, per partition, as the allocation task last published it: what the holdings protocol
+/// answers to members. Written only by the allocation task; readers take a short read lock.
+#[derive(Debug)]
+pub(crate) struct HeldDigests {
+    held: RwLock<Vec<SetDigest>>,
+}
+
+impl HeldDigests {
+    pub(crate) fn new(partitions: u32) -> Self {
+        HeldDigests { held: RwLock::new(vec![SetDigest::default(); partitions as usize]) }
+    }
+
+    pub(crate) fn digests(&self, partitions: &[u32]) -> Vec<SetDigest> {
+        let held = self.held.read().expect("not poisoned");
+        partitions.iter().map(|&p| held.get(p as usize).copied().unwrap_or_default()).collect()
+    }
+
+    pub(crate) fn summary(&self, bitmap: &[u8]) -> SetDigest {
+        let held = self.held.read().expect("not poisoned");
+        let mut out = SetDigest::default();
+        for (i, &byte) in bitmap.iter().enumerate().filter(|(_, b)| **b != 0) {
+            for bit in 0..8 {
+                if byte >> bit & 1 == 1 {
+                    if let Some(d) = held.get(i * 8 + bit) {
+                        out.add(d);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn set(&self, partition: u32, digest: SetDigest) {
+        if let Some(slot) = self.held.write().expect("not poisoned").get_mut(partition as usize) {
+            *slot = digest;
+        }
+    }
+}
+
+/// Gossiped heads: `{"<peer id>": [len, "<cid>"]}`.
+pub(crate) fn heads_json(heads: &Heads) -> String {
+    let map: BTreeMap<String, (u64, String)> =
+        heads.iter().map(|(p, h)| (p.to_string(), (h.len, h.cid.to_string()))).collect();
+    serde_json::to_string(&map).unwrap_or_default()
+}
+
+fn parse_heads(json: &str) -> Heads {
+    let Ok(map) = serde_json::from_str::<BTreeMap<String, (u64, String)>>(json) else { return Heads::new() };
+    map.into_iter()
+        .filter_map(|(p, (len, cid))| Some((p.parse().ok()?, Head { len, cid: Cid::try_from(cid.as_str()).ok()? })))
+        .collect()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking allocation work does not panic")
+}
+
+/// The state the allocation task owns.
+struct Allocator {
+    core: AllocCore,
+    index: Index,
+    held: Arc<HeldDigests>,
+    /// The catalog version last indexed; `None` until the first pass.
+    indexed_version: Option<u64>,
+    /// Files whose DAG could not be walked yet (retried every round).
+    unwalked: BTreeSet<Cid>,
+    /// Members' shares found incomplete by the last health sweep: member -> partitions.
+    incomplete_members: BTreeMap<String, BTreeSet<u32>>,
+    last_health: Option<Instant>,
+    /// Something that health depends on changed since the last sweep.
+    health_dirty: bool,
+    report: Report,
+}
+
+/// Runs the allocation until `stop`.
+pub(crate) async fn run(
+    node: std::sync::Weak<Node>,
+    config: AllocConfig,
+    held: Arc<HeldDigests>,
+    stop: CancellationToken,
+) {
+    let Some(first) = node.upgrade() else { return };
+    let mut alloc = match Allocator::open(&first, config, held).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the allocation index; this node will not allocate");
+            return;
+        }
+    };
+    drop(first);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(ROUND) => {}
+        }
+        let Some(node) = node.upgrade() else { return };
+        if let Err(e) = alloc.round(&node).await {
+            tracing::warn!(error = %e, "allocation round failed; retrying");
+        }
+        node.set_report(alloc.report.clone());
+        node.publish_meta().await;
+    }
+}
+
+impl Allocator {
+    /// Opens the index and loads the per-partition digests: the catalog's from the index, ours from the blocks the
+    /// store keeps (one pass over this node's own blocks, at start only).
+    async fn open(node: &Arc<Node>, config: AllocConfig, held: Arc<HeldDigests>) -> Result<Self, InstanceError> {
+        let mut core = AllocCore::new(node.name(), config.partitions, config.replication)
+            .map_err(|e| InstanceError::BadUpload(e.to_string()))?;
+        let store = node.repo().store().clone();
+        let partitions = config.partitions;
+        let (index, expected, kept) = blocking(move || -> Result<_, InstanceError> {
+            let index = Index::open(store.tree("alloc")?, partitions).map_err(index_error)?;
+            let expected = index.digests().map_err(index_error)?;
+            let mut kept = Vec::new();
+            for cid in store.kept()? {
+                if index.is_leaf(&cid).map_err(index_error)? {
+                    kept.push(cid);
+                }
+            }
+            Ok((index, expected, kept))
+        })
+        .await?;
+        for (p, d) in expected {
+            core.load_expected(p, d);
+        }
+        for cid in &kept {
+            let bytes = cid.to_bytes();
+            core.kept(core.partition_of(&bytes), &SetDigest::of_cid(&bytes));
+        }
+        for p in 0..core.partitions() {
+            held.set(p, core.held(p));
+        }
+        tracing::info!(partitions, leaves_kept = kept.len(), "allocation index opened");
+        Ok(Allocator {
+            core,
+            index,
+            held,
+            indexed_version: None,
+            unwalked: BTreeSet::new(),
+            incomplete_members: BTreeMap::new(),
+            last_health: None,
+            health_dirty: true,
+            report: Report::default(),
+        })
+    }
+
+    fn kept(&mut self, cid: &Cid) {
+        let bytes = cid.to_bytes();
+        let p = self.core.partition_of(&bytes);
+        self.core.kept(p, &SetDigest::of_cid(&bytes));
+        self.held.set(p, self.core.held(p));
+    }
+
+    fn released(&mut self, cid: &Cid) {
+        let bytes = cid.to_bytes();
+        let p = self.core.partition_of(&bytes);
+        self.core.released(p, &SetDigest::of_cid(&bytes));
+        self.held.set(p, self.core.held(p));
+    }
+
+    async fn round(&mut self, node: &Arc<Node>) -> Result<(), InstanceError> {
+        let members = node.members();
+        let alive: Vec<&Member> = members.iter().filter(|m| m.state == MemberState::Alive).collect();
+        if !node.joined() && !node.starts_alone() {
+            self.report.phase = Some(Phase::LookingForPeers);
+            return Ok(());
+        }
+
+        // 1. The catalog.
+        let synced = sync_catalog(node, &alive).await;
+        publish_pins(node).await?;
+
+        // 2. Index what the catalog added and removed, if it changed.
+        let version = *node.catalog_changes().borrow();
+        if self.indexed_version != Some(version) || !self.unwalked.is_empty() {
+            self.index_catalog(node).await?;
+            self.indexed_version = Some(version);
+            self.health_dirty = true;
+        }
+
+        // 3. The view. Members that died or left stay in it, marked departed, until membership forgets them: their
+        //    partitions go to the next node of each ranking and nothing else moves (docs/placement.md).
+        let departed: Vec<&str> = members
+            .iter()
+            .filter(|m| m.state != MemberState::Alive && !alive.iter().any(|a| a.name == m.name))
+            .map(|m| m.name.as_str())
+            .collect();
+        let weight = |m: &Member| if m.meta.capacity == u64::MAX { UNLIMITED_WEIGHT } else { m.meta.capacity };
+        let mut view: Vec<NodeInfo> = Vec::new();
+        for m in &members {
+            if !view.iter().any(|v| v.name == m.name) {
+                view.push(NodeInfo { name: m.name.clone(), capacity: weight(m) });
+            }
+        }
+        let change = self.core.set_view(&view, &departed).map_err(|e| InstanceError::BadUpload(e.to_string()))?;
+        if change.changed {
+            tracing::info!(
+                members = view.len(),
+                departed = departed.len(),
+                gained = change.gained.len(),
+                lost = change.lost.len(),
+                "new partition layout"
+            );
+            self.incomplete_members.clear();
+            self.health_dirty = true;
+        }
+
+        // 4. Fetch what is ours and missing.
+        let (missing, unfetched) = self.fetch_incomplete(node).await?;
+
+        // 5. Hand off surplus partitions on evidence.
+        if !self.core.surplus().is_empty() {
+            self.hand_off(node, &alive).await?;
+        }
+
+        // 6. Health.
+        // Every few seconds whatever happened (a member may have lost copies without telling): the sweep costs
+        // one summary per member, whatever the cluster stores. Sooner when something here changed.
+        let due = self.last_health.is_none_or(|t| t.elapsed() >= HEALTH_EVERY);
+        if due || (self.health_dirty && self.last_health.is_none_or(|t| t.elapsed() >= ROUND)) {
+            self.sweep_health(node, &alive).await?;
+        }
+
+        let metadata_complete = synced && self.unwalked.is_empty();
+        self.report.phase = Some(if !metadata_complete {
+            Phase::FetchingMetadata
+        } else if !self.core.incomplete().is_empty() {
+            Phase::PickingBlocks
+        } else {
+            Phase::Seeding
+        });
+        self.report.wanted_count = missing.len() as u64;
+        self.report.wanted = missing.into_iter().take(WANTED_LISTED).collect();
+        self.report.under_replicated = unfetched;
+        self.report.partitions_surplus = self.core.surplus().len() as u64;
+        if let Some(layout) = self.core.layout() {
+            let mine = layout
+                .index_of(node.name())
+                .map_or(0, |i| (0..layout.partitions()).filter(|&p| layout.holds(i, p)).count() as u64);
+            self.report.partitions_mine = mine;
+            self.report.partitions_complete = mine - self.core.incomplete().len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Indexes catalog files not indexed yet and unindexes removed ones; keeps the blocks of files this node added
+    /// (then drops their staging pins) and releases the copies of removed files.
+    async fn index_catalog(&mut self, node: &Arc<Node>) -> Result<(), InstanceError> {
+        let files = node.catalog_files();
+        let listed: HashSet<Cid> = files.iter().map(|f| f.root).collect();
+        let store = node.repo().store().clone();
+        let index = self.index.clone();
+        let listed_here = listed.clone();
+        let (todo, removed, pins) = blocking(move || -> Result<_, InstanceError> {
+            let mut todo = Vec::new();
+            for f in files {
+                if index.file(&f.root).map_err(index_error)?.is_none() {
+                    todo.push(f);
+                }
+            }
+            let removed: Vec<Cid> =
+                index.files().map_err(index_error)?.into_iter().filter(|r| !listed_here.contains(r)).collect();
+            Ok((todo, removed, store.pins()?))
+        })
+        .await?;
+        self.unwalked.clear();
+        for f in todo {
+            let (interior, leaves) = match walk(node, &f).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(root = %f.root, error = %e, "metadata not complete yet");
+                    self.unwalked.insert(f.root);
+                    continue;
+                }
+            };
+            let index = self.index.clone();
+            let store = node.repo().store().clone();
+            let root = f.root;
+            let pinned = pins.iter().any(|p| p.root == root);
+            let (delta, newly_kept) = blocking(move || -> Result<_, InstanceError> {
+                let delta = index.add_file(&root, &interior, &leaves).map_err(index_error)?;
+                store.keep(&interior)?;
+                // A file this node added: its leaves become allocation copies like fetched ones (handed off on
+                // evidence), and the staging pin goes.
+                let mut newly_kept = Vec::new();
+                if pinned {
+                    for (cid, _) in &leaves {
+                        if !store.is_kept(cid)? && store.has(cid)? {
+                            newly_kept.push(*cid);
+                        }
+                    }
+                    store.keep(&newly_kept)?;
+                    store.unpin(&root)?;
+                }
+                Ok((delta, newly_kept))
+            })
+            .await?;
+            for (p, cid, _) in &delta.leaves {
+                self.core.leaf_listed(*p, &SetDigest::of_cid(&cid.to_bytes()));
+            }
+            for cid in &newly_kept {
+                self.kept(cid);
+            }
+            tracing::debug!(root = %f.root, new_leaves = delta.leaves.len(), kept = newly_kept.len(), "file indexed");
+        }
+        for root in removed {
+            let index = self.index.clone();
+            let store = node.repo().store().clone();
+            let (delta, released) = blocking(move || -> Result<_, InstanceError> {
+                let delta = index.remove_file(&root).map_err(index_error)?;
+                let mut released = Vec::new();
+                for (_, cid, _) in &delta.leaves {
+                    if store.is_kept(cid)? {
+                        released.push(*cid);
+                    }
+                }
+                let mut drop: Vec<Cid> = released.clone();
+                drop.extend(delta.interior.iter().copied());
+                store.release(&drop)?;
+                if store.pin(&root)?.is_some() {
+                    store.unpin(&root)?;
+                }
+                Ok((delta, released))
+            })
+            .await?;
+            for (p, cid, _) in &delta.leaves {
+                self.core.leaf_unlisted(*p, &SetDigest::of_cid(&cid.to_bytes()));
+            }
+            for cid in &released {
+                self.released(cid);
+            }
+            tracing::info!(%root, released = released.len(), "file removed from the catalog; copies dropped");
+        }
+        // Pins of files the catalog removed after they were pinned.
+        let store = node.repo().store().clone();
+        let removed_pins: Vec<Cid> = pins
+            .iter()
+            .filter(|p| !listed.contains(&p.root) && node.catalog_mentions(&p.root))
+            .map(|p| p.root)
+            .collect();
+        if !removed_pins.is_empty() {
+            blocking(move || -> Result<(), InstanceError> {
+                for root in removed_pins {
+                    store.unpin(&root)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps or fetches the missing leaves of our incomplete partitions (at most [`FETCH_PER_ROUND`] fetched per
+    /// round). Returns the leaves still missing and how many of them could not be fetched this round.
+    async fn fetch_incomplete(&mut self, node: &Arc<Node>) -> Result<(Vec<Cid>, u64), InstanceError> {
+        if self.core.incomplete().is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let partitions: Vec<u32> = self.core.incomplete().iter().copied().collect();
+        let index = self.index.clone();
+        let store = node.repo().store().clone();
+        // Per partition: leaves stored but not kept yet (a read cache, an add), and leaves to fetch.
+        let (present, absent) = blocking(move || -> Result<_, InstanceError> {
+            let (mut present, mut absent) = (Vec::new(), Vec::new());
+            for p in partitions {
+                for (cid, size) in index.leaves_in(p).map_err(index_error)? {
+                    if store.is_kept(&cid)? {
+                        continue;
+                    }
+                    if store.has(&cid)? {
+                        present.push(cid);
+                    } else {
+                        absent.push((cid, size));
+                    }
+                }
+            }
+            store.keep(&present)?;
+            Ok((present, absent))
+        })
+        .await?;
+        for cid in &present {
+            self.kept(cid);
+        }
+        if absent.is_empty() {
+            // Every listed leaf is kept, yet some partition is not complete: our digests drifted from the store
+            // (a crash between a keep and its record). Recount those partitions from the index and the store.
+            self.recount_incomplete(node).await?;
+            return Ok((Vec::new(), 0));
+        }
+        let fetched = fetch_leaves(node, &absent).await;
+        for cid in &fetched {
+            self.kept(cid);
+        }
+        let fetched: HashSet<Cid> = fetched.into_iter().collect();
+        let missing: Vec<Cid> = absent.iter().map(|(c, _)| *c).filter(|c| !fetched.contains(c)).collect();
+        let unfetched = missing.len() as u64;
+        Ok((missing, unfetched))
+    }
+
+    async fn recount_incomplete(&mut self, node: &Arc<Node>) -> Result<(), InstanceError> {
+        let partitions: Vec<u32> = self.core.incomplete().iter().copied().collect();
+        let index = self.index.clone();
+        let store = node.repo().store().clone();
+        let counted = blocking(move || -> Result<Vec<(u32, SetDigest)>, InstanceError> {
+            let mut out = Vec::new();
+            for p in partitions {
+                let mut d = SetDigest::default();
+                for (cid, _) in index.leaves_in(p).map_err(index_error)? {
+                    if store.is_kept(&cid)? {
+                        d.add(&SetDigest::of_cid(&cid.to_bytes()));
+                    }
+                }
+                out.push((p, d));
+            }
+            Ok(out)
+        })
+        .await?;
+        for (p, d) in counted {
+            if d != self.core.held(p) {
+                tracing::warn!(partition = p, "held digest drifted from the store; recounted");
+                let old = self.core.held(p);
+                self.core.released(p, &old);
+                self.core.kept(p, &d);
+                self.held.set(p, d);
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the holders of our surplus partitions what they keep there, and releases each partition whose holders
+    /// all showed every leaf.
+    async fn hand_off(&mut self, node: &Arc<Node>, alive: &[&Member]) -> Result<(), InstanceError> {
+        let questions = self.core.hand_off_questions(HANDOFF_PER_ROUND);
+        let mut free: Vec<u32> = Vec::new();
+        for (holder, parts) in questions {
+            let Some(peer) = peer_of(alive, &holder) else { continue };
+            for chunk in parts.chunks(ASK_CHUNK) {
+                let answers = match ask::digests(node, peer, chunk.to_vec()).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(%holder, error = %e, "holder did not answer; hand-off waits");
+                        break;
+                    }
+                };
+                for (&p, d) in chunk.iter().zip(&answers) {
+                    if self.core.evidence(&holder, p, d) {
+                        free.push(p);
+                    }
+                }
+            }
+        }
+        if free.is_empty() {
+            return Ok(());
+        }
+        let index = self.index.clone();
+        let store = node.repo().store().clone();
+        let parts = free.clone();
+        let released = blocking(move || -> Result<Vec<Cid>, InstanceError> {
+            let mut drop = Vec::new();
+            for p in parts {
+                for (cid, _) in index.leaves_in(p).map_err(index_error)? {
+                    if store.is_kept(&cid)? {
+                        drop.push(cid);
+                    }
+                }
+            }
+            store.release(&drop)?;
+            Ok(drop)
+        })
+        .await?;
+        for cid in &released {
+            self.released(cid);
+        }
+        tracing::info!(
+            partitions = free.len(),
+            released = released.len(),
+            "handed off copies their holders showed they hold"
+        );
+        self.health_dirty = true;
+        Ok(())
+    }
+
+    /// Asks every live member of the layout for one summary of what it keeps in its share, drills into the shares
+    /// that differ from the catalog, and computes each file's health from that.
+    async fn sweep_health(&mut self, node: &Arc<Node>, alive: &[&Member]) -> Result<(), InstanceError> {
+        self.last_health = Some(Instant::now());
+        self.health_dirty = false;
+        let Some(layout) = self.core.layout().cloned() else { return Ok(()) };
+        let mut incomplete: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+        for name in layout.nodes() {
+            let bitmap = layout.bitmap_of(name);
+            let expected = self.core.expected_summary(&bitmap);
+            let mine = layout.partitions_of(name);
+            if name == node.name() {
+                let inc: BTreeSet<u32> = mine.into_iter().filter(|&p| self.core.incomplete().contains(&p)).collect();
+                if !inc.is_empty() {
+                    incomplete.insert(name.clone(), inc);
+                }
+                continue;
+            }
+            let Some(peer) = peer_of(alive, name) else {
+                incomplete.insert(name.clone(), mine.into_iter().collect());
+                continue;
+            };
+            match ask::summary(node, peer, bitmap).await {
+                Ok(s) if s == expected => continue,
+                Ok(_) => {}
+                Err(_) => {
+                    incomplete.insert(name.clone(), mine.into_iter().collect());
+                    continue;
+                }
+            }
+            let mut inc = BTreeSet::new();
+            for chunk in mine.chunks(ASK_CHUNK) {
+                match ask::digests(node, peer, chunk.to_vec()).await {
+                    Ok(answers) => {
+                        for (&p, d) in chunk.iter().zip(&answers) {
+                            if *d != self.core.expected(p) {
+                                inc.insert(p);
+                            }
+                        }
+                    }
+                    Err(_) => inc.extend(chunk.iter().copied()),
+                }
+            }
+            if !inc.is_empty() {
+                incomplete.insert(name.clone(), inc);
+            }
+        }
+        self.incomplete_members = incomplete;
+        self.report.health = self.file_health(node, alive, &layout).await?;
+        Ok(())
+    }
+
+    /// Each catalog file's health. Files with no leaf in a partition some holder lacks are at RF without looking
+    /// at their blocks; the leaves of those partitions are checked one by one, asking the holders that lack
+    /// something (and, for a leaf no holder has, every live member) whether they have it.
+    async fn file_health(
+        &self,
+        node: &Arc<Node>,
+        alive: &[&Member],
+        layout: &xnode_placement::Layout,
+    ) -> Result<Vec<FileHealth>, InstanceError> {
+        let files = node.catalog_files();
+        let troubled: BTreeSet<u32> = self.incomplete_members.values().flatten().copied().collect();
+        let index = self.index.clone();
+        let roots: Vec<Cid> = files.iter().map(|f| f.root).collect();
+        let (infos, pairs) = blocking(move || -> Result<_, InstanceError> {
+            let mut infos = HashMap::new();
+            for root in roots {
+                if let Some(info) = index.file(&root).map_err(index_error)? {
+                    infos.insert(root, info);
+                }
+            }
+            let mut pairs = Vec::new();
+            for p in troubled {
+                for (cid, root, _) in index.leaf_pairs_in(p).map_err(index_error)? {
+                    pairs.push((p, cid, root));
+                }
+            }
+            Ok((infos, pairs))
+        })
+        .await?;
+        // Per leaf of a troubled partition: how many live nodes hold it.
+        let mut copies: HashMap<Cid, usize> = HashMap::new();
+        let mut ask: BTreeMap<String, Vec<Cid>> = BTreeMap::new();
+        let mut distinct: Vec<(u32, Cid)> = pairs.iter().map(|(p, c, _)| (*p, *c)).collect();
+        distinct.dedup();
+        for &(p, cid) in &distinct {
+            let mut sure = 0;
+            for holder in layout.holders(p) {
+                if self.incomplete_members.get(holder).is_some_and(|s| s.contains(&p)) {
+                    ask.entry(holder.to_string()).or_default().push(cid);
+                } else {
+                    sure += 1;
+                }
+            }
+            copies.insert(cid, sure);
+        }
+        for (holder, cids) in ask {
+            for (cid, has) in self.ask_have(node, alive, &holder, cids).await {
+                if has {
+                    *copies.entry(cid).or_default() += 1;
+                }
+            }
+        }
+        // Leaves no holder has: does anyone (an uploader not done handing off, a node that lost the partition)?
+        let orphans: Vec<Cid> = copies.iter().filter(|(_, &n)| n == 0).map(|(c, _)| *c).collect();
+        if !orphans.is_empty() {
+            for m in alive {
+                let have = self.ask_have(node, alive, &m.name, orphans.clone()).await;
+                for (cid, has) in have {
+                    if has {
+                        *copies.entry(cid).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let rf = self.core.layout().map_or(1, |l| l.replication().min(l.nodes().len().max(1)));
+        let mut per_file: HashMap<Cid, (u64, u64)> = HashMap::new();
+        for (_, cid, root) in &pairs {
+            let n = copies.get(cid).copied().unwrap_or(0);
+            let entry = per_file.entry(*root).or_default();
+            if n == 0 {
+                entry.1 += 1;
+            } else if n < rf {
+                entry.0 += 1;
+            }
+        }
+        Ok(files
+            .iter()
+            .map(|f| {
+                let blocks = infos.get(&f.root).map_or(f.blocks, |i| i.leaves + i.interior);
+                let (under, missing) = per_file.get(&f.root).copied().unwrap_or((0, 0));
+                let indexed = infos.contains_key(&f.root);
+                FileHealth {
+                    root: f.root.to_string(),
+                    name: f.name.clone(),
+                    size: f.size,
+                    added_at: f.added_at,
+                    added_by: f.added_by.clone(),
+                    blocks,
+                    at_rf: if indexed { blocks - under - missing } else { 0 },
+                    under_replicated: if indexed { under } else { 0 },
+                    missing: if indexed { missing } else { blocks },
+                }
+            })
+            .collect())
+    }
+
+    /// Whether `member` has each of `cids` (ourselves from the store); a member that does not answer has none.
+    async fn ask_have(&self, node: &Arc<Node>, alive: &[&Member], member: &str, cids: Vec<Cid>) -> Vec<(Cid, bool)> {
+        if member == node.name() {
+            let store = node.repo().store().clone();
+            return blocking(move || cids.into_iter().map(|c| (c, store.has(&c).unwrap_or(false))).collect()).await;
+        }
+        let Some(peer) = peer_of(alive, member) else { return cids.into_iter().map(|c| (c, false)).collect() };
+        let mut out = Vec::with_capacity(cids.len());
+        for chunk in cids.chunks(ASK_CHUNK) {
+            match ask::have(node, peer, chunk.to_vec()).await {
+                Ok(answers) => out.extend(chunk.iter().copied().zip(answers)),
+                Err(_) => out.extend(chunk.iter().map(|c| (*c, false))),
+            }
+        }
+        out
+    }
+}
+
+fn index_error(e: index::IndexError) -> InstanceError {
+    InstanceError::BadUpload(e.to_string())
+}
+
+fn peer_of(alive: &[&Member], name: &str) -> Option<PeerId> {
+    alive.iter().find(|m| m.name == name).and_then(|m| m.meta.peer_id.parse().ok())
+}
+
+/// Stores blocks (already verified) and keeps them.
+async fn store_and_keep(node: &Arc<Node>, blocks: Vec<(Cid, Bytes)>) -> Result<(), InstanceError> {
+    if blocks.is_empty() {
+        return Ok(());
+    }
+    let store = node.repo().store().clone();
+    blocking(move || {
+        let mut w = store.writer();
+        for (cid, data) in &blocks {
+            w.put(cid, data)?;
+        }
+        w.commit(None)?;
+        let cids: Vec<Cid> = blocks.iter().map(|(c, _)| *c).collect();
+        store.keep(&cids)?;
+        Ok(())
+    })
+    .await
+}
+
+/// Pulls entries of every log some live member has more of. Returns whether we now have every head we saw.
+async fn sync_catalog(node: &Arc<Node>, alive: &[&Member]) -> bool {
+    let mut wanted: BTreeMap<PeerId, Head> = BTreeMap::new();
+    for m in alive.iter().filter(|m| !m.is_self) {
+        for (author, head) in parse_heads(&m.meta.catalog) {
+            if wanted.get(&author).is_none_or(|h| h.len < head.len) {
+                wanted.insert(author, head);
+            }
+        }
+    }
+    let mut complete = true;
+    for (author, head) in wanted {
+        let have = node.catalog_len_of(&author);
+        if have >= head.len {
+            continue;
+        }
+        // Walk back from the head to what we have, then apply oldest first.
+        let mut chain: Vec<(Cid, Bytes)> = Vec::new();
+        let mut next = Some(head.cid);
+        let mut failed = false;
+        while let Some(cid) = next {
+            if chain.len() as u64 >= head.len - have {
+                break;
+            }
+            let data = match node.net().fetch_block(cid, METADATA_TIMEOUT).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(%author, %cid, error = %e, "catalog entry not fetched yet");
+                    failed = true;
+                    break;
+                }
+            };
+            match xnode_catalog::Entry::verify(&cid, &data) {
+                Ok(e) if e.author == author => next = e.prev,
+                Ok(_) | Err(_) => {
+                    tracing::warn!(%author, %cid, "a peer gossiped a catalog head that is not a valid entry of its log");
+                    failed = true;
+                    break;
+                }
+            }
+            chain.push((cid, data));
+        }
+        if failed {
+            complete = false;
+            continue;
+        }
+        let (applied, ok) = node.apply_catalog(chain.into_iter().rev().collect()).await;
+        complete &= ok;
+        if let Err(e) = store_and_keep(node, applied).await {
+            tracing::warn!(error = %e, "could not store catalog entries");
+        }
+    }
+    complete
+}
+
+/// Adds a catalog entry for every local pin the catalog does not list (a file added through the API, the CLI
+/// or the watched folder), unless the catalog removed it after it was pinned.
+async fn publish_pins(node: &Arc<Node>) -> Result<(), InstanceError> {
+    let repo = node.repo().clone();
+    let pins = blocking(move || repo.pins()).await?;
+    for pin in pins {
+        if !node.catalog_should_publish(&pin) {
+            continue;
+        }
+        let record = FileRecord {
+            root: pin.root,
+            name: pin.name.clone(),
+            size: pin.size,
+            blocks: 0,
+            added_at: pin.added_at,
+            added_by: node.name().to_string(),
+        };
+        let (interior, leaves) = walk(node, &record).await?;
+        let record = FileRecord { blocks: (interior.len() + leaves.len()) as u64, ..record };
+        node.append_catalog(Op::Add(record)).await?;
+    }
+    Ok(())
+}
+
+/// Lists a file's interior blocks and leaves, fetching interior blocks the store lacks (and keeping them).
+///
+/// A file of one block is all leaf: its root is data, placed like any leaf, and is not fetched here. A raw block
+/// is always a leaf; a dag-pb child of a file node is one when its link's size is its data's plus framing.
+async fn walk(node: &Arc<Node>, file: &FileRecord) -> Result<(Vec<Cid>, Vec<(Cid, u32)>), InstanceError> {
+    let root = file.root;
+    if file.blocks == 1 || root.codec() == xnode_dag::RAW {
+        let store = node.repo().store().clone();
+        let size = blocking(move || store.block_size(&root)).await?.unwrap_or(file.size);
+        return Ok((Vec::new(), vec![(root, u32::try_from(size).unwrap_or(u32::MAX))]));
+    }
+    let (mut interior, mut leaves) = (Vec::new(), Vec::new());
+    let mut queue = vec![root];
+    while let Some(cid) = queue.pop() {
+        interior.push(cid);
+        let store = node.repo().store().clone();
+        let local = blocking(move || store.get(&cid)).await?;
+        let data = match local {
+            Some(d) => d,
+            None => {
+                let d = node.net().fetch_block(cid, METADATA_TIMEOUT).await?;
+                store_and_keep(node, vec![(cid, d.clone())]).await?;
+                d
+            }
+        };
+        if cid.codec() != xnode_dag::DAG_PB {
+            continue;
+        }
+        let pb = PbNode::decode(&data).map_err(|e| InstanceError::BadUpload(format!("block {cid}: {e}")))?;
+        let fs = pb.data.as_ref().and_then(|d| UnixFsData::decode(d).ok());
+        let is_file = fs.as_ref().is_some_and(|f| matches!(f.kind, DataType::File | DataType::Raw));
+        for (i, link) in pb.links.iter().enumerate() {
+            let covered = fs.as_ref().and_then(|f| f.blocksizes.get(i).copied());
+            let leaf = link.cid.codec() == xnode_dag::RAW
+                || (is_file && covered.is_some_and(|c| link.tsize.saturating_sub(c) < LEAF_OVERHEAD));
+            if leaf {
+                leaves.push((link.cid, u32::try_from(link.tsize).unwrap_or(u32::MAX)));
+            } else {
+                queue.push(link.cid);
+            }
+        }
+    }
+    Ok((interior, leaves))
+}
+
+/// Fetches `missing` leaves while the store has room; returns those fetched and kept.
+async fn fetch_leaves(node: &Arc<Node>, missing: &[(Cid, u32)]) -> Vec<Cid> {
+    let store = node.repo().store().clone();
+    let need: u64 = missing.iter().take(FETCH_PER_ROUND).map(|(_, s)| u64::from(*s)).sum();
+    let free = blocking(move || {
+        let free = store.stats().map(|s| s.free).unwrap_or(0);
+        if free >= need {
+            return free;
+        }
+        // Read caches (blocks fetched for a `cat` of a file this node does not hold) give way to allocation.
+        if let Ok(gc) = store.gc() {
+            if gc.blocks_deleted > 0 {
+                tracing::info!(blocks = gc.blocks_deleted, bytes = gc.bytes_freed, "evicted read cache for allocation");
+            }
+        }
+        store.stats().map(|s| s.free).unwrap_or(0)
+    })
+    .await;
+    let mut budget = free;
+    let mut todo = Vec::new();
+    for &(cid, size) in missing.iter().take(FETCH_PER_ROUND) {
+        if u64::from(size) > budget {
+            break;
+        }
+        budget -= u64::from(size);
+        todo.push(cid);
+    }
+    let asked = todo.len();
+    let mut got = Vec::new();
+    let mut batch: Vec<(Cid, Bytes)> = Vec::new();
+    let net = node.net().clone();
+    let mut fetches = futures::stream::iter(todo)
+        .map(|cid| {
+            let net = net.clone();
+            async move { (cid, net.fetch_block(cid, LEAF_TIMEOUT).await) }
+        })
+        .buffer_unordered(FETCH_CONCURRENCY);
+    while let Some((cid, result)) = fetches.next().await {
+        match result {
+            Ok(data) => {
+                batch.push((cid, data));
+                if batch.len() >= WRITE_BATCH {
+                    let cids: Vec<Cid> = batch.iter().map(|(c, _)| *c).collect();
+                    match store_and_keep(node, std::mem::take(&mut batch)).await {
+                        Ok(()) => got.extend(cids),
+                        Err(e) => tracing::warn!(error = %e, "could not store fetched blocks"),
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(%cid, error = %e, "block not fetched this round"),
+        }
+    }
+    let cids: Vec<Cid> = batch.iter().map(|(c, _)| *c).collect();
+    match store_and_keep(node, batch).await {
+        Ok(()) => got.extend(cids),
+        Err(e) => tracing::warn!(error = %e, "could not store fetched blocks"),
+    }
+    if !got.is_empty() {
+        tracing::info!(fetched = got.len(), asked, "allocation fetched its blocks");
+    }
+    got
+}

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use xnode_placement::{BlockKey, BlockRef, NodeInfo, Placement};
+use xnode_placement::{Layout, NodeInfo, DEFAULT_PARTITIONS};
 
 mod support;
 
@@ -35,8 +35,8 @@ fn start(dir: &std::path::Path, name: &str, seed: &str, capacity: &str) -> Runni
     )
 }
 
-/// The members `node` sees alive: name -> (capacity, settled plan, wanted).
-fn alive(node: &RunningNode) -> HashMap<String, (u64, String, u64)> {
+/// The members `node` sees alive: name -> (phase, wanted).
+fn alive(node: &RunningNode) -> HashMap<String, (String, u64)> {
     let v = get_json(node, "/api/v1/members");
     v.as_array()
         .into_iter()
@@ -46,45 +46,49 @@ fn alive(node: &RunningNode) -> HashMap<String, (u64, String, u64)> {
             let meta = &m["meta"];
             (
                 m["name"].as_str().unwrap().to_string(),
-                (
-                    meta["capacity"].as_u64().unwrap_or(0),
-                    meta["settled"].as_str().unwrap_or("").to_string(),
-                    meta["wanted"].as_u64().unwrap_or(u64::MAX),
-                ),
+                (meta["phase"].as_str().unwrap_or("").to_string(), meta["wanted"].as_u64().unwrap_or(u64::MAX)),
             )
         })
         .collect()
 }
 
-/// Waits until every node in `nodes` sees exactly `names` alive, all reporting the same settled plan, other than
-/// `previous` (the plan before the change under test, which members keep reporting until they notice the change).
-/// Returns the plan.
+/// Waits until every node in `nodes` sees exactly `names` alive and seeding with nothing wanted, lists `root` with
+/// every block at the replication factor, and holds exactly what the layout gives it (see [`placement_errors`]).
+#[allow(clippy::too_many_arguments)]
 fn wait_settled(
-    nodes: &[&RunningNode],
+    nodes: &[(&str, &RunningNode)],
     names: &[&str],
     root: &str,
-    previous: &str,
+    view: &[NodeInfo],
+    departed: &[&str],
+    dag: &(Vec<(String, u32)>, Vec<String>),
     within: Duration,
     what: &str,
-) -> String {
+) {
     let deadline = Instant::now() + within;
     loop {
-        let listed = nodes.iter().all(|n| get_json(n, "/api/v1/files").to_string().contains(root));
-        let views: Vec<_> = nodes.iter().map(|n| alive(n)).collect();
-        let ok = views.iter().all(|v| {
+        let views: Vec<_> = nodes.iter().map(|(_, n)| alive(n)).collect();
+        let seeding = views.iter().all(|v| {
             let mut seen: Vec<&str> = v.keys().map(String::as_str).collect();
             seen.sort_unstable();
-            let plans: HashSet<&str> = v.values().map(|(_, s, _)| s.as_str()).collect();
-            seen == names
-                && plans.len() == 1
-                && !plans.contains("")
-                && !plans.contains(previous)
-                && v.values().all(|(_, _, w)| *w == 0)
+            seen == names && v.values().all(|(phase, wanted)| phase == "seeding" && *wanted == 0)
         });
-        if ok && listed {
-            return views[0].values().next().unwrap().1.clone();
+        let healthy = nodes.iter().all(|(_, n)| {
+            let files = get_json(n, "/api/v1/files");
+            files.as_array().into_iter().flatten().any(|f| {
+                f["root"] == root && f["at_rf"] == f["blocks"] && f["missing"] == 0 && f["under_replicated"] == 0
+            })
+        });
+        let errors = if seeding && healthy { placement_errors(nodes, view, departed, &dag.0, &dag.1) } else { vec![] };
+        if seeding && healthy && errors.is_empty() {
+            return;
         }
-        assert!(Instant::now() < deadline, "{what}: the cluster did not settle; views: {views:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the cluster did not settle; seeding {seeding}, healthy {healthy}; views: {views:?}; \
+             first placement errors: {:?}",
+            &errors[..errors.len().min(5)]
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -109,32 +113,37 @@ fn dag_of(data: &[u8]) -> (Vec<(String, u32)>, Vec<String>) {
     (leaves, interior)
 }
 
-/// Checks that each leaf is on exactly the nodes placement names for `view` once the `departed` members' copies
-/// have been handed over, and each interior block on all of `nodes`.
-fn assert_placed(
+/// What is not where the partition layout for `view` (with the `departed` members' partitions handed over) puts
+/// it: a leaf on other nodes than its partition's holders, an interior block missing somewhere. The layout is
+/// computed here from `xnode-placement` directly; which blocks are leaves comes from the test's own import.
+fn placement_errors(
     nodes: &[(&str, &RunningNode)],
     view: &[NodeInfo],
     departed: &[&str],
     leaves: &[(String, u32)],
     interior: &[String],
-) {
-    let placement = Placement::new(view, 2).unwrap();
-    let key = |c: &str| BlockKey::of(&cid::Cid::try_from(c).unwrap().to_bytes());
-    let refs: Vec<BlockRef> = leaves.iter().map(|(c, s)| BlockRef { key: key(c), size: *s }).collect();
-    let assignment = placement.assign_without(&refs, departed);
+) -> Vec<String> {
+    let layout = Layout::new(view, departed, 2, DEFAULT_PARTITIONS).unwrap();
     let holdings: HashMap<&str, HashSet<String>> = nodes.iter().map(|(n, node)| (*n, held(node))).collect();
+    let mut errors = Vec::new();
     for (cid, _) in leaves {
-        let mut expected: Vec<&str> = assignment.holders(key(cid));
+        let p = layout.partition_of_cid(&cid::Cid::try_from(cid.as_str()).unwrap().to_bytes());
+        let mut expected: Vec<&str> = layout.holders(p).collect();
         expected.sort_unstable();
         let mut actual: Vec<&str> = holdings.iter().filter(|(_, h)| h.contains(cid)).map(|(n, _)| *n).collect();
         actual.sort_unstable();
-        assert_eq!(actual, expected, "leaf {cid} is not on exactly its placement nodes");
+        if actual != expected {
+            errors.push(format!("leaf {cid} on {actual:?}, its partition's holders are {expected:?}"));
+        }
     }
     for cid in interior {
         for (n, h) in &holdings {
-            assert!(h.contains(cid), "interior block {cid} missing on {n}");
+            if !h.contains(cid) {
+                errors.push(format!("interior block {cid} missing on {n}"));
+            }
         }
     }
+    errors
 }
 
 fn cat(node: &RunningNode, cid: &str) -> Vec<u8> {
@@ -180,17 +189,11 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     let (leaves, interior) = dag_of(&data);
     assert_eq!(interior.last(), Some(&root));
 
-    let all: Vec<&RunningNode> = nodes.iter().collect();
-    let plan = wait_settled(&all, &names, &root, "", Duration::from_secs(240), "after the add");
-    // Staging copies on n1 go once everyone holds the plan; give the release a round.
-    std::thread::sleep(Duration::from_secs(3));
+    let dag = dag_of(&data);
     let view: Vec<NodeInfo> = caps.iter().map(|(n, c)| NodeInfo { name: n.to_string(), capacity: *c }).collect();
     let named: Vec<(&str, &RunningNode)> = names.iter().copied().zip(nodes.iter()).collect();
-    assert_placed(&named, &view, &[], &leaves, &interior);
-    for n in &nodes {
-        let files = get_json(n, "/api/v1/files");
-        assert!(files.to_string().contains(&root), "{} does not list the file: {files}", n.api);
-    }
+    // Leaves end on exactly their partition's holders: n1's staging copies are handed off on evidence.
+    wait_settled(&named, &names, &root, &view, &[], &dag, Duration::from_secs(240), "after the add");
 
     // Kill n5: the four others restore two copies of every leaf among themselves, and only n5's copies move:
     // each survivor still holds every leaf it held.
@@ -198,11 +201,8 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     let mut n5 = nodes.pop().unwrap();
     n5.child.kill().unwrap();
     n5.child.wait().unwrap();
-    let four: Vec<&RunningNode> = nodes.iter().collect();
-    let plan = wait_settled(&four, &names[..4], &root, &plan, Duration::from_secs(240), "after killing n5");
-    std::thread::sleep(Duration::from_secs(3));
     let named: Vec<(&str, &RunningNode)> = names[..4].iter().copied().zip(nodes.iter()).collect();
-    assert_placed(&named, &view, &["n5"], &leaves, &interior);
+    wait_settled(&named, &names[..4], &root, &view, &["n5"], &dag, Duration::from_secs(240), "after killing n5");
     for ((name, node), before) in named.iter().zip(&before) {
         let now = held(node);
         let dropped = leaves.iter().filter(|(c, _)| before.contains(c) && !now.contains(c)).count();
@@ -215,11 +215,9 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
         .set("Authorization", &format!("Bearer {TOKEN}"))
         .send_json(serde_json::json!({ "capacity": 60 * MIB }));
     assert!(resized.is_ok(), "resize refused: {resized:?}");
-    let plan = wait_settled(&four, &names[..4], &root, &plan, Duration::from_secs(240), "after shrinking n3");
-    std::thread::sleep(Duration::from_secs(3));
     let mut shrunk = view.clone();
     shrunk[2].capacity = 60 * MIB;
-    assert_placed(&named, &shrunk, &["n5"], &leaves, &interior);
+    wait_settled(&named, &names[..4], &root, &shrunk, &["n5"], &dag, Duration::from_secs(240), "after shrinking n3");
     let used = get_json(&nodes[2], "/api/v1/storage")["used"].as_u64().unwrap();
     assert!(used <= 60 * MIB, "n3 holds {used} bytes, over its new capacity");
 
@@ -228,9 +226,8 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     let seed = nodes[0].gossip.clone();
     let n5 = start(&base, "n5", &seed, &caps[4].1.to_string());
     nodes.push(n5);
-    let all: Vec<&RunningNode> = nodes.iter().collect();
-    wait_settled(&all, &names, &root, &plan, Duration::from_secs(240), "after n5 restarted");
-    assert!(get_json(&nodes[4], "/api/v1/files").to_string().contains(&root), "n5 did not catch up");
+    let named: Vec<(&str, &RunningNode)> = names.iter().copied().zip(nodes.iter()).collect();
+    wait_settled(&named, &names, &root, &shrunk, &[], &dag, Duration::from_secs(240), "after n5 restarted");
     assert!(cat(&nodes[4], &root) == data, "n5 read different bytes");
 }
 

@@ -32,6 +32,8 @@ impl RunningNode {
             .env("XNODE_P2P_PORT", "0")
             .env("XNODE_GOSSIP_PORT", gossip.port().to_string())
             .env("XNODE_KNOWN_PEERS", "")
+            // One group per test directory: clusters of tests running side by side never meet (mDNS included).
+            .env("XNODE_GROUP_NAME", group_of(dir))
             .env_remove("XNODE_STORAGE_MAX")
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -69,6 +71,14 @@ impl Drop for RunningNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The gossip group of the nodes started in `dir`: unique to the directory.
+pub fn group_of(dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    format!("xnode-test-{:016x}", h.finish())
 }
 
 /// Pseudo-random bytes (xorshift): no two chunks alike, so nothing deduplicates.

@@ -44,10 +44,10 @@ pub struct MemberMeta {
     /// The heads of every catalog log this node has (JSON: author peer id -> length and last entry's CID), so
     /// peers learn which logs grew and from whom to pull them.
     pub catalog: String,
-    /// The placement plan (a digest of the view, the replication factor and the catalog heads) under which this
-    /// node holds every block placement gives it; empty while it is still fetching. Others drop surplus copies
-    /// only once every member reports the same plan.
-    pub settled: String,
+    /// What this node keeps in the partitions its layout gives it, as `<count>:<hex of the XOR digest>` (one
+    /// summary, whatever the node stores). Members whose catalog gives the same expected summary for that share
+    /// know it is complete without asking; any other answer makes them ask the node directly.
+    pub share: String,
 }
 
 impl MemberMeta {
@@ -66,7 +66,7 @@ impl MemberMeta {
             ("meta.wanted", self.wanted.to_string()),
             ("meta.under_replicated", self.under_replicated.to_string()),
             ("meta.catalog", self.catalog.clone()),
-            ("meta.settled", self.settled.clone()),
+            ("meta.share", self.share.clone()),
         ]
     }
 
@@ -88,7 +88,7 @@ impl MemberMeta {
             wanted: num("meta.wanted"),
             under_replicated: num("meta.under_replicated"),
             catalog: text("meta.catalog"),
-            settled: text("meta.settled"),
+            share: text("meta.share"),
         }
     }
 }
@@ -112,7 +112,7 @@ mod tests {
             wanted: 7,
             under_replicated: 1,
             catalog: "{}".into(),
-            settled: "ab12".into(),
+            share: "3:ab12".into(),
         };
         let kv = meta.to_key_values().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(MemberMeta::from_key_values(&kv), meta);

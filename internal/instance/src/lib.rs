@@ -12,6 +12,8 @@ mod watch;
 
 /// The allocation's decisions as a pure core (no I/O): public for benchmarks and for reading.
 pub use alloc::core as allocation;
+/// The allocation's on-disk catalog index (leaves by partition), public for benchmarks.
+pub use alloc::index as allocation_index;
 pub use fetched::FetchingSource;
 pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
 

@@ -206,7 +206,7 @@ impl Node {
             wanted: 0,
             under_replicated: 0,
             catalog: String::new(),
-            settled: String::new(),
+            share: String::new(),
         };
         let starts_alone = config.gossip.seeds.is_empty();
         // Membership gets its own token: it must outlive `shutdown` long enough to announce the leave in `stop`.
@@ -439,6 +439,7 @@ impl Node {
             let report = self.report.borrow();
             next.wanted = report.wanted_count;
             next.under_replicated = report.under_replicated;
+            next.share = report.share.clone();
         }
         next.catalog = self.heads_json();
         if next != *meta {

@@ -32,6 +32,15 @@ pub fn partition_of(key: BlockKey, partitions: u32) -> u32 {
     }
 }
 
+/// A bitmap of `set` among `partitions` partitions: bit `p % 8` of byte `p / 8` is partition `p`.
+pub fn bitmap(partitions: u32, set: &[u32]) -> Vec<u8> {
+    let mut bits = vec![0u8; (partitions as usize).div_ceil(8)];
+    for &p in set.iter().filter(|&&p| p < partitions) {
+        bits[p as usize / 8] |= 1 << (p % 8);
+    }
+    bits
+}
+
 /// The key a partition is ranked by: a hash of its number, so that the walk visits partitions in an order
 /// unrelated to the blocks' keys.
 fn partition_key(partition: u32) -> BlockKey {
@@ -121,21 +130,25 @@ impl Layout {
 
     /// A bitmap of the partitions `name` holds: bit `p % 8` of byte `p / 8` is partition `p`.
     pub fn bitmap_of(&self, name: &str) -> Vec<u8> {
-        let mut bits = vec![0u8; (self.partitions as usize).div_ceil(8)];
-        if let Some(index) = self.index_of(name) {
-            for p in 0..self.partitions {
-                if self.holds(index, p) {
-                    bits[p as usize / 8] |= 1 << (p % 8);
-                }
-            }
-        }
-        bits
+        bitmap(self.partitions, &self.partitions_of(name))
     }
 
     /// The partitions `name` holds, in order.
     pub fn partitions_of(&self, name: &str) -> Vec<u32> {
         let Some(index) = self.index_of(name) else { return Vec::new() };
         (0..self.partitions).filter(|&p| self.holds(index, p)).collect()
+    }
+
+    /// Every node's partitions, in the order of [`Layout::nodes`]: one pass over the layout, for callers that need
+    /// every node's share (a health sweep) rather than one.
+    pub fn partitions_by_node(&self) -> Vec<Vec<u32>> {
+        let mut out = vec![Vec::new(); self.names.len()];
+        for p in 0..self.partitions {
+            for i in self.slots(p) {
+                out[i].push(p);
+            }
+        }
+        out
     }
 
     /// Each node's number of partition copies and its capacity-proportional share of all copies (fractional), in
@@ -210,6 +223,7 @@ mod tests {
             assert!((copies as f64) >= share * 0.85, "{name}: {copies} copies, share {share:.1}");
         }
         let mine = layout.partitions_of("n005");
+        assert_eq!(layout.partitions_by_node()[layout.index_of("n005").unwrap()], mine);
         let bits = layout.bitmap_of("n005");
         let from_bits: Vec<u32> =
             (0..layout.partitions()).filter(|&p| bits[p as usize / 8] >> (p % 8) & 1 == 1).collect();

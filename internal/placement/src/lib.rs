@@ -14,7 +14,7 @@ mod placement;
 
 pub use assignment::{Assignment, BlockRef, NodeLoad};
 pub use hash::BlockKey;
-pub use layout::{partition_of, Layout, DEFAULT_PARTITIONS, MAX_PARTITIONS};
+pub use layout::{bitmap, partition_of, Layout, DEFAULT_PARTITIONS, MAX_PARTITIONS};
 pub use moves::{moves, MoveStats};
 pub use placement::{LoadLimit, NodeInfo, Placement, PlacementError};
 

@@ -28,6 +28,12 @@ pub struct SetDigest {
 }
 
 impl SetDigest {
+    /// The form members gossip: `<count>:<hex of the XOR>`.
+    pub fn to_gossip(&self) -> String {
+        let hex: String = self.xor.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}:{hex}", self.count)
+    }
+
     /// The digest of the set holding only `cid` (its binary form).
     pub fn of_cid(cid: &[u8]) -> Self {
         SetDigest { count: 1, xor: Sha256::digest(cid).into() }
@@ -241,6 +247,20 @@ impl AllocCore {
     /// The combined digest of the catalog's leaves over the partitions set in `bitmap`.
     pub fn expected_summary(&self, bitmap: &[u8]) -> SetDigest {
         summary(&self.expected, bitmap)
+    }
+
+    /// The combined digest of the catalog's leaves over `partitions`.
+    pub fn expected_over(&self, partitions: &[u32]) -> SetDigest {
+        let mut out = SetDigest::default();
+        partitions.iter().for_each(|&p| out.add(&self.expected[p as usize]));
+        out
+    }
+
+    /// The combined digest of what we keep in `partitions`.
+    pub fn held_over(&self, partitions: &[u32]) -> SetDigest {
+        let mut out = SetDigest::default();
+        partitions.iter().for_each(|&p| out.add(&self.held[p as usize]));
+        out
     }
 
     /// For each holder the layout names (ourselves excepted), the surplus partitions it must still show it holds:

@@ -21,13 +21,13 @@ use super::core::SetDigest;
 
 /// A catalog file as indexed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct FileIndex {
+pub struct FileIndex {
     /// Distinct leaves.
-    pub(crate) leaves: u64,
+    pub leaves: u64,
     /// Interior blocks (root, directories, interior file nodes).
-    pub(crate) interior: u64,
+    pub interior: u64,
     /// Bytes of its leaves.
-    pub(crate) leaf_bytes: u64,
+    pub leaf_bytes: u64,
 }
 
 impl FileIndex {
@@ -47,25 +47,27 @@ impl FileIndex {
 
 /// What indexing or unindexing a file changed, for the core and the store.
 #[derive(Debug, Default)]
-pub(crate) struct Delta {
+pub struct Delta {
     /// Leaves that no other file listed (on index) or that no file lists any more (on unindex), by partition.
-    pub(crate) leaves: Vec<(u32, Cid, u32)>,
+    pub leaves: Vec<(u32, Cid, u32)>,
     /// Interior blocks that no other file lists any more (on unindex).
-    pub(crate) interior: Vec<Cid>,
+    pub interior: Vec<Cid>,
 }
 
 /// Why the index failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum IndexError {
+pub enum IndexError {
+    /// The database failed.
     #[error("allocation index: {0}")]
     Sled(#[from] sled::Error),
+    /// A key or value does not decode.
     #[error("allocation index damaged: {0}")]
     Damaged(String),
 }
 
 /// The index; cheap to clone (a sled tree handle).
 #[derive(Clone)]
-pub(crate) struct Index {
+pub struct Index {
     tree: sled::Tree,
     partitions: u32,
 }
@@ -129,7 +131,7 @@ fn cid_at(bytes: &[u8]) -> Result<(Cid, usize), IndexError> {
 impl Index {
     /// Opens the index in `tree`. If it was written for another partition count, it is emptied (the loop then
     /// indexes every catalog file again from the blocks it holds).
-    pub(crate) fn open(tree: sled::Tree, partitions: u32) -> Result<Index, IndexError> {
+    pub fn open(tree: sled::Tree, partitions: u32) -> Result<Index, IndexError> {
         let stored = tree.get(PARTITIONS_KEY)?.map(|v| size_of(&v));
         if stored != Some(partitions) {
             if stored.is_some() {
@@ -146,12 +148,12 @@ impl Index {
     }
 
     /// Whether `root` is indexed.
-    pub(crate) fn file(&self, root: &Cid) -> Result<Option<FileIndex>, IndexError> {
+    pub fn file(&self, root: &Cid) -> Result<Option<FileIndex>, IndexError> {
         Ok(self.tree.get(file_key(&root.to_bytes()))?.map(|v| FileIndex::decode(&v)))
     }
 
     /// Every indexed file's root.
-    pub(crate) fn files(&self) -> Result<Vec<Cid>, IndexError> {
+    pub fn files(&self) -> Result<Vec<Cid>, IndexError> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(b"F") {
             let (k, _) = item?;
@@ -161,7 +163,7 @@ impl Index {
     }
 
     /// Every partition's digest that is not empty.
-    pub(crate) fn digests(&self) -> Result<Vec<(u32, SetDigest)>, IndexError> {
+    pub fn digests(&self) -> Result<Vec<(u32, SetDigest)>, IndexError> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(b"D") {
             let (k, v) = item?;
@@ -173,13 +175,13 @@ impl Index {
     }
 
     /// Whether some file lists `cid` as a leaf.
-    pub(crate) fn is_leaf(&self, cid: &Cid) -> Result<bool, IndexError> {
+    pub fn is_leaf(&self, cid: &Cid) -> Result<bool, IndexError> {
         let bytes = cid.to_bytes();
         Ok(self.tree.scan_prefix(leaf_prefix(self.partition_of(&bytes), &bytes)).next().transpose()?.is_some())
     }
 
     /// The distinct leaves listed in `partition`, with their sizes.
-    pub(crate) fn leaves_in(&self, partition: u32) -> Result<Vec<(Cid, u32)>, IndexError> {
+    pub fn leaves_in(&self, partition: u32) -> Result<Vec<(Cid, u32)>, IndexError> {
         self.leaf_pairs_in(partition).map(|pairs| {
             let mut out: Vec<(Cid, u32)> = Vec::new();
             for (cid, _, size) in pairs {
@@ -192,7 +194,7 @@ impl Index {
     }
 
     /// Every (leaf, file) pair listed in `partition`, in key order.
-    pub(crate) fn leaf_pairs_in(&self, partition: u32) -> Result<Vec<(Cid, Cid, u32)>, IndexError> {
+    pub fn leaf_pairs_in(&self, partition: u32) -> Result<Vec<(Cid, Cid, u32)>, IndexError> {
         let mut prefix = vec![b'L'];
         prefix.extend_from_slice(&partition.to_be_bytes());
         let mut out = Vec::new();
@@ -206,7 +208,7 @@ impl Index {
     }
 
     /// A file's leaves (with sizes) and interior blocks.
-    pub(crate) fn blocks_of(&self, root: &Cid) -> Result<(Vec<(Cid, u32)>, Vec<Cid>), IndexError> {
+    pub fn blocks_of(&self, root: &Cid) -> Result<(Vec<(Cid, u32)>, Vec<Cid>), IndexError> {
         let (mut leaves, mut interior) = (Vec::new(), Vec::new());
         let prefix = with_len(b'R', &root.to_bytes());
         for item in self.tree.scan_prefix(&prefix) {
@@ -224,7 +226,7 @@ impl Index {
     }
 
     /// Indexes a file's blocks in one batch. Returns the leaves no other file listed before.
-    pub(crate) fn add_file(&self, root: &Cid, interior: &[Cid], leaves: &[(Cid, u32)]) -> Result<Delta, IndexError> {
+    pub fn add_file(&self, root: &Cid, interior: &[Cid], leaves: &[(Cid, u32)]) -> Result<Delta, IndexError> {
         let root_bytes = root.to_bytes();
         if self.tree.contains_key(file_key(&root_bytes))? {
             return Ok(Delta::default());
@@ -270,7 +272,7 @@ impl Index {
     }
 
     /// Removes a file from the index. Returns the leaves and interior blocks no file lists any more.
-    pub(crate) fn remove_file(&self, root: &Cid) -> Result<Delta, IndexError> {
+    pub fn remove_file(&self, root: &Cid) -> Result<Delta, IndexError> {
         let root_bytes = root.to_bytes();
         if !self.tree.contains_key(file_key(&root_bytes))? {
             return Ok(Delta::default());

@@ -15,7 +15,7 @@
 
 mod ask;
 pub mod core;
-mod index;
+pub mod index;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -88,6 +88,8 @@ pub(crate) struct Report {
     pub(crate) partitions_complete: u64,
     /// Surplus partitions waiting for their holders' evidence.
     pub(crate) partitions_surplus: u64,
+    /// What this node keeps in its share, as gossiped ([`SetDigest::to_gossip`]).
+    pub(crate) share: String,
 }
 
 /// What this node keeps, per partition, as the allocation task last published it: what the holdings protocol
@@ -156,6 +158,8 @@ struct Allocator {
     indexed_version: Option<u64>,
     /// Files whose DAG could not be walked yet (retried every round).
     unwalked: BTreeSet<Cid>,
+    /// Every node's share under the current layout, in the layout's node order (computed once per layout).
+    shares: Vec<(String, Vec<u32>)>,
     /// Members' shares found incomplete by the last health sweep: member -> partitions.
     incomplete_members: BTreeMap<String, BTreeSet<u32>>,
     last_health: Option<Instant>,
@@ -231,6 +235,7 @@ impl Allocator {
             held,
             indexed_version: None,
             unwalked: BTreeSet::new(),
+            shares: Vec::new(),
             incomplete_members: BTreeMap::new(),
             last_health: None,
             health_dirty: true,
@@ -295,6 +300,10 @@ impl Allocator {
                 lost = change.lost.len(),
                 "new partition layout"
             );
+            if let Some(layout) = self.core.layout() {
+                let by_node = layout.partitions_by_node();
+                self.shares = layout.nodes().iter().cloned().zip(by_node).collect();
+            }
             self.incomplete_members.clear();
             self.health_dirty = true;
         }
@@ -581,26 +590,33 @@ impl Allocator {
         self.health_dirty = false;
         let Some(layout) = self.core.layout().cloned() else { return Ok(()) };
         let mut incomplete: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
-        for name in layout.nodes() {
-            let bitmap = layout.bitmap_of(name);
-            let expected = self.core.expected_summary(&bitmap);
-            let mine = layout.partitions_of(name);
+        for (name, mine) in &self.shares {
             if name == node.name() {
-                let inc: BTreeSet<u32> = mine.into_iter().filter(|&p| self.core.incomplete().contains(&p)).collect();
+                let inc: BTreeSet<u32> = mine.iter().copied().filter(|p| self.core.incomplete().contains(p)).collect();
                 if !inc.is_empty() {
                     incomplete.insert(name.clone(), inc);
                 }
                 continue;
             }
-            let Some(peer) = peer_of(alive, name) else {
-                incomplete.insert(name.clone(), mine.into_iter().collect());
+            let expected = self.core.expected_over(mine);
+            let Some(member) = alive.iter().find(|m| &m.name == name) else {
+                incomplete.insert(name.clone(), mine.iter().copied().collect());
                 continue;
             };
-            match ask::summary(node, peer, bitmap).await {
+            // The member's gossiped summary of its share: equal to what our catalog expects there, it is complete.
+            if member.meta.share == expected.to_gossip() {
+                continue;
+            }
+            let Ok(peer) = member.meta.peer_id.parse::<PeerId>() else {
+                incomplete.insert(name.clone(), mine.iter().copied().collect());
+                continue;
+            };
+            // Gossip may lag: ask.
+            match ask::summary(node, peer, xnode_placement::bitmap(layout.partitions(), mine)).await {
                 Ok(s) if s == expected => continue,
                 Ok(_) => {}
                 Err(_) => {
-                    incomplete.insert(name.clone(), mine.into_iter().collect());
+                    incomplete.insert(name.clone(), mine.iter().copied().collect());
                     continue;
                 }
             }

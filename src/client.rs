@@ -43,6 +43,7 @@ pub(crate) struct AddRequest<'a> {
     pub(crate) cid_version: Option<u8>,
     pub(crate) profile: Option<String>,
     pub(crate) hidden: bool,
+    pub(crate) chunker: Option<String>,
     pub(crate) on_added: &'a mut dyn FnMut(&str, &str),
 }
 
@@ -107,6 +108,9 @@ impl Api {
         }
         if req.hidden {
             query.push("hidden=true".into());
+        }
+        if let Some(c) = &req.chunker {
+            query.push(format!("chunker={c}"));
         }
         let response = if meta.is_dir() {
             if !req.recursive {

@@ -129,6 +129,9 @@ struct AddArgs {
     /// Include files whose names start with a dot.
     #[arg(short = 'H', long)]
     hidden: bool,
+    /// Chunking as `ipfs add --chunker`: size-N, fixed chunks of N bytes (default size-262144).
+    #[arg(long)]
+    chunker: Option<String>,
 }
 
 /// The `XNODE_*` environment, read once here and nowhere else. Values stay strings until [`parse`] turns them
@@ -259,6 +262,7 @@ fn run(cli: Cli) -> Result<()> {
                 cid_version: args.cid_version,
                 profile: args.profile.map(|p| p.to_string()),
                 hidden: args.hidden,
+                chunker: args.chunker.clone(),
                 on_added: &mut print,
             };
             let api = api();
@@ -361,6 +365,9 @@ fn add(args: AddArgs, open: impl FnOnce() -> Result<Repo>) -> Result<()> {
         import = import.with_cid_version(v);
     }
     import.include_hidden = args.hidden;
+    if let Some(chunker) = &args.chunker {
+        import = import.with_chunker(chunker).map_err(|e| anyhow::anyhow!("--chunker: {e}"))?;
+    }
     let opts = AddOptions { import, recursive: args.recursive, only_hash: args.only_hash };
     // --only-hash must work without a writable data dir, so the store is opened only when needed.
     let repo = if args.only_hash { None } else { Some(open()?) };

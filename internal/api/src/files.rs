@@ -33,6 +33,8 @@ pub(crate) struct UploadParams {
     /// Include dot-files of a tar upload.
     #[serde(default)]
     hidden: bool,
+    /// `size-N`: fixed chunks of N bytes (default `size-262144`), as `ipfs add --chunker`.
+    chunker: Option<String>,
 }
 
 /// `?timeout=SECS` on reads: how long to wait for blocks from other nodes.
@@ -191,6 +193,9 @@ pub(crate) async fn import(app: &AppState, params: UploadParams, request: Reques
         opts = opts.with_cid_version(v);
     }
     opts.include_hidden = params.hidden;
+    if let Some(chunker) = &params.chunker {
+        opts = opts.with_chunker(chunker).map_err(ApiError::bad_request)?;
+    }
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let source = if content_type.starts_with("application/x-tar") {

@@ -100,6 +100,17 @@ impl ImportOptions {
         self
     }
 
+    /// Like `ipfs add --chunker size-N`: fixed-size chunks of `N` bytes (`size-262144` is the default's).
+    pub fn with_chunker(mut self, chunker: &str) -> Result<Self, String> {
+        let size = chunker
+            .strip_prefix("size-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| format!("chunker {chunker:?} is not size-N (fixed chunks of N bytes, e.g. size-262144)"))?;
+        self.chunk_size = size;
+        self.validate()?;
+        Ok(self)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.cid_version > 1 {
             return Err(format!("CID version {} does not exist; use 0 or 1", self.cid_version));

@@ -54,6 +54,17 @@ pub struct Delta {
     pub interior: Vec<Cid>,
 }
 
+/// What [`Index::add_leaves`] did.
+#[derive(Debug, Default)]
+pub struct AddedLeaves {
+    /// Leaves no other file listed before, by partition, with their sizes.
+    pub listed: Vec<(u32, Cid, u32)>,
+    /// (leaf, file) pairs added: this file's new distinct leaves.
+    pub pairs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// Why the index failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -225,16 +236,25 @@ impl Index {
         Ok((leaves, interior))
     }
 
-    /// Indexes a file's blocks in one batch. Returns the leaves no other file listed before.
+    /// Indexes a file's blocks: [`Index::add_leaves`] then [`Index::finish_file`]. Returns the leaves no other
+    /// file listed before.
     pub fn add_file(&self, root: &Cid, interior: &[Cid], leaves: &[(Cid, u32)]) -> Result<Delta, IndexError> {
-        let root_bytes = root.to_bytes();
-        if self.tree.contains_key(file_key(&root_bytes))? {
+        if self.file(root)?.is_some() {
             return Ok(Delta::default());
         }
+        let added = self.add_leaves(root, leaves)?;
+        self.finish_file(root, interior, added.pairs, added.bytes)?;
+        Ok(Delta { leaves: added.listed, interior: Vec::new() })
+    }
+
+    /// Lists a batch of a file's leaves (a big file is indexed in batches, so memory stays bounded), in one sled
+    /// batch with the partitions' digests. Leaves this file already listed are skipped, so a walk interrupted by a
+    /// crash and done again counts each leaf once; the file counts as indexed only after [`Index::finish_file`].
+    pub fn add_leaves(&self, root: &Cid, leaves: &[(Cid, u32)]) -> Result<AddedLeaves, IndexError> {
+        let root_bytes = root.to_bytes();
         let mut batch = sled::Batch::default();
         let mut digests: HashMap<u32, SetDigest> = HashMap::new();
-        let mut delta = Delta::default();
-        let mut info = FileIndex::default();
+        let mut out = AddedLeaves::default();
         let file_prefix = with_len(b'R', &root_bytes);
         let mut seen = std::collections::HashSet::new();
         for (cid, size) in leaves {
@@ -244,16 +264,34 @@ impl Index {
             }
             let p = self.partition_of(&bytes);
             let prefix = leaf_prefix(p, &bytes);
+            let own = [prefix.as_slice(), &root_bytes].concat();
+            if self.tree.contains_key(&own)? {
+                continue;
+            }
             let first = self.tree.scan_prefix(&prefix).next().transpose()?.is_none();
-            batch.insert([prefix.as_slice(), &root_bytes].concat(), &size.to_le_bytes());
+            batch.insert(own, &size.to_le_bytes());
             batch.insert([file_prefix.as_slice(), b"l", &bytes].concat(), &size.to_le_bytes());
-            info.leaves += 1;
-            info.leaf_bytes += u64::from(*size);
+            out.pairs += 1;
+            out.bytes += u64::from(*size);
             if first {
                 self.digest_entry(&mut digests, p)?.add(&SetDigest::of_cid(&bytes));
-                delta.leaves.push((p, *cid, *size));
+                out.listed.push((p, *cid, *size));
             }
         }
+        for (p, d) in &digests {
+            batch.insert(&digest_key(*p), encode_digest(d).as_slice());
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(out)
+    }
+
+    /// Records a file's interior blocks and marks it indexed, with `leaves` distinct leaves of `leaf_bytes` bytes.
+    pub fn finish_file(&self, root: &Cid, interior: &[Cid], leaves: u64, leaf_bytes: u64) -> Result<(), IndexError> {
+        let root_bytes = root.to_bytes();
+        let file_prefix = with_len(b'R', &root_bytes);
+        let mut batch = sled::Batch::default();
+        let mut info = FileIndex { leaves, interior: 0, leaf_bytes };
+        let mut seen = std::collections::HashSet::new();
         for cid in interior {
             let bytes = cid.to_bytes();
             if !seen.insert(bytes.clone()) {
@@ -263,20 +301,15 @@ impl Index {
             batch.insert([file_prefix.as_slice(), b"i", &bytes].concat(), &[]);
             info.interior += 1;
         }
-        for (p, d) in &digests {
-            batch.insert(&digest_key(*p), encode_digest(d).as_slice());
-        }
         batch.insert(file_key(&root_bytes), &info.encode());
         self.tree.apply_batch(batch)?;
-        Ok(delta)
+        Ok(())
     }
 
     /// Removes a file from the index. Returns the leaves and interior blocks no file lists any more.
     pub fn remove_file(&self, root: &Cid) -> Result<Delta, IndexError> {
         let root_bytes = root.to_bytes();
-        if !self.tree.contains_key(file_key(&root_bytes))? {
-            return Ok(Delta::default());
-        }
+        // A file whose indexing a crash interrupted has leaves but no `F` record: it is removed all the same.
         let (leaves, interior) = self.blocks_of(root)?;
         let file_prefix = with_len(b'R', &root_bytes);
         let mut batch = sled::Batch::default();

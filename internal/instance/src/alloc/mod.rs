@@ -52,6 +52,8 @@ const FETCH_PER_ROUND: usize = 4096;
 const HANDOFF_PER_ROUND: usize = 8192;
 /// Most partitions or blocks in one question to a member (the holdings protocol's bound).
 const ASK_CHUNK: usize = 8192;
+/// Leaves of a file indexed in one batch while its DAG is walked (bounds the memory a huge file takes).
+const LEAF_BATCH: usize = 16_384;
 /// Fetched blocks are written to the store in batches of this many.
 const WRITE_BATCH: usize = 64;
 /// Wanted CIDs listed in the report (the count is exact).
@@ -309,7 +311,7 @@ impl Allocator {
         }
 
         // 4. Fetch what is ours and missing.
-        let (missing, unfetched) = self.fetch_incomplete(node).await?;
+        let (missing, missing_count) = self.fetch_incomplete(node).await?;
 
         // 5. Hand off surplus partitions on evidence.
         if !self.core.surplus().is_empty() {
@@ -332,9 +334,9 @@ impl Allocator {
         } else {
             Phase::Seeding
         });
-        self.report.wanted_count = missing.len() as u64;
-        self.report.wanted = missing.into_iter().take(WANTED_LISTED).collect();
-        self.report.under_replicated = unfetched;
+        self.report.wanted_count = missing_count;
+        self.report.wanted = missing;
+        self.report.under_replicated = missing_count;
         self.report.partitions_surplus = self.core.surplus().len() as u64;
         if let Some(layout) = self.core.layout() {
             let mine = layout
@@ -368,43 +370,65 @@ impl Allocator {
         .await?;
         self.unwalked.clear();
         for f in todo {
-            let (interior, leaves) = match walk(node, &f).await {
-                Ok(b) => b,
+            let root = f.root;
+            let pinned = pins.iter().any(|p| p.root == root);
+            let (mut pairs, mut bytes, mut listed, mut kept) = (0u64, 0u64, 0usize, 0usize);
+            let mut walk = Walk::new(&f);
+            let walked = loop {
+                let batch = match walk.next(node).await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break Ok(walk.interior()),
+                    Err(e) => break Err(e),
+                };
+                let index = self.index.clone();
+                let store = node.repo().store().clone();
+                let (added, newly_kept) = blocking(move || -> Result<_, InstanceError> {
+                    let added = index.add_leaves(&root, &batch).map_err(index_error)?;
+                    // A file this node added: its leaves become allocation copies like fetched ones (handed off on
+                    // evidence); the staging pin goes once the whole file is indexed.
+                    let mut newly_kept = Vec::new();
+                    if pinned {
+                        for (cid, _) in &batch {
+                            if !store.is_kept(cid)? && store.has(cid)? {
+                                newly_kept.push(*cid);
+                            }
+                        }
+                        store.keep(&newly_kept)?;
+                    }
+                    Ok((added, newly_kept))
+                })
+                .await?;
+                for (p, cid, _) in &added.listed {
+                    self.core.leaf_listed(*p, &SetDigest::of_cid(&cid.to_bytes()));
+                }
+                for cid in &newly_kept {
+                    self.kept(cid);
+                }
+                pairs += added.pairs;
+                bytes += added.bytes;
+                listed += added.listed.len();
+                kept += newly_kept.len();
+            };
+            let interior = match walked {
+                Ok(interior) => interior,
                 Err(e) => {
-                    tracing::debug!(root = %f.root, error = %e, "metadata not complete yet");
-                    self.unwalked.insert(f.root);
+                    tracing::debug!(%root, error = %e, "metadata not complete yet");
+                    self.unwalked.insert(root);
                     continue;
                 }
             };
             let index = self.index.clone();
             let store = node.repo().store().clone();
-            let root = f.root;
-            let pinned = pins.iter().any(|p| p.root == root);
-            let (delta, newly_kept) = blocking(move || -> Result<_, InstanceError> {
-                let delta = index.add_file(&root, &interior, &leaves).map_err(index_error)?;
+            blocking(move || -> Result<(), InstanceError> {
                 store.keep(&interior)?;
-                // A file this node added: its leaves become allocation copies like fetched ones (handed off on
-                // evidence), and the staging pin goes.
-                let mut newly_kept = Vec::new();
+                index.finish_file(&root, &interior, pairs, bytes).map_err(index_error)?;
                 if pinned {
-                    for (cid, _) in &leaves {
-                        if !store.is_kept(cid)? && store.has(cid)? {
-                            newly_kept.push(*cid);
-                        }
-                    }
-                    store.keep(&newly_kept)?;
                     store.unpin(&root)?;
                 }
-                Ok((delta, newly_kept))
+                Ok(())
             })
             .await?;
-            for (p, cid, _) in &delta.leaves {
-                self.core.leaf_listed(*p, &SetDigest::of_cid(&cid.to_bytes()));
-            }
-            for cid in &newly_kept {
-                self.kept(cid);
-            }
-            tracing::debug!(root = %f.root, new_leaves = delta.leaves.len(), kept = newly_kept.len(), "file indexed");
+            tracing::debug!(%root, new_leaves = listed, kept, "file indexed");
         }
         for root in removed {
             let index = self.index.clone();
@@ -454,7 +478,7 @@ impl Allocator {
     }
 
     /// Keeps or fetches the missing leaves of our incomplete partitions (at most [`FETCH_PER_ROUND`] fetched per
-    /// round). Returns the leaves still missing and how many of them could not be fetched this round.
+    /// round). Returns the first leaves still missing and how many are missing in all.
     async fn fetch_incomplete(&mut self, node: &Arc<Node>) -> Result<(Vec<Cid>, u64), InstanceError> {
         if self.core.incomplete().is_empty() {
             return Ok((Vec::new(), 0));
@@ -462,9 +486,10 @@ impl Allocator {
         let partitions: Vec<u32> = self.core.incomplete().iter().copied().collect();
         let index = self.index.clone();
         let store = node.repo().store().clone();
-        // Per partition: leaves stored but not kept yet (a read cache, an add), and leaves to fetch.
-        let (present, absent) = blocking(move || -> Result<_, InstanceError> {
-            let (mut present, mut absent) = (Vec::new(), Vec::new());
+        // Per partition: leaves stored but not kept yet (a read cache, an add), and leaves to fetch (at most a round's
+        // worth listed, the rest only counted, so memory does not grow with the share).
+        let (present, absent, absent_count) = blocking(move || -> Result<_, InstanceError> {
+            let (mut present, mut absent, mut absent_count) = (Vec::new(), Vec::new(), 0u64);
             for p in partitions {
                 for (cid, size) in index.leaves_in(p).map_err(index_error)? {
                     if store.is_kept(&cid)? {
@@ -473,12 +498,15 @@ impl Allocator {
                     if store.has(&cid)? {
                         present.push(cid);
                     } else {
-                        absent.push((cid, size));
+                        absent_count += 1;
+                        if absent.len() < FETCH_PER_ROUND {
+                            absent.push((cid, size));
+                        }
                     }
                 }
             }
             store.keep(&present)?;
-            Ok((present, absent))
+            Ok((present, absent, absent_count))
         })
         .await?;
         for cid in &present {
@@ -494,10 +522,11 @@ impl Allocator {
         for cid in &fetched {
             self.kept(cid);
         }
+        let fetched_now = fetched.len() as u64;
         let fetched: HashSet<Cid> = fetched.into_iter().collect();
-        let missing: Vec<Cid> = absent.iter().map(|(c, _)| *c).filter(|c| !fetched.contains(c)).collect();
-        let unfetched = missing.len() as u64;
-        Ok((missing, unfetched))
+        let missing: Vec<Cid> =
+            absent.iter().map(|(c, _)| *c).filter(|c| !fetched.contains(c)).take(WANTED_LISTED).collect();
+        Ok((missing, absent_count - fetched_now))
     }
 
     async fn recount_incomplete(&mut self, node: &Arc<Node>) -> Result<(), InstanceError> {
@@ -855,56 +884,86 @@ async fn publish_pins(node: &Arc<Node>) -> Result<(), InstanceError> {
             added_at: pin.added_at,
             added_by: node.name().to_string(),
         };
-        let (interior, leaves) = walk(node, &record).await?;
-        let record = FileRecord { blocks: (interior.len() + leaves.len()) as u64, ..record };
+        let mut leaves = 0u64;
+        let mut walk = Walk::new(&record);
+        while let Some(batch) = walk.next(node).await? {
+            leaves += batch.len() as u64;
+        }
+        let record = FileRecord { blocks: walk.interior().len() as u64 + leaves, ..record };
         node.append_catalog(Op::Add(record)).await?;
     }
     Ok(())
 }
 
-/// Lists a file's interior blocks and leaves, fetching interior blocks the store lacks (and keeping them).
+/// A walk of a file's DAG: interior blocks the store lacks are fetched (and kept), and its leaves come out in
+/// batches of at most [`LEAF_BATCH`] ([`Walk::next`]), so a file of millions of blocks is walked in bounded memory.
 ///
 /// A file of one block is all leaf: its root is data, placed like any leaf, and is not fetched here. A raw block
 /// is always a leaf; a dag-pb child of a file node is one when its link's size is its data's plus framing.
-async fn walk(node: &Arc<Node>, file: &FileRecord) -> Result<(Vec<Cid>, Vec<(Cid, u32)>), InstanceError> {
-    let root = file.root;
-    if file.blocks == 1 || root.codec() == xnode_dag::RAW {
-        let store = node.repo().store().clone();
-        let size = blocking(move || store.block_size(&root)).await?.unwrap_or(file.size);
-        return Ok((Vec::new(), vec![(root, u32::try_from(size).unwrap_or(u32::MAX))]));
+struct Walk {
+    file: FileRecord,
+    queue: Vec<Cid>,
+    interior: Vec<Cid>,
+    started: bool,
+}
+
+impl Walk {
+    fn new(file: &FileRecord) -> Self {
+        Walk { file: file.clone(), queue: Vec::new(), interior: Vec::new(), started: false }
     }
-    let (mut interior, mut leaves) = (Vec::new(), Vec::new());
-    let mut queue = vec![root];
-    while let Some(cid) = queue.pop() {
-        interior.push(cid);
-        let store = node.repo().store().clone();
-        let local = blocking(move || store.get(&cid)).await?;
-        let data = match local {
-            Some(d) => d,
-            None => {
-                let d = node.net().fetch_block(cid, METADATA_TIMEOUT).await?;
-                store_and_keep(node, vec![(cid, d.clone())]).await?;
-                d
+
+    /// The next batch of leaves, or `None` once the whole DAG was walked.
+    async fn next(&mut self, node: &Arc<Node>) -> Result<Option<Vec<(Cid, u32)>>, InstanceError> {
+        let root = self.file.root;
+        if !self.started {
+            self.started = true;
+            if self.file.blocks == 1 || root.codec() == xnode_dag::RAW {
+                let store = node.repo().store().clone();
+                let size = blocking(move || store.block_size(&root)).await?.unwrap_or(self.file.size);
+                return Ok(Some(vec![(root, u32::try_from(size).unwrap_or(u32::MAX))]));
             }
-        };
-        if cid.codec() != xnode_dag::DAG_PB {
-            continue;
+            self.queue.push(root);
         }
-        let pb = PbNode::decode(&data).map_err(|e| InstanceError::BadUpload(format!("block {cid}: {e}")))?;
-        let fs = pb.data.as_ref().and_then(|d| UnixFsData::decode(d).ok());
-        let is_file = fs.as_ref().is_some_and(|f| matches!(f.kind, DataType::File | DataType::Raw));
-        for (i, link) in pb.links.iter().enumerate() {
-            let covered = fs.as_ref().and_then(|f| f.blocksizes.get(i).copied());
-            let leaf = link.cid.codec() == xnode_dag::RAW
-                || (is_file && covered.is_some_and(|c| link.tsize.saturating_sub(c) < LEAF_OVERHEAD));
-            if leaf {
-                leaves.push((link.cid, u32::try_from(link.tsize).unwrap_or(u32::MAX)));
-            } else {
-                queue.push(link.cid);
+        let mut leaves = Vec::new();
+        while let Some(cid) = self.queue.pop() {
+            self.interior.push(cid);
+            let store = node.repo().store().clone();
+            let local = blocking(move || store.get(&cid)).await?;
+            let data = match local {
+                Some(d) => d,
+                None => {
+                    let d = node.net().fetch_block(cid, METADATA_TIMEOUT).await?;
+                    store_and_keep(node, vec![(cid, d.clone())]).await?;
+                    d
+                }
+            };
+            if cid.codec() != xnode_dag::DAG_PB {
+                continue;
+            }
+            let pb = PbNode::decode(&data).map_err(|e| InstanceError::BadUpload(format!("block {cid}: {e}")))?;
+            let fs = pb.data.as_ref().and_then(|d| UnixFsData::decode(d).ok());
+            let is_file = fs.as_ref().is_some_and(|f| matches!(f.kind, DataType::File | DataType::Raw));
+            for (i, link) in pb.links.iter().enumerate() {
+                let covered = fs.as_ref().and_then(|f| f.blocksizes.get(i).copied());
+                let leaf = link.cid.codec() == xnode_dag::RAW
+                    || (is_file && covered.is_some_and(|c| link.tsize.saturating_sub(c) < LEAF_OVERHEAD));
+                if leaf {
+                    leaves.push((link.cid, u32::try_from(link.tsize).unwrap_or(u32::MAX)));
+                } else {
+                    self.queue.push(link.cid);
+                }
+            }
+            if leaves.len() >= LEAF_BATCH {
+                return Ok(Some(leaves));
             }
         }
+        Ok((!leaves.is_empty()).then_some(leaves))
     }
-    Ok((interior, leaves))
+
+    /// The interior blocks walked.
+    fn interior(self) -> Vec<Cid> {
+        self.interior
+    }
 }
 
 /// Fetches `missing` leaves while the store has room; returns those fetched and kept.

@@ -102,6 +102,12 @@ pub struct NodeStatus {
     pub members_alive: usize,
     /// Members this node sees dead.
     pub members_dead: usize,
+    /// Partitions the layout gives this node.
+    pub partitions: u64,
+    /// Of those, the ones whose every leaf it keeps.
+    pub partitions_complete: u64,
+    /// Partitions it no longer must hold but still keeps copies of, until their holders show they have them.
+    pub partitions_surplus: u64,
 }
 
 /// A catalog file and how well the cluster keeps it, for the API and the dashboard.
@@ -287,6 +293,10 @@ impl Node {
         let members = self.view();
         let count = |s| members.iter().filter(|m| m.state == s).count();
         let phase = self.phase();
+        let (partitions, partitions_complete, partitions_surplus) = {
+            let r = self.report.borrow();
+            (r.partitions_mine, r.partitions_complete, r.partitions_surplus)
+        };
         Ok(NodeStatus {
             name: self.name().to_string(),
             version: self.meta.lock().await.version.clone(),
@@ -298,6 +308,9 @@ impl Node {
             disk_bytes: stats.disk_bytes,
             members_alive: count(MemberState::Alive),
             members_dead: count(MemberState::Dead),
+            partitions,
+            partitions_complete,
+            partitions_surplus,
         })
     }
 

@@ -52,6 +52,8 @@ const FETCH_PER_ROUND: usize = 4096;
 const HANDOFF_PER_ROUND: usize = 8192;
 /// Most partitions or blocks in one question to a member (the holdings protocol's bound).
 const ASK_CHUNK: usize = 8192;
+/// Troubled partitions whose leaves a health sweep reads at once.
+const HEALTH_CHUNK: usize = 256;
 /// Leaves of a file indexed in one batch while its DAG is walked (bounds the memory a huge file takes).
 const LEAF_BATCH: usize = 16_384;
 /// Fetched blocks are written to the store in batches of this many.
@@ -165,6 +167,8 @@ struct Allocator {
     /// Members' shares found incomplete by the last health sweep: member -> partitions.
     incomplete_members: BTreeMap<String, BTreeSet<u32>>,
     last_health: Option<Instant>,
+    /// How long the last health sweep took.
+    last_sweep_took: Duration,
     /// Something that health depends on changed since the last sweep.
     health_dirty: bool,
     report: Report,
@@ -240,6 +244,7 @@ impl Allocator {
             shares: Vec::new(),
             incomplete_members: BTreeMap::new(),
             last_health: None,
+            last_sweep_took: Duration::ZERO,
             health_dirty: true,
             report: Report::default(),
         })
@@ -321,9 +326,16 @@ impl Allocator {
         // 6. Health.
         // Every few seconds whatever happened (a member may have lost copies without telling): the sweep costs
         // one summary per member, whatever the cluster stores. Sooner when something here changed.
-        let due = self.last_health.is_none_or(|t| t.elapsed() >= HEALTH_EVERY);
-        if due || (self.health_dirty && self.last_health.is_none_or(|t| t.elapsed() >= ROUND)) {
+        // A sweep that had much to check (a repair in progress) spaces the next ones out, so health never takes
+        // more than about a tenth of the loop's time.
+        let gap = HEALTH_EVERY.max(self.last_sweep_took * 10);
+        let due = self.last_health.is_none_or(|t| t.elapsed() >= gap);
+        let soon =
+            self.health_dirty && self.last_health.is_none_or(|t| t.elapsed() >= ROUND.max(self.last_sweep_took * 10));
+        if due || soon {
+            let start = Instant::now();
             self.sweep_health(node, &alive).await?;
+            self.last_sweep_took = start.elapsed();
         }
 
         let metadata_complete = synced && self.unwalked.is_empty();
@@ -673,7 +685,8 @@ impl Allocator {
 
     /// Each catalog file's health. Files with no leaf in a partition some holder lacks are at RF without looking
     /// at their blocks; the leaves of those partitions are checked one by one, asking the holders that lack
-    /// something (and, for a leaf no holder has, every live member) whether they have it.
+    /// something (and, for a leaf no holder has, every live member) whether they have it. Troubled partitions are
+    /// taken [`HEALTH_CHUNK`] at a time, so memory holds one chunk's leaves and a counter per file.
     async fn file_health(
         &self,
         node: &Arc<Node>,
@@ -681,88 +694,99 @@ impl Allocator {
         layout: &xnode_placement::Layout,
     ) -> Result<Vec<FileHealth>, InstanceError> {
         let files = node.catalog_files();
-        let troubled: BTreeSet<u32> = self.incomplete_members.values().flatten().copied().collect();
+        let troubled: Vec<u32> =
+            self.incomplete_members.values().flatten().copied().collect::<BTreeSet<u32>>().into_iter().collect();
         let index = self.index.clone();
         let roots: Vec<Cid> = files.iter().map(|f| f.root).collect();
-        let (infos, pairs) = blocking(move || -> Result<_, InstanceError> {
+        let infos = blocking(move || -> Result<_, InstanceError> {
             let mut infos = HashMap::new();
             for root in roots {
                 if let Some(info) = index.file(&root).map_err(index_error)? {
                     infos.insert(root, info);
                 }
             }
-            let mut pairs = Vec::new();
-            for p in troubled {
-                for (cid, root, _) in index.leaf_pairs_in(p).map_err(index_error)? {
-                    pairs.push((p, cid, root));
-                }
-            }
-            Ok((infos, pairs))
+            Ok(infos)
         })
         .await?;
-        // Per leaf of a troubled partition: how many live nodes hold it.
-        let mut copies: HashMap<Cid, usize> = HashMap::new();
-        let mut ask: BTreeMap<String, Vec<Cid>> = BTreeMap::new();
-        let mut distinct: Vec<(u32, Cid)> = pairs.iter().map(|(p, c, _)| (*p, *c)).collect();
-        distinct.dedup();
-        for &(p, cid) in &distinct {
-            let mut sure = 0;
-            for holder in layout.holders(p) {
-                if self.incomplete_members.get(holder).is_some_and(|s| s.contains(&p)) {
-                    ask.entry(holder.to_string()).or_default().push(cid);
-                } else {
-                    sure += 1;
+        let rf = layout.replication().min(layout.nodes().len().max(1));
+        // Per file: (under-replicated, missing) leaves.
+        let mut per_file: HashMap<Cid, (u64, u64)> = HashMap::new();
+        for chunk in troubled.chunks(HEALTH_CHUNK) {
+            let index = self.index.clone();
+            let parts = chunk.to_vec();
+            let pairs = blocking(move || -> Result<Vec<(u32, Cid, Cid)>, InstanceError> {
+                let mut pairs = Vec::new();
+                for p in parts {
+                    for (cid, root, _) in index.leaf_pairs_in(p).map_err(index_error)? {
+                        pairs.push((p, cid, root));
+                    }
                 }
-            }
-            copies.insert(cid, sure);
-        }
-        for (holder, cids) in ask {
-            for (cid, has) in self.ask_have(node, alive, &holder, cids).await {
-                if has {
-                    *copies.entry(cid).or_default() += 1;
+                Ok(pairs)
+            })
+            .await?;
+            // Per distinct leaf: how many live nodes hold it.
+            let mut copies: HashMap<Cid, usize> = HashMap::new();
+            let mut ask: BTreeMap<String, Vec<Cid>> = BTreeMap::new();
+            for (p, cid, _) in &pairs {
+                if copies.contains_key(cid) {
+                    continue;
                 }
+                let mut sure = 0;
+                for holder in layout.holders(*p) {
+                    if self.incomplete_members.get(holder).is_some_and(|s| s.contains(p)) {
+                        ask.entry(holder.to_string()).or_default().push(*cid);
+                    } else {
+                        sure += 1;
+                    }
+                }
+                copies.insert(*cid, sure);
             }
-        }
-        // Leaves no holder has: does anyone (an uploader not done handing off, a node that lost the partition)?
-        let orphans: Vec<Cid> = copies.iter().filter(|(_, &n)| n == 0).map(|(c, _)| *c).collect();
-        if !orphans.is_empty() {
-            for m in alive {
-                let have = self.ask_have(node, alive, &m.name, orphans.clone()).await;
-                for (cid, has) in have {
+            for (holder, cids) in ask {
+                for (cid, has) in self.ask_have(node, alive, &holder, cids).await {
                     if has {
                         *copies.entry(cid).or_default() += 1;
                     }
                 }
             }
-        }
-        let rf = self.core.layout().map_or(1, |l| l.replication().min(l.nodes().len().max(1)));
-        let mut per_file: HashMap<Cid, (u64, u64)> = HashMap::new();
-        for (_, cid, root) in &pairs {
-            let n = copies.get(cid).copied().unwrap_or(0);
-            let entry = per_file.entry(*root).or_default();
-            if n == 0 {
-                entry.1 += 1;
-            } else if n < rf {
-                entry.0 += 1;
+            // Leaves no holder has: does anyone (an uploader not done handing off, a node that lost the partition)?
+            let orphans: Vec<Cid> = copies.iter().filter(|(_, &n)| n == 0).map(|(c, _)| *c).collect();
+            if !orphans.is_empty() {
+                for m in alive {
+                    for (cid, has) in self.ask_have(node, alive, &m.name, orphans.clone()).await {
+                        if has {
+                            *copies.entry(cid).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            for (_, cid, root) in &pairs {
+                let n = copies.get(cid).copied().unwrap_or(0);
+                let entry = per_file.entry(*root).or_default();
+                if n == 0 {
+                    entry.1 += 1;
+                } else if n < rf {
+                    entry.0 += 1;
+                }
             }
         }
+        // A file not indexed here yet (its DAG still being fetched) is left out until this node can say.
         Ok(files
             .iter()
-            .map(|f| {
-                let blocks = infos.get(&f.root).map_or(f.blocks, |i| i.leaves + i.interior);
+            .filter_map(|f| {
+                let info = infos.get(&f.root)?;
+                let blocks = info.leaves + info.interior;
                 let (under, missing) = per_file.get(&f.root).copied().unwrap_or((0, 0));
-                let indexed = infos.contains_key(&f.root);
-                FileHealth {
+                Some(FileHealth {
                     root: f.root.to_string(),
                     name: f.name.clone(),
                     size: f.size,
                     added_at: f.added_at,
                     added_by: f.added_by.clone(),
                     blocks,
-                    at_rf: if indexed { blocks - under - missing } else { 0 },
-                    under_replicated: if indexed { under } else { 0 },
-                    missing: if indexed { missing } else { blocks },
-                }
+                    at_rf: blocks.saturating_sub(under + missing),
+                    under_replicated: under,
+                    missing,
+                })
             })
             .collect())
     }

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Self-allocation benchmark: five `xnode run` processes on loopback at replication factor 2.
 
-1. Add SIZE on one node and wait until the cluster settles (every member holds the same plan).
-2. Kill -9 the member holding the most bytes and time until the four survivors settle again with two copies of
-   every leaf: the repair time (target: 60 s or less for a node holding about 1 GiB).
-3. Start a sixth node and count the block copies that moved, against the ideal (its capacity share of all copies).
-4. Halve one node's capacity and count the copies that moved, against the ideal (the copies its share lost).
+1. Add SIZE on one node (chunked as `--chunker`) and wait until the cluster settles: every member seeding with
+   nothing wanted and no surplus, every node reporting the file at RF.
+2. Idle: CPU of each node as a share of one core over `--idle` seconds (target <= 1%), its RSS (target <= 150 MB),
+   and its share of the data against its share of the capacity.
+3. Kill -9 the member holding the most bytes: seconds until every survivor has a new layout and starts repairing
+   (target <= 3 s), and until the four survivors settle again with two copies of every leaf (the repair time;
+   target: 60 s or less for a node holding about 1 GiB).
+4. Start a sixth node and count the block copies that moved, against the ideal (its capacity share of all copies).
+5. Halve one node's capacity and count the copies that moved, against the ideal (the copies its share lost).
 
     python3 bench/repair.py --xnode target/release/xnode --size 2560MiB
+    python3 bench/repair.py --size 4GiB --chunker size-4096 --capacity 20GiB   # 1,048,576 leaves, 2M copies
 
 Prints one table; nothing is asserted (tests assert behaviour, this measures).
 """
@@ -55,6 +60,7 @@ class Node:
             XNODE_KNOWN_PEERS=seed,
             XNODE_ADMIN_TOKEN=TOKEN,
             XNODE_LOG="warn",
+            XNODE_GROUP_NAME=f"xnode-bench-{os.getpid()}",
         )
         if capacity:
             env["XNODE_STORAGE_MAX"] = str(capacity)
@@ -98,35 +104,48 @@ class Node:
         self.proc.wait()
 
 
-def settled(nodes, root, old_plan):
-    """The plan every member reports once it holds its share, or None while they differ, still fetch, or still
-    report `old_plan` (the plan before the change being timed, which must not count)."""
+def settled(nodes, root):
+    """Whether every member sees exactly `nodes` alive, seeding, wanting nothing, with no surplus partition left,
+    and every node lists `root` with every block at RF."""
     names = sorted(n.name for n in nodes)
-    plan = None
     for n in nodes:
         members = n.get("/api/v1/members") or []
         alive = [m for m in members if m["state"] == "Alive" and m["meta"].get("peer_id")]
         if sorted(m["name"] for m in alive) != names:
-            return None
-        plans = {m["meta"].get("settled", "") for m in alive}
-        if len(plans) != 1 or "" in plans or any(m["meta"].get("wanted", 1) for m in alive):
-            return None
-        if plans == {old_plan} or (plan is not None and plans != {plan}):
-            return None
-        plan = plans.pop()
-        if root not in json.dumps(n.get("/api/v1/files")):
-            return None
-    return plan
+            return False
+        if any(m["meta"].get("phase") != "seeding" or m["meta"].get("wanted", 1) for m in alive):
+            return False
+        status = n.get("/api/v1/status") or {}
+        if status.get("partitions_surplus", 1) or status.get("partitions_complete") != status.get("partitions"):
+            return False
+        files = n.get("/api/v1/files") or []
+        if not any(f.get("root") == root and f.get("at_rf") == f.get("blocks") for f in files):
+            return False
+    return True
 
 
-def wait_settled(nodes, root, what, old_plan=None, limit=900):
-    """Seconds until the cluster settles on a plan other than `old_plan`, and that plan."""
+def wait_settled(nodes, root, what, limit=1800):
+    """Seconds until the cluster settles."""
     start = time.monotonic()
-    while (plan := settled(nodes, root, old_plan)) is None:
+    while not settled(nodes, root):
         if time.monotonic() - start > limit:
-            sys.exit(f"{what}: the cluster did not settle on a new plan within {limit} s")
-        time.sleep(0.25)
-    return time.monotonic() - start, plan
+            sys.exit(f"{what}: the cluster did not settle within {limit} s")
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1000
+    return 0.0
 
 
 def moved(before, after):
@@ -139,6 +158,8 @@ def main():
     ap.add_argument("--xnode", default="target/release/xnode")
     ap.add_argument("--size", default="2560MiB", help="bytes added (each of 5 nodes holds about 2/5 at RF 2)")
     ap.add_argument("--capacity", default="3GiB", help="each node's storage capacity")
+    ap.add_argument("--chunker", default=None, help="as `xnode add --chunker`, e.g. size-4096 for many blocks")
+    ap.add_argument("--idle", type=float, default=60, help="seconds of idle CPU measured once settled")
     args = ap.parse_args()
     size = parse_size(args.size)
     cap = parse_size(args.capacity)
@@ -155,27 +176,49 @@ def main():
                 chunk = os.urandom(min(left, 16 << 20))
                 f.write(chunk)
                 left -= len(chunk)
+        add = [args.xnode, "--api", nodes[0].api, "--token", TOKEN, "add", "-Q"]
+        if args.chunker:
+            add += ["--chunker", args.chunker]
+        t_add = time.monotonic()
         out = subprocess.run(
-            [args.xnode, "--api", nodes[0].api, "--token", TOKEN, "add", "-Q", payload],
+            add + [payload],
             check=True,
             capture_output=True,
             text=True,
         )
         root = out.stdout.strip()
+        t_add = time.monotonic() - t_add
         os.remove(payload)
-        t_settle, plan = wait_settled(nodes, root, "after the add")
-        time.sleep(3)  # let the adding node release its staging copies
+        t_settle = wait_settled(nodes, root, "after the add")
         before = {n.name: n.held() for n in nodes}
         copies = sum(len(h) for h in before.values())
+
+        # Idle.
+        time.sleep(5)
+        cpu0 = {n.name: cpu_seconds(n.proc.pid) for n in nodes}
+        t0 = time.monotonic()
+        time.sleep(args.idle)
+        elapsed = time.monotonic() - t0
+        idle = {n.name: (cpu_seconds(n.proc.pid) - cpu0[n.name]) / elapsed for n in nodes}
+        rss = {n.name: rss_mb(n.proc.pid) for n in nodes}
+        used = {n.name: (n.get("/api/v1/storage") or {}).get("used", 0) for n in nodes}
 
         # Repair.
         victim = max(nodes, key=lambda n: (n.get("/api/v1/storage") or {}).get("used", 0))
         victim_bytes = (victim.get("/api/v1/storage") or {}).get("used", 0)
         victim_blocks = len(before[victim.name])
+        layout_before = {n.name: (n.get("/api/v1/status") or {}).get("partitions", 0) for n in nodes}
         victim.kill()
+        t_kill = time.monotonic()
         nodes.remove(victim)
-        t_repair, plan = wait_settled(nodes, root, "after the kill", plan)
-        time.sleep(3)
+        started = {}
+        while len(started) < len(nodes) and time.monotonic() - t_kill < 120:
+            for n in nodes:
+                if n.name not in started and (n.get("/api/v1/status") or {}).get("partitions", 0) > layout_before[n.name]:
+                    started[n.name] = time.monotonic() - t_kill
+            time.sleep(0.1)
+        t_start = max(started.values()) if len(started) == len(nodes) else float("nan")
+        t_repair = wait_settled(nodes, root, "after the kill")
         after_repair = {n.name: n.held() for n in nodes}
         # Only the victim's leaf copies should move (interior blocks are on every node already).
         everywhere = set.intersection(*before.values())
@@ -185,8 +228,7 @@ def main():
 
         # Join.
         nodes.append(Node(args.xnode, base, "n6", nodes[0].gossip, cap))
-        t_join, plan = wait_settled(nodes, root, "after the join", plan)
-        time.sleep(3)
+        t_join = wait_settled(nodes, root, "after the join")
         after_join = {n.name: n.held() for n in nodes}
         join_moved = moved(after_repair, after_join)
         total = sum(len(h) for h in after_join.values())
@@ -195,8 +237,7 @@ def main():
         # Resize: halve one node's capacity.
         target = nodes[1]
         target.put("/api/v1/storage", {"capacity": cap // 2})
-        t_resize, plan = wait_settled(nodes, root, "after the resize", plan)
-        time.sleep(3)
+        t_resize = wait_settled(nodes, root, "after the resize")
         after_resize = {n.name: n.held() for n in nodes}
         resize_moved = moved(after_join, after_resize)
         resize_ideal = max(len(after_join[target.name]) - len(after_resize[target.name]), 1)
@@ -204,7 +245,16 @@ def main():
         mib = 1 << 20
         print(f"\nself-allocation, 5 nodes, RF 2, {size / mib:.0f} MiB added ({copies} leaf+interior copies held)")
         print(f"{'step':<34}{'seconds':>9}  detail")
-        print(f"{'settle after add':<34}{t_settle:>9.1f}  every member holds the plan")
+        print(f"{'add through n1':<34}{t_add:>9.1f}  {args.chunker or 'size-262144'} chunks")
+        print(f"{'settle after add':<34}{t_settle:>9.1f}  every leaf on its holders, n1's surplus handed off")
+        total_used = sum(used.values()) or 1
+        for n in sorted(idle):
+            print(
+                f"{'  idle ' + n:<34}{'':>9}  CPU {idle[n] * 100:.2f}% of a core [<= 1%], RSS {rss[n]:.0f} MB "
+                f"[<= 150 MB], holds {used[n] / total_used * 100:.1f}% of the data (capacity share "
+                f"{100 / len(idle):.1f}%), {len(before[n])} blocks"
+            )
+        print(f"{'repair starts on every survivor':<34}{t_start:>9.1f}  new layout seen [target <= 3 s]")
         print(
             f"{'repair after kill -9':<34}{t_repair:>9.1f}  {victim.name} held {victim_bytes / mib:.0f} MiB "
             f"({victim_blocks} blocks); {victim_bytes / mib / max(t_repair, 1e-9):.0f} MiB/s re-replicated"

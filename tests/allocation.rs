@@ -256,3 +256,228 @@ fn files_dropped_in_the_watched_folder_are_added_once_they_stop_changing() {
     }
     assert!(cat(&node, &root) == data);
 }
+
+/// One upload: its root and its DAG as the test's own import builds it.
+struct Uploaded {
+    root: String,
+    leaves: Vec<String>,
+    blocks: u64,
+}
+
+fn upload(node: &RunningNode, name: &str, data: &[u8]) -> Option<Uploaded> {
+    let response = ureq::post(&node.url(&format!("/api/v1/files?name={name}")))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .timeout(Duration::from_secs(10))
+        .send_bytes(data)
+        .ok()?;
+    let body: serde_json::Value = response.into_json().ok()?;
+    let root = body["cid"].as_str()?.to_string();
+    // A file of one block is all leaf (its root is data, placed like any leaf): `dag_of` lists it as a leaf.
+    let (leaves, interior) = dag_of(data);
+    let blocks = (leaves.len() + interior.len()) as u64;
+    Some(Uploaded { root, leaves: leaves.into_iter().map(|l| l.0).collect(), blocks })
+}
+
+/// 10 uploads a second for 60 s to one node of five at RF 2 while another is killed and restarted: every file
+/// reaches RF on every node, the uploader releases its surplus copies within 10 s of a file reaching RF, and no
+/// node ever reports a block missing (the uploader, and the holders that fetched, hold every block throughout).
+#[test]
+fn uploads_during_a_kill_and_restart_reach_rf_and_nothing_is_reported_missing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().to_path_buf();
+    let names = ["u1", "u2", "u3", "u4", "u5"];
+    let cap = (2u64 << 30).to_string();
+    let mut nodes: Vec<Option<RunningNode>> = Vec::new();
+    nodes.push(Some(start(&base, names[0], "", &cap)));
+    let seed = nodes[0].as_ref().unwrap().gossip.clone();
+    for name in &names[1..] {
+        nodes.push(Some(start(&base, name, &seed, &cap)));
+    }
+    let view: Vec<NodeInfo> = names.iter().map(|n| NodeInfo { name: n.to_string(), capacity: 2 << 30 }).collect();
+    let layout = Layout::new(&view, &[], 2, DEFAULT_PARTITIONS).unwrap();
+    let without_u4 = Layout::new(&view, &["u4"], 2, DEFAULT_PARTITIONS).unwrap();
+    // Wait for the five to see each other.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !nodes.iter().flatten().all(|n| alive(n).len() == 5) {
+        assert!(Instant::now() < deadline, "the five nodes did not meet");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let nodes = Arc::new(Mutex::new(nodes));
+    let u4_down = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    // The sampler: every node's files every 200 ms; any block reported missing is a failure. It also records when
+    // each file is first at RF everywhere and when the uploader first holds none of its leaves outside its share.
+    let apis: Vec<(String, String)> = names
+        .iter()
+        .zip(nodes.lock().unwrap().iter())
+        .map(|(n, r)| (n.to_string(), r.as_ref().unwrap().api.clone()))
+        .collect();
+    let sampler = {
+        let (u4_down, done) = (u4_down.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut missing_seen: Vec<String> = Vec::new();
+            let mut at_rf: HashMap<String, Instant> = HashMap::new();
+            let mut uploader_held: Vec<(Instant, HashSet<String>)> = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                let mut everywhere: Option<HashSet<String>> = None;
+                for (name, api) in &apis {
+                    if name == "u4" && u4_down.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let files = match ureq::get(&format!("{api}/api/v1/files")).timeout(Duration::from_secs(5)).call() {
+                        Ok(r) => r.into_json::<serde_json::Value>().unwrap_or_default(),
+                        Err(_) => continue,
+                    };
+                    let mut healthy = HashSet::new();
+                    for f in files.as_array().into_iter().flatten() {
+                        let root = f["root"].as_str().unwrap_or("").to_string();
+                        if f["missing"].as_u64().unwrap_or(0) > 0 {
+                            missing_seen.push(format!("{name} reported {} missing blocks of {root}", f["missing"]));
+                        }
+                        if f["at_rf"] == f["blocks"] && f["blocks"].as_u64().unwrap_or(0) > 0 {
+                            healthy.insert(root);
+                        }
+                    }
+                    everywhere = Some(match everywhere {
+                        None => healthy,
+                        Some(e) => e.intersection(&healthy).cloned().collect(),
+                    });
+                }
+                for root in everywhere.unwrap_or_default() {
+                    at_rf.entry(root).or_insert(now);
+                }
+                let held = ureq::get(&format!("{}/api/v1/blocks?limit=1000000", apis[0].1))
+                    .timeout(Duration::from_secs(5))
+                    .call()
+                    .ok()
+                    .and_then(|r| r.into_json::<serde_json::Value>().ok())
+                    .map(|v| {
+                        v["held"]["cids"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|c| c.as_str().map(String::from))
+                            .collect::<HashSet<_>>()
+                    });
+                if let Some(h) = held {
+                    uploader_held.push((now, h));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (missing_seen, at_rf, uploader_held)
+        })
+    };
+
+    // The uploads: 10 a second for 60 s, alternating a 100 KB file (one block) and a 600 KB file (three leaves).
+    let mut uploaded: Vec<Uploaded> = Vec::new();
+    let started = Instant::now();
+    for i in 0..600u64 {
+        let slot = started + Duration::from_millis(100 * i);
+        if let Some(wait) = slot.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if i == 150 {
+            let mut guard = nodes.lock().unwrap();
+            let mut u4 = guard[3].take().unwrap();
+            u4_down.store(true, Ordering::SeqCst);
+            u4.child.kill().unwrap();
+            u4.child.wait().unwrap();
+            guard[3] = None;
+            drop(u4);
+        }
+        if i == 350 {
+            let n4 = start(&base, "u4", &seed, &cap);
+            let mut guard = nodes.lock().unwrap();
+            guard[3] = Some(n4);
+            u4_down.store(false, Ordering::SeqCst);
+        }
+        let size = if i % 2 == 0 { 100_000 } else { 600_000 };
+        let data = random_bytes(size, 1000 + i);
+        let guard = nodes.lock().unwrap();
+        let u1 = guard[0].as_ref().unwrap();
+        let up = upload(u1, &format!("f{i}.bin"), &data).unwrap_or_else(|| panic!("upload {i} failed"));
+        drop(guard);
+        uploaded.push(up);
+    }
+    let upload_secs = started.elapsed().as_secs_f64();
+
+    // Every file reaches RF on every node.
+    let guard = nodes.lock().unwrap();
+    let live: Vec<&RunningNode> = guard.iter().flatten().collect();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let healthy = live.iter().all(|n| {
+            let files = get_json(n, "/api/v1/files");
+            let ok: HashSet<&str> = files
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f["at_rf"] == f["blocks"] && f["missing"] == 0)
+                .filter_map(|f| f["root"].as_str())
+                .collect();
+            uploaded.iter().all(|u| ok.contains(u.root.as_str()))
+        });
+        if healthy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every file reached RF everywhere");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Let the sampler see the final state for a while, then stop it.
+    std::thread::sleep(Duration::from_secs(12));
+    done.store(true, Ordering::SeqCst);
+    let (missing_seen, at_rf, uploader_held) = sampler.join().unwrap();
+    assert!(
+        missing_seen.is_empty(),
+        "blocks reported missing while live nodes held them: {:?}",
+        &missing_seen[..missing_seen.len().min(5)]
+    );
+
+    // Each file's health says as many blocks as its DAG has.
+    let files = get_json(live[0], "/api/v1/files");
+    for u in &uploaded {
+        let f = files.as_array().unwrap().iter().find(|f| f["root"] == u.root.as_str()).unwrap();
+        assert_eq!(f["blocks"].as_u64(), Some(u.blocks), "{}: blocks", u.root);
+    }
+
+    // The uploader lets go of each file's leaves outside its share within 10 s of the file reaching RF. Its share is
+    // judged under the layout of the moment (u4 departed or not): a leaf counts as released once neither layout
+    // gives it to u1 and u1 no longer holds it.
+    let mut late = Vec::new();
+    for u in &uploaded {
+        let Some(&t_rf) = at_rf.get(&u.root) else {
+            late.push(format!("{} never seen at RF by the sampler", u.root));
+            continue;
+        };
+        let surplus: Vec<&String> = u
+            .leaves
+            .iter()
+            .filter(|c| {
+                let p = layout.partition_of_cid(&cid::Cid::try_from(c.as_str()).unwrap().to_bytes());
+                !layout.holders(p).any(|h| h == "u1") && !without_u4.holders(p).any(|h| h == "u1")
+            })
+            .collect();
+        let released_at = uploader_held.iter().find(|(_, h)| surplus.iter().all(|c| !h.contains(*c))).map(|(t, _)| *t);
+        match released_at {
+            Some(t) if t <= t_rf + Duration::from_secs(10) => {}
+            Some(t) => late.push(format!("{}: released {:.1} s after reaching RF", u.root, (t - t_rf).as_secs_f64())),
+            None => late.push(format!("{}: never released", u.root)),
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "{} of {} files were not handed off in time: {:?}",
+        late.len(),
+        uploaded.len(),
+        &late[..late.len().min(5)]
+    );
+    eprintln!(
+        "600 uploads in {upload_secs:.1} s; every file at RF, none reported missing, every surplus released in time"
+    );
+    drop(guard);
+}

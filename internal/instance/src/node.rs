@@ -194,6 +194,8 @@ impl Node {
             config.p2p.clone(),
             xnode_bitswap::Config::default(),
             Arc::new(StoreBlocks(repo.store().clone())),
+            // Placeholder until the allocation side answers placement evidence (issue 12).
+            Arc::new(xnode_p2p::NoHoldings),
             net_sink.clone(),
         )
         .await?;

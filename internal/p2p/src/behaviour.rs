@@ -32,11 +32,13 @@ pub(crate) struct Behaviour {
     pub(crate) relay_client: relay::client::Behaviour,
     pub(crate) dcutr: dcutr::Behaviour,
     pub(crate) bitswap: xnode_bitswap::Behaviour,
+    /// `/xnode/holdings/1.0.0`: placement evidence asked of a member (crate::holdings).
+    pub(crate) holdings: libp2p::request_response::cbor::Behaviour<crate::holdings::Request, crate::holdings::Response>,
 }
 
-/// The agent string: `xnode/<version> group/<tag>`, where the tag is a hash of the group name, so nodes can tell
-/// their group apart without telling the LAN what it is called.
-pub(crate) fn agent_version(group: &str) -> String {
+/// The identify agent string of an Xnode of `group`: `xnode/<version> group/<tag>`, where the tag is a hash of the
+/// group name, so nodes can tell their group apart without telling the LAN what it is called.
+pub fn agent_version(group: &str) -> String {
     format!("xnode/{} group/{}", env!("CARGO_PKG_VERSION"), group_tag(group))
 }
 
@@ -113,6 +115,7 @@ impl Behaviour {
             relay_client,
             dcutr: dcutr::Behaviour::new(peer_id),
             bitswap: xnode_bitswap::Behaviour::new(bitswap_config, store),
+            holdings: crate::holdings::behaviour(),
         })
     }
 }

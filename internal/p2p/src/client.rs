@@ -10,7 +10,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::event_loop::Command;
 use crate::fetch::{FetchKind, Outcome};
-use crate::{FetchStats, NetEvent, P2pError};
+use crate::holdings::{self, Request, Response};
+use crate::{FetchStats, NetEvent, P2pError, SetDigest};
 
 /// Talks to the swarm's event loop. Cheap to clone; the loop stops when the last clone is dropped.
 #[derive(Clone, Debug)]
@@ -92,8 +93,54 @@ impl Client {
         }
     }
 
+    /// The digest of the blocks `peer` keeps in each of `partitions` (at most [`holdings::MAX_PARTITIONS`]), in
+    /// the order asked. Only members of our group answer; requests beyond the few a peer serves at once wait here.
+    pub async fn digests(&self, peer: PeerId, partitions: Vec<u32>) -> Result<Vec<SetDigest>, P2pError> {
+        bounded("partitions", partitions.len(), holdings::MAX_PARTITIONS)?;
+        match self.ask_holdings(peer, Request::Digests { partitions }).await? {
+            Response::Digests(digests) => Ok(digests),
+            _ => Err(mismatch(peer)),
+        }
+    }
+
+    /// The digest of everything `peer` keeps in the partitions whose bits are set in `bitmap` (bit i of byte i/8,
+    /// LSB first, is partition i; at most [`holdings::MAX_BITMAP`] bytes).
+    pub async fn summary(&self, peer: PeerId, bitmap: Vec<u8>) -> Result<SetDigest, P2pError> {
+        bounded("bitmap bytes", bitmap.len(), holdings::MAX_BITMAP)?;
+        match self.ask_holdings(peer, Request::Summary { bitmap }).await? {
+            Response::Summary(digest) => Ok(digest),
+            _ => Err(mismatch(peer)),
+        }
+    }
+
+    /// Whether `peer` stores each of `cids` (at most [`holdings::MAX_CIDS`]), in the order asked.
+    pub async fn have(&self, peer: PeerId, cids: Vec<Cid>) -> Result<Vec<bool>, P2pError> {
+        bounded("CIDs", cids.len(), holdings::MAX_CIDS)?;
+        let cids = cids.iter().map(|c| serde_bytes::ByteBuf::from(c.to_bytes())).collect();
+        match self.ask_holdings(peer, Request::Have { cids }).await? {
+            Response::Have(have) => Ok(have),
+            _ => Err(mismatch(peer)),
+        }
+    }
+
+    async fn ask_holdings(&self, peer: PeerId, request: Request) -> Result<Response, P2pError> {
+        self.ask(|reply| Command::Holdings { peer, request, reply }).await?
+    }
+
     /// Asks the event loop to stop.
     pub(crate) async fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
     }
+}
+
+/// Not expected: the event loop already checks that an answer matches its request.
+fn mismatch(peer: PeerId) -> P2pError {
+    P2pError::NoAnswer { peer, reason: holdings::RequestFailure::Mismatch }
+}
+
+fn bounded(what: &'static str, len: usize, max: usize) -> Result<(), P2pError> {
+    if len > max {
+        return Err(P2pError::RequestTooLarge { what, len, max });
+    }
+    Ok(())
 }

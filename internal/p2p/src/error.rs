@@ -5,6 +5,8 @@ use std::time::Duration;
 use cid::Cid;
 use libp2p::{Multiaddr, PeerId};
 
+use crate::holdings::{Refusal, RequestFailure};
+
 /// Why a p2p operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum P2pError {
@@ -70,6 +72,33 @@ pub enum P2pError {
     /// A DHT operation failed (no known peers, timeout).
     #[error("DHT: {0}")]
     Dht(String),
+    /// A holdings request names more items than the protocol allows (see `holdings::MAX_*`); it was not sent.
+    #[error("holdings request too large: {len} {what}, at most {max}")]
+    RequestTooLarge {
+        /// What is counted: "partitions", "CIDs" or "bitmap bytes".
+        what: &'static str,
+        /// How many the request named.
+        len: usize,
+        /// The protocol's bound.
+        max: usize,
+    },
+    /// The peer answered a holdings request with a refusal.
+    #[error("peer {peer} refused the holdings request: {reason}")]
+    Refused {
+        /// The peer asked.
+        peer: PeerId,
+        /// Why it refused.
+        reason: Refusal,
+    },
+    /// A holdings request got no usable answer (a peer of another group, or one that has not admitted us, gets
+    /// its stream closed: [`RequestFailure::Stream`]).
+    #[error("holdings request to {peer} failed: {reason}")]
+    NoAnswer {
+        /// The peer asked.
+        peer: PeerId,
+        /// What happened.
+        reason: RequestFailure,
+    },
     /// The event loop has stopped; the node is shutting down.
     #[error("the p2p event loop has stopped")]
     Stopped,

@@ -12,6 +12,7 @@ use cid::Cid;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, kad, mdns, relay, Multiaddr, PeerId, Swarm};
@@ -19,7 +20,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::behaviour::{classify, Behaviour, BehaviourEvent, PeerKind};
 use crate::fetch::{Action, FetchId, FetchKind, Outcome, Retriever};
-use crate::{BlockSink, NetEvent, P2pConfig, P2pError};
+use crate::holdings::{self, InboundGate, Refusal, Request, RequestFailure, Response};
+use crate::{BlockSink, Holdings, NetEvent, P2pConfig, P2pError};
 
 /// How often timers run: slow requests, fetch deadlines, ban expiry, paced provides.
 const TICK: Duration = Duration::from_millis(250);
@@ -37,6 +39,7 @@ pub(crate) enum Command {
     FindProviders { cid: Cid, reply: oneshot::Sender<Result<HashSet<PeerId>, P2pError>> },
     Fetch { root: Cid, kind: FetchKind, timeout: Duration, reply: oneshot::Sender<Result<Outcome, P2pError>> },
     Dial { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<(), P2pError>> },
+    Holdings { peer: PeerId, request: Request, reply: oneshot::Sender<Result<Response, P2pError>> },
     Shutdown,
 }
 
@@ -63,6 +66,20 @@ struct PendingDial {
     tried: HashSet<Multiaddr>,
 }
 
+/// A holdings request of ours and where its answer goes.
+type HoldingsReply = oneshot::Sender<Result<Response, P2pError>>;
+
+/// Our holdings requests to one peer: at most [`holdings::MAX_INBOUND_PER_PEER`] on the wire (the peer refuses
+/// more as busy), the rest waiting here.
+#[derive(Default)]
+struct OutboundQueue {
+    in_flight: usize,
+    waiting: VecDeque<(Request, HoldingsReply)>,
+}
+
+/// A holdings request answered on a blocking thread, back to the loop: `None` when the `Holdings` panicked.
+type Answered = (PeerId, ResponseChannel<Response>, Option<Response>);
+
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -72,6 +89,16 @@ pub(crate) struct EventLoop {
     stored_tx: mpsc::UnboundedSender<(FetchId, Cid, Result<(), String>)>,
     stored_rx: mpsc::UnboundedReceiver<(FetchId, Cid, Result<(), String>)>,
     retriever: Retriever,
+    holdings: Arc<dyn Holdings>,
+    answered_tx: mpsc::UnboundedSender<Answered>,
+    answered_rx: mpsc::UnboundedReceiver<Answered>,
+    /// Holdings requests being served (on blocking threads, or parked), per peer and in all.
+    inbound: InboundGate,
+    /// Holdings requests of peers connected but not yet identified: served once identify says they are members,
+    /// dropped otherwise (or when their stream times out).
+    parked: HashMap<PeerId, Vec<(Request, ResponseChannel<Response>)>>,
+    pending_holdings: HashMap<OutboundRequestId, (PeerId, Request, HoldingsReply)>,
+    outbound: HashMap<PeerId, OutboundQueue>,
     pending_fetch: HashMap<FetchId, oneshot::Sender<Result<Outcome, P2pError>>>,
     pending_providers: HashMap<kad::QueryId, ProviderQuery>,
     pending_provide: HashSet<kad::QueryId>,
@@ -82,6 +109,8 @@ pub(crate) struct EventLoop {
     next_reprovide: Instant,
     /// Peers identify has accepted (our group, or not an Xnode at all).
     admitted: HashSet<PeerId>,
+    /// The admitted peers that are Xnodes of our group: the only ones whose holdings requests are answered.
+    members: HashSet<PeerId>,
     /// Xnodes of another group: never dialled again, never in the routing table.
     other_group: HashSet<PeerId>,
     /// Banned peers and when their ban ends.
@@ -102,9 +131,11 @@ impl EventLoop {
         events: broadcast::Sender<NetEvent>,
         config: P2pConfig,
         local: Arc<dyn xnode_bitswap::BlockStore>,
+        holdings: Arc<dyn Holdings>,
         sink: Arc<dyn BlockSink>,
     ) -> Self {
         let (stored_tx, stored_rx) = mpsc::unbounded_channel();
+        let (answered_tx, answered_rx) = mpsc::unbounded_channel();
         let retriever =
             Retriever::new(local, config.fetch_window, config.max_inflight_per_peer, config.block_request_timeout);
         EventLoop {
@@ -117,6 +148,13 @@ impl EventLoop {
             stored_tx,
             stored_rx,
             retriever,
+            holdings,
+            answered_tx,
+            answered_rx,
+            inbound: InboundGate::new(holdings::MAX_INBOUND_PER_PEER, holdings::MAX_INBOUND_TOTAL),
+            parked: HashMap::new(),
+            pending_holdings: HashMap::new(),
+            outbound: HashMap::new(),
             pending_fetch: HashMap::new(),
             pending_providers: HashMap::new(),
             pending_provide: HashSet::new(),
@@ -124,6 +162,7 @@ impl EventLoop {
             provided: HashSet::new(),
             provide_queue: VecDeque::new(),
             admitted: HashSet::new(),
+            members: HashSet::new(),
             other_group: HashSet::new(),
             bans: HashMap::new(),
             relays: HashMap::new(),
@@ -150,6 +189,15 @@ impl EventLoop {
                     let mut out = Vec::new();
                     self.retriever.stored(fetch, cid, result, Instant::now(), &mut out);
                     self.apply(out);
+                }
+                Some((peer, channel, response)) = self.answered_rx.recv() => {
+                    self.inbound.release(peer);
+                    let response = response.unwrap_or_else(|| {
+                        tracing::warn!(%peer, "the node's holdings failed to answer a request");
+                        Response::Refused(Refusal::Failed)
+                    });
+                    // Fails only when the stream is gone (the asker gave up or timed out): nothing to do.
+                    let _ = self.swarm.behaviour_mut().holdings.send_response(channel, response);
                 }
                 _ = tick.tick() => self.on_tick(),
             }
@@ -188,6 +236,15 @@ impl EventLoop {
                 self.apply(out);
             }
             Command::Dial { peer, addrs, reply } => self.start_dial(peer, addrs, Some(reply)),
+            Command::Holdings { peer, request, reply } => {
+                if self.other_group.contains(&peer) || self.bans.contains_key(&peer) {
+                    let reason = if self.bans.contains_key(&peer) { "banned" } else { "belongs to another group" };
+                    let _ = reply.send(Err(P2pError::Dial { peer, reason: reason.into() }));
+                    return;
+                }
+                self.outbound.entry(peer).or_default().waiting.push_back((request, reply));
+                self.send_holdings(peer);
+            }
             Command::Shutdown => {}
         }
     }
@@ -236,6 +293,115 @@ impl EventLoop {
         }
         self.drain_provides();
         self.provider_searches.retain(|_, at| now.duration_since(*at) < PROVIDER_SEARCH_INTERVAL);
+        // Parked requests whose stream timed out (the peer never identified itself) give their slot back.
+        let inbound = &mut self.inbound;
+        self.parked.retain(|peer, requests| {
+            requests.retain(|(_, channel)| {
+                let open = channel.is_open();
+                if !open {
+                    inbound.release(*peer);
+                }
+                open
+            });
+            !requests.is_empty()
+        });
+    }
+
+    /// Puts our waiting holdings requests to `peer` on the wire, up to the number it serves at once.
+    fn send_holdings(&mut self, peer: PeerId) {
+        let Some(queue) = self.outbound.get_mut(&peer) else { return };
+        while queue.in_flight < holdings::MAX_INBOUND_PER_PEER {
+            let Some((request, reply)) = queue.waiting.pop_front() else { break };
+            if reply.is_closed() {
+                continue; // the caller gave up while it waited
+            }
+            let id = self.swarm.behaviour_mut().holdings.send_request(&peer, request.clone());
+            self.pending_holdings.insert(id, (peer, request, reply));
+            queue.in_flight += 1;
+        }
+        if queue.in_flight == 0 && queue.waiting.is_empty() {
+            self.outbound.remove(&peer);
+        }
+    }
+
+    /// One of our holdings requests ended: answers its caller and sends the next one waiting for that peer.
+    fn holdings_done(&mut self, id: OutboundRequestId, result: Result<Response, RequestFailure>) {
+        let Some((peer, request, reply)) = self.pending_holdings.remove(&id) else { return };
+        let result = match result {
+            Ok(Response::Refused(reason)) => Err(P2pError::Refused { peer, reason }),
+            Ok(response) if request.answered_by(&response) => Ok(response),
+            Ok(_) => Err(P2pError::NoAnswer { peer, reason: RequestFailure::Mismatch }),
+            Err(reason) => Err(P2pError::NoAnswer { peer, reason }),
+        };
+        let _ = reply.send(result);
+        if let Some(queue) = self.outbound.get_mut(&peer) {
+            queue.in_flight = queue.in_flight.saturating_sub(1);
+        }
+        self.send_holdings(peer);
+    }
+
+    /// A holdings request from `peer`: answered only for members of our group, at most a few at a time per peer.
+    fn on_holdings_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+        if !self.members.contains(&peer) {
+            if self.admitted.contains(&peer) || self.other_group.contains(&peer) || !self.swarm.is_connected(&peer) {
+                // Not an Xnode of our group: no answer (dropping the channel closes the stream).
+                tracing::debug!(%peer, "refusing a holdings request of a peer outside the group");
+                return;
+            }
+            // Identify has not told us yet who this is (its request raced identify): wait for it.
+            if self.inbound.try_acquire(peer) {
+                self.parked.entry(peer).or_default().push((request, channel));
+            }
+            return;
+        }
+        if !self.inbound.try_acquire(peer) {
+            let _ = self.swarm.behaviour_mut().holdings.send_response(channel, Response::Refused(Refusal::Busy));
+            return;
+        }
+        self.serve_holdings(peer, request, channel);
+    }
+
+    /// Answers a request (its slot already taken) on a blocking thread: `Holdings` may read the disk.
+    fn serve_holdings(&self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+        let source = self.holdings.clone();
+        let answered = self.answered_tx.clone();
+        tokio::spawn(async move {
+            let response = tokio::task::spawn_blocking(move || holdings::answer(&*source, request)).await.ok();
+            let _ = answered.send((peer, channel, response));
+        });
+    }
+
+    /// Identify classified `peer` (or it went away): serves or drops the requests it sent before.
+    fn unpark(&mut self, peer: PeerId) {
+        let Some(requests) = self.parked.remove(&peer) else { return };
+        let member = self.members.contains(&peer);
+        for (request, channel) in requests {
+            if member {
+                self.serve_holdings(peer, request, channel);
+            } else {
+                self.inbound.release(peer);
+            }
+        }
+    }
+
+    fn on_holdings(&mut self, event: request_response::Event<Request, Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_holdings_request(peer, request, channel)
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.holdings_done(request_id, Ok(response))
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                self.holdings_done(request_id, Err(RequestFailure::from_outbound(error)))
+            }
+            request_response::Event::InboundFailure { peer, error, request_id, .. } => {
+                log_inbound_failure(peer, request_id, &error)
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
     }
 
     /// Carries out what the retriever decided.
@@ -284,7 +450,9 @@ impl EventLoop {
         behaviour.blocked.block_peer(peer);
         behaviour.kad.remove_peer(&peer);
         self.admitted.remove(&peer);
+        self.members.remove(&peer);
         self.relays.remove(&peer);
+        self.unpark(peer);
         let _ = self.events.send(NetEvent::PeerBanned { peer, reason });
     }
 
@@ -406,6 +574,8 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.admitted.remove(&peer_id);
+                self.members.remove(&peer_id);
+                self.unpark(peer_id);
                 self.dialed.remove(&peer_id);
                 let mut out = Vec::new();
                 self.retriever.peer_down(peer_id, Instant::now(), &mut out);
@@ -454,6 +624,7 @@ impl EventLoop {
                 tracing::debug!(relay = %relay_peer_id, "relay reservation accepted");
             }
             BehaviourEvent::Bitswap(event) => self.on_bitswap(event),
+            BehaviourEvent::Holdings(event) => self.on_holdings(event),
             _ => {}
         }
     }
@@ -465,7 +636,9 @@ impl EventLoop {
                 self.other_group.insert(peer);
                 self.swarm.behaviour_mut().kad.remove_peer(&peer);
                 self.admitted.remove(&peer);
+                self.members.remove(&peer);
                 self.relays.remove(&peer);
+                self.unpark(peer);
                 let _ = self.swarm.disconnect_peer_id(peer);
                 let mut out = Vec::new();
                 self.retriever.peer_down(peer, Instant::now(), &mut out);
@@ -483,6 +656,10 @@ impl EventLoop {
                     self.relays.insert(peer, addrs.clone());
                     self.maybe_reserve(peer, &addrs);
                 }
+                if kind == PeerKind::SameGroup {
+                    self.members.insert(peer);
+                }
+                self.unpark(peer);
                 if self.admitted.insert(peer) {
                     let mut out = Vec::new();
                     self.retriever.peer_up(peer, Instant::now(), &mut out);
@@ -564,6 +741,16 @@ impl EventLoop {
             }
         }
         self.apply(out);
+    }
+}
+
+fn log_inbound_failure(peer: PeerId, id: InboundRequestId, error: &request_response::InboundFailure) {
+    match error {
+        // Our own refusal of a peer outside the group, or an answer the asker no longer waited for.
+        request_response::InboundFailure::ResponseOmission | request_response::InboundFailure::ConnectionClosed => {
+            tracing::debug!(%peer, %id, "holdings request not answered: {error}")
+        }
+        _ => tracing::debug!(%peer, %id, "holdings request failed: {error}"),
     }
 }
 

@@ -1,11 +1,12 @@
 //! The libp2p swarm of an Xnode: TCP and QUIC with noise and yamux, identify and ping, mDNS and Kademlia discovery
 //! restricted to the node's group, DHT provider records for stored roots, circuit relay v2 (server and client) with
-//! hole punching, and verified multi-peer block retrieval over Bitswap.
+//! hole punching, verified multi-peer block retrieval over Bitswap, and placement evidence asked of members.
 //!
 //! Owns: the `Swarm` (inside one task, the [`EventLoop`](event_loop)), the identity key file, peer admission and
-//! bans, and the retrieval window. Never does: storage (blocks come from an injected [`xnode_bitswap::BlockStore`]
-//! and go to an injected [`BlockSink`]), reading the environment (the binary builds [`P2pConfig`]), or deciding what
-//! to fetch (the instance asks through [`Client`]). Design notes: `docs/p2p.md`.
+//! bans, the retrieval window, and the wire side of placement evidence ([`holdings`]). Never does: storage (blocks
+//! come from an injected [`xnode_bitswap::BlockStore`] and go to an injected [`BlockSink`]; holdings are answered by
+//! an injected [`Holdings`]), reading the environment (the binary builds [`P2pConfig`]), or deciding what to fetch
+//! or release (the instance asks through [`Client`]). Design notes: `docs/p2p.md`.
 
 mod behaviour;
 mod client;
@@ -13,6 +14,7 @@ mod config;
 mod error;
 mod event_loop;
 mod fetch;
+pub mod holdings;
 pub mod identity;
 
 use std::sync::Arc;
@@ -24,10 +26,12 @@ use libp2p::{noise, tcp, yamux};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
+pub use behaviour::agent_version;
 pub use client::Client;
 pub use config::{P2pConfig, DEFAULT_PORT};
 pub use error::P2pError;
 pub use fetch::FetchStats;
+pub use holdings::{Holdings, NoHoldings, SetDigest};
 pub use libp2p::{multiaddr, Multiaddr, PeerId};
 
 /// Where verified blocks fetched by [`Client::fetch_dag`] go: the node passes its store's writer.
@@ -83,11 +87,13 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Node {
     /// Loads (or creates) the identity, binds every listen address, joins the bootstrap peers and starts the event
-    /// loop. Returns once the listeners are bound, so [`Client::listen_addrs`] shows the real ports.
+    /// loop. Bitswap serves from `store`, members' holdings requests are answered from `holdings`, fetched blocks go
+    /// to `sink`. Returns once the listeners are bound, so [`Client::listen_addrs`] shows the real ports.
     pub async fn spawn(
         config: P2pConfig,
         bitswap: xnode_bitswap::Config,
         store: Arc<dyn xnode_bitswap::BlockStore>,
+        holdings: Arc<dyn Holdings>,
         sink: Arc<dyn BlockSink>,
     ) -> Result<Node, P2pError> {
         let key = identity::load_or_create(&config.identity_file)?;
@@ -145,7 +151,7 @@ impl Node {
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (events, _) = broadcast::channel(1024);
         let bootstrap = config.bootstrap.clone();
-        let event_loop = event_loop::EventLoop::new(swarm, commands_rx, events.clone(), config, store, sink);
+        let event_loop = event_loop::EventLoop::new(swarm, commands_rx, events.clone(), config, store, holdings, sink);
         let task = tokio::spawn(event_loop.run());
         let client = Client::new(commands_tx, peer_id, events);
         for addr in bootstrap {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cid::Cid;
 use libp2p::multiaddr::Protocol;
-use xnode_p2p::{BlockSink, Client, Multiaddr, Node, P2pConfig};
+use xnode_p2p::{BlockSink, Client, Holdings, Multiaddr, NoHoldings, Node, P2pConfig};
 
 /// A block store in memory: serves Bitswap and takes fetched blocks.
 #[derive(Default)]
@@ -81,10 +81,27 @@ impl TestNode {
         store: Arc<MemStore>,
         tweak: impl FnOnce(&mut P2pConfig),
     ) -> TestNode {
+        Self::start_full(group, served, store, Arc::new(NoHoldings), tweak).await
+    }
+
+    /// A node answering holdings requests from `holdings`.
+    pub async fn start_holding(group: &str, holdings: Arc<dyn Holdings>) -> TestNode {
+        let store = Arc::new(MemStore::default());
+        Self::start_full(group, store.clone(), store, holdings, |_| {}).await
+    }
+
+    pub async fn start_full(
+        group: &str,
+        served: Arc<dyn xnode_bitswap::BlockStore>,
+        store: Arc<MemStore>,
+        holdings: Arc<dyn Holdings>,
+        tweak: impl FnOnce(&mut P2pConfig),
+    ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let mut config = P2pConfig::local_test(group, dir.path().join("p2p.key"));
         tweak(&mut config);
-        let node = Node::spawn(config, xnode_bitswap::Config::default(), served, store.clone()).await.unwrap();
+        let node =
+            Node::spawn(config, xnode_bitswap::Config::default(), served, holdings, store.clone()).await.unwrap();
         let client = node.client();
         TestNode { node, client, store, _dir: dir }
     }

@@ -171,7 +171,7 @@ fn main() {
     let start = Instant::now();
     let mut ours = 0;
     for (p, cid, _) in &delta.leaves {
-        core.leaf_listed(*p, &SetDigest::of_cid(&cid.to_bytes()));
+        core.leaf_listed(*p, &SetDigest::of_cid(cid));
         ours += usize::from(core.is_mine(*p));
     }
     let listed = start.elapsed().as_secs_f64();
@@ -184,7 +184,7 @@ fn main() {
     // Back to idle: this node keeps its new leaves.
     for (p, cid, _) in &delta.leaves {
         if core.is_mine(*p) {
-            core.kept(*p, &SetDigest::of_cid(&cid.to_bytes()));
+            core.kept(*p, &SetDigest::of_cid(cid));
         }
     }
 

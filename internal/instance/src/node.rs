@@ -189,13 +189,13 @@ impl Node {
             .await
             .expect("opening the catalog does not panic")?;
         let net_sink = Arc::new(NetSink::new(repo.store().clone()));
-        let held = Arc::new(crate::alloc::HeldDigests::new(config.partitions));
+        let held = Arc::new(crate::alloc::HeldDigests::new(config.partitions, repo.store().clone()));
         let p2p = xnode_p2p::Node::spawn(
             config.p2p.clone(),
             xnode_bitswap::Config::default(),
             Arc::new(StoreBlocks(repo.store().clone())),
             // Placeholder until the allocation side answers placement evidence (issue 12).
-            Arc::new(xnode_p2p::NoHoldings),
+            held.clone(),
             net_sink.clone(),
         )
         .await?;

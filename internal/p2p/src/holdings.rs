@@ -64,8 +64,19 @@ pub struct SetDigest {
 impl SetDigest {
     /// The digest of a set holding only `cid`.
     pub fn of_cid(cid: &Cid) -> Self {
+        Self::of_cid_bytes(&cid.to_bytes())
+    }
+
+    /// The digest of a set holding only the block whose CID, in binary form, is `cid`.
+    pub fn of_cid_bytes(cid: &[u8]) -> Self {
         use sha2::Digest;
-        SetDigest { count: 1, xor: sha2::Sha256::digest(cid.to_bytes()).into() }
+        SetDigest { count: 1, xor: sha2::Sha256::digest(cid).into() }
+    }
+
+    /// The form members gossip: `<count>:<hex of the XOR>`.
+    pub fn to_gossip(&self) -> String {
+        let hex: String = self.xor.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}:{hex}", self.count)
     }
 
     /// Adds the blocks `other` stands for (a disjoint set: adding a block twice cancels its hash).

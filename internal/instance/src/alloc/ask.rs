@@ -10,7 +10,7 @@ use super::core::SetDigest;
 use crate::node::Node;
 use crate::InstanceError;
 
-/// How long a member has to answer.
+/// How long a member has to answer (the protocol's own timeout is longer; the loop must not wait on one member).
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn unanswered(peer: PeerId) -> InstanceError {
@@ -23,18 +23,17 @@ pub(super) async fn digests(
     peer: PeerId,
     partitions: Vec<u32>,
 ) -> Result<Vec<SetDigest>, InstanceError> {
-    let _ = (node, partitions);
-    Err(unanswered(peer))
+    Ok(tokio::time::timeout(ASK_TIMEOUT, node.net().digests(peer, partitions))
+        .await
+        .map_err(|_| unanswered(peer))??)
 }
 
 /// The combined digest of what `peer` keeps in the partitions of `bitmap`.
 pub(super) async fn summary(node: &Arc<Node>, peer: PeerId, bitmap: Vec<u8>) -> Result<SetDigest, InstanceError> {
-    let _ = (node, bitmap);
-    Err(unanswered(peer))
+    Ok(tokio::time::timeout(ASK_TIMEOUT, node.net().summary(peer, bitmap)).await.map_err(|_| unanswered(peer))??)
 }
 
 /// Whether `peer` stores each of `cids`.
 pub(super) async fn have(node: &Arc<Node>, peer: PeerId, cids: Vec<Cid>) -> Result<Vec<bool>, InstanceError> {
-    let _ = (node, cids);
-    Err(unanswered(peer))
+    Ok(tokio::time::timeout(ASK_TIMEOUT, node.net().have(peer, cids)).await.map_err(|_| unanswered(peer))??)
 }

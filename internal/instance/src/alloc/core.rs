@@ -14,43 +14,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sha2::{Digest, Sha256};
 use xnode_placement::{Layout, NodeInfo, PlacementError};
 
-/// Count and order-free digest of a set of blocks: XOR of SHA-256 over each block's CID bytes, so it can be kept
-/// up to date block by block and compared between nodes in 40 bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SetDigest {
-    /// Blocks in the set.
-    pub count: u64,
-    /// XOR of their SHA-256 hashes.
-    pub xor: [u8; 32],
-}
-
-impl SetDigest {
-    /// The form members gossip: `<count>:<hex of the XOR>`.
-    pub fn to_gossip(&self) -> String {
-        let hex: String = self.xor.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}:{hex}", self.count)
-    }
-
-    /// The digest of the set holding only `cid` (its binary form).
-    pub fn of_cid(cid: &[u8]) -> Self {
-        SetDigest { count: 1, xor: Sha256::digest(cid).into() }
-    }
-
-    /// Adds `other`'s blocks (which must not be in the set yet).
-    pub fn add(&mut self, other: &SetDigest) {
-        self.count += other.count;
-        self.xor.iter_mut().zip(other.xor).for_each(|(a, b)| *a ^= b);
-    }
-
-    /// Removes `other`'s blocks (which must be in the set).
-    pub fn remove(&mut self, other: &SetDigest) {
-        self.count = self.count.saturating_sub(other.count);
-        self.xor.iter_mut().zip(other.xor).for_each(|(a, b)| *a ^= b);
-    }
-}
+/// Count and order-free digest of a set of blocks (XOR of SHA-256 over each CID), as the holdings protocol carries
+/// it: kept up to date block by block, compared between nodes in 40 bytes.
+pub use xnode_p2p::SetDigest;
 
 /// The inputs a layout is computed from: it is recomputed only when these change.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -346,7 +314,7 @@ mod tests {
             for core in self.cores.values_mut() {
                 for b in blocks.clone() {
                     let c = cid(b);
-                    core.leaf_listed(core.partition_of(&c), &SetDigest::of_cid(&c));
+                    core.leaf_listed(core.partition_of(&c), &SetDigest::of_cid_bytes(&c));
                 }
             }
         }
@@ -358,7 +326,7 @@ mod tests {
                     let c = cid(b);
                     let p = core.partition_of(&c);
                     if core.is_mine(p) && core.held(p) != core.expected(p) {
-                        core.kept(p, &SetDigest::of_cid(&c));
+                        core.kept(p, &SetDigest::of_cid_bytes(&c));
                     }
                 }
             }
@@ -387,7 +355,7 @@ mod tests {
 
     #[test]
     fn set_digests_are_order_free_and_removable() {
-        let (a, b) = (SetDigest::of_cid(b"a"), SetDigest::of_cid(b"b"));
+        let (a, b) = (SetDigest::of_cid_bytes(b"a"), SetDigest::of_cid_bytes(b"b"));
         let mut ab = a;
         ab.add(&b);
         let mut ba = b;
@@ -435,7 +403,7 @@ mod tests {
                 let c = cid(b);
                 let p = a.partition_of(&c);
                 if !a.is_mine(p) || a.held(p) != a.expected(p) {
-                    a.kept(p, &SetDigest::of_cid(&c));
+                    a.kept(p, &SetDigest::of_cid_bytes(&c));
                 }
             }
         }
@@ -459,7 +427,7 @@ mod tests {
         for &b in &blocks {
             let c = cid(b);
             let p = a.partition_of(&c);
-            a.kept(p, &SetDigest::of_cid(&c));
+            a.kept(p, &SetDigest::of_cid_bytes(&c));
         }
         // Everyone fetches everything but "b" skips block 7.
         let skipped = cid(7);
@@ -469,7 +437,7 @@ mod tests {
                 let c = cid(b);
                 let p = core.partition_of(&c);
                 if core.is_mine(p) && !(name == "b" && b == 7) {
-                    core.kept(p, &SetDigest::of_cid(&c));
+                    core.kept(p, &SetDigest::of_cid_bytes(&c));
                 }
             }
         }
@@ -489,7 +457,7 @@ mod tests {
         for b in [1, 2, 3] {
             let c = cid(b);
             let p = a.partition_of(&c);
-            a.kept(p, &SetDigest::of_cid(&c));
+            a.kept(p, &SetDigest::of_cid_bytes(&c));
         }
         let Some(&p) = a.surplus().iter().next() else { return };
         let holder = a.layout().unwrap().holders(p).next().unwrap().to_string();
@@ -500,7 +468,7 @@ mod tests {
         // A new leaf in that partition after the evidence: the old answer no longer counts.
         assert!(a.evidence(&holder, p, &right));
         let extra = (100..10_000).map(cid).find(|c| a.partition_of(c) == p).unwrap();
-        a.leaf_listed(p, &SetDigest::of_cid(&extra));
+        a.leaf_listed(p, &SetDigest::of_cid_bytes(&extra));
         assert!(!a.evidence(&holder, p, &right));
     }
 
@@ -539,7 +507,7 @@ mod tests {
         for b in &blocks {
             let core = cluster.cores.get_mut("d").unwrap();
             let c = cid(*b);
-            core.leaf_listed(core.partition_of(&c), &SetDigest::of_cid(&c));
+            core.leaf_listed(core.partition_of(&c), &SetDigest::of_cid_bytes(&c));
         }
         for name in ["a", "b", "c"] {
             cluster.cores.get_mut(name).unwrap().set_view(&view(&all), &[]).unwrap();

@@ -274,7 +274,7 @@ impl Index {
             out.pairs += 1;
             out.bytes += u64::from(*size);
             if first {
-                self.digest_entry(&mut digests, p)?.add(&SetDigest::of_cid(&bytes));
+                self.digest_entry(&mut digests, p)?.add(&SetDigest::of_cid_bytes(&bytes));
                 out.listed.push((p, *cid, *size));
             }
         }
@@ -325,7 +325,7 @@ impl Index {
             let others =
                 self.tree.scan_prefix(&prefix).keys().filter(|k| k.as_ref().map_or(true, |k| **k != own[..])).next();
             if others.transpose()?.is_none() {
-                self.digest_entry(&mut digests, p)?.remove(&SetDigest::of_cid(&bytes));
+                self.digest_entry(&mut digests, p)?.remove(&SetDigest::of_cid_bytes(&bytes));
                 delta.leaves.push((p, cid, size));
             }
         }
@@ -400,7 +400,7 @@ mod tests {
         let mut expected: HashMap<u32, SetDigest> = HashMap::new();
         for i in 1..=3 {
             let b = cid(i).to_bytes();
-            expected.entry(index.partition_of(&b)).or_default().add(&SetDigest::of_cid(&b));
+            expected.entry(index.partition_of(&b)).or_default().add(&SetDigest::of_cid_bytes(&b));
         }
         let stored: HashMap<u32, SetDigest> = index.digests().unwrap().into_iter().collect();
         assert_eq!(stored, expected);

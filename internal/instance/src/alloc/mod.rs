@@ -97,23 +97,32 @@ pub(crate) struct Report {
 }
 
 /// What this node keeps, per partition, as the allocation task last published it: what the holdings protocol
-/// answers to members. Written only by the allocation task; readers take a short read lock.
+/// answers to members (`xnode_p2p::Holdings`). Written only by the allocation task; readers take a short read lock.
 #[derive(Debug)]
 pub(crate) struct HeldDigests {
     held: RwLock<Vec<SetDigest>>,
+    store: xnode_storage::Store,
 }
 
 impl HeldDigests {
-    pub(crate) fn new(partitions: u32) -> Self {
-        HeldDigests { held: RwLock::new(vec![SetDigest::default(); partitions as usize]) }
+    pub(crate) fn new(partitions: u32, store: xnode_storage::Store) -> Self {
+        HeldDigests { held: RwLock::new(vec![SetDigest::default(); partitions as usize]), store }
     }
 
-    pub(crate) fn digests(&self, partitions: &[u32]) -> Vec<SetDigest> {
+    fn set(&self, partition: u32, digest: SetDigest) {
+        if let Some(slot) = self.held.write().expect("not poisoned").get_mut(partition as usize) {
+            *slot = digest;
+        }
+    }
+}
+
+impl xnode_p2p::Holdings for HeldDigests {
+    fn digests(&self, partitions: &[u32]) -> Vec<SetDigest> {
         let held = self.held.read().expect("not poisoned");
         partitions.iter().map(|&p| held.get(p as usize).copied().unwrap_or_default()).collect()
     }
 
-    pub(crate) fn summary(&self, bitmap: &[u8]) -> SetDigest {
+    fn summary(&self, bitmap: &[u8]) -> SetDigest {
         let held = self.held.read().expect("not poisoned");
         let mut out = SetDigest::default();
         for (i, &byte) in bitmap.iter().enumerate().filter(|(_, b)| **b != 0) {
@@ -128,10 +137,8 @@ impl HeldDigests {
         out
     }
 
-    fn set(&self, partition: u32, digest: SetDigest) {
-        if let Some(slot) = self.held.write().expect("not poisoned").get_mut(partition as usize) {
-            *slot = digest;
-        }
+    fn have(&self, cids: &[Cid]) -> Vec<bool> {
+        cids.iter().map(|c| self.store.has(c).unwrap_or(false)).collect()
     }
 }
 
@@ -229,7 +236,7 @@ impl Allocator {
         }
         for cid in &kept {
             let bytes = cid.to_bytes();
-            core.kept(core.partition_of(&bytes), &SetDigest::of_cid(&bytes));
+            core.kept(core.partition_of(&bytes), &SetDigest::of_cid_bytes(&bytes));
         }
         for p in 0..core.partitions() {
             held.set(p, core.held(p));
@@ -253,14 +260,14 @@ impl Allocator {
     fn kept(&mut self, cid: &Cid) {
         let bytes = cid.to_bytes();
         let p = self.core.partition_of(&bytes);
-        self.core.kept(p, &SetDigest::of_cid(&bytes));
+        self.core.kept(p, &SetDigest::of_cid_bytes(&bytes));
         self.held.set(p, self.core.held(p));
     }
 
     fn released(&mut self, cid: &Cid) {
         let bytes = cid.to_bytes();
         let p = self.core.partition_of(&bytes);
-        self.core.released(p, &SetDigest::of_cid(&bytes));
+        self.core.released(p, &SetDigest::of_cid_bytes(&bytes));
         self.held.set(p, self.core.held(p));
     }
 
@@ -411,7 +418,7 @@ impl Allocator {
                 })
                 .await?;
                 for (p, cid, _) in &added.listed {
-                    self.core.leaf_listed(*p, &SetDigest::of_cid(&cid.to_bytes()));
+                    self.core.leaf_listed(*p, &SetDigest::of_cid(cid));
                 }
                 for cid in &newly_kept {
                     self.kept(cid);
@@ -463,7 +470,7 @@ impl Allocator {
             })
             .await?;
             for (p, cid, _) in &delta.leaves {
-                self.core.leaf_unlisted(*p, &SetDigest::of_cid(&cid.to_bytes()));
+                self.core.leaf_unlisted(*p, &SetDigest::of_cid(cid));
             }
             for cid in &released {
                 self.released(cid);
@@ -551,7 +558,7 @@ impl Allocator {
                 let mut d = SetDigest::default();
                 for (cid, _) in index.leaves_in(p).map_err(index_error)? {
                     if store.is_kept(&cid)? {
-                        d.add(&SetDigest::of_cid(&cid.to_bytes()));
+                        d.add(&SetDigest::of_cid(&cid));
                     }
                 }
                 out.push((p, d));

@@ -119,7 +119,10 @@ def settled(nodes, root):
         if status.get("partitions_surplus", 1) or status.get("partitions_complete") != status.get("partitions"):
             return False
         files = n.get("/api/v1/files") or []
-        if not any(f.get("root") == root and f.get("at_rf") == f.get("blocks") for f in files):
+        if not any(
+            f.get("root") == root and (f.get("health") or {}).get("at_rf") == (f.get("health") or {}).get("blocks")
+            for f in files
+        ):
             return False
     return True
 

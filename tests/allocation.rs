@@ -76,7 +76,8 @@ fn wait_settled(
         let healthy = nodes.iter().all(|(_, n)| {
             let files = get_json(n, "/api/v1/files");
             files.as_array().into_iter().flatten().any(|f| {
-                f["root"] == root && f["at_rf"] == f["blocks"] && f["missing"] == 0 && f["under_replicated"] == 0
+                let h = &f["health"];
+                f["root"] == root && h["at_rf"] == h["blocks"] && h["missing"] == 0 && h["under_replicated"] == 0
             })
         });
         let errors = if seeding && healthy { placement_errors(nodes, view, departed, &dag.0, &dag.1) } else { vec![] };
@@ -336,10 +337,11 @@ fn uploads_during_a_kill_and_restart_reach_rf_and_nothing_is_reported_missing() 
                     let mut healthy = HashSet::new();
                     for f in files.as_array().into_iter().flatten() {
                         let root = f["root"].as_str().unwrap_or("").to_string();
-                        if f["missing"].as_u64().unwrap_or(0) > 0 {
-                            missing_seen.push(format!("{name} reported {} missing blocks of {root}", f["missing"]));
+                        let h = &f["health"];
+                        if h["missing"].as_u64().unwrap_or(0) > 0 {
+                            missing_seen.push(format!("{name} reported {} missing blocks of {root}", h["missing"]));
                         }
-                        if f["at_rf"] == f["blocks"] && f["blocks"].as_u64().unwrap_or(0) > 0 {
+                        if h["at_rf"] == h["blocks"] && h["blocks"].as_u64().unwrap_or(0) > 0 {
                             healthy.insert(root);
                         }
                     }
@@ -417,7 +419,7 @@ fn uploads_during_a_kill_and_restart_reach_rf_and_nothing_is_reported_missing() 
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|f| f["at_rf"] == f["blocks"] && f["missing"] == 0)
+                .filter(|f| f["health"]["at_rf"] == f["health"]["blocks"] && f["health"]["missing"] == 0)
                 .filter_map(|f| f["root"].as_str())
                 .collect();
             uploaded.iter().all(|u| ok.contains(u.root.as_str()))
@@ -442,7 +444,7 @@ fn uploads_during_a_kill_and_restart_reach_rf_and_nothing_is_reported_missing() 
     let files = get_json(live[0], "/api/v1/files");
     for u in &uploaded {
         let f = files.as_array().unwrap().iter().find(|f| f["root"] == u.root.as_str()).unwrap();
-        assert_eq!(f["blocks"].as_u64(), Some(u.blocks), "{}: blocks", u.root);
+        assert_eq!(f["health"]["blocks"].as_u64(), Some(u.blocks), "{}: blocks", u.root);
     }
 
     // The uploader lets go of each file's leaves outside its share within 10 s of the file reaching RF. Its share is

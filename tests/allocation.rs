@@ -94,6 +94,18 @@ fn wait_settled(
     }
 }
 
+/// XNODE_KEEP_TEST_DIR=1 keeps the nodes' data and logs (`<dir>/<name>.log`) for a post-mortem.
+fn keep_dir(tmp: tempfile::TempDir) -> (Option<tempfile::TempDir>, std::path::PathBuf) {
+    if std::env::var_os("XNODE_KEEP_TEST_DIR").is_some() {
+        let kept = tmp.keep();
+        eprintln!("test dir kept at {}", kept.display());
+        (None, kept)
+    } else {
+        let path = tmp.path().to_path_buf();
+        (Some(tmp), path)
+    }
+}
+
 fn held(node: &RunningNode) -> HashSet<String> {
     let v = get_json(node, "/api/v1/blocks?limit=100000");
     v["held"]["cids"].as_array().into_iter().flatten().map(|c| c.as_str().unwrap().to_string()).collect()
@@ -159,15 +171,7 @@ fn cat(node: &RunningNode, cid: &str) -> Vec<u8> {
 #[test]
 fn five_nodes_place_repair_hand_off_and_catch_up() {
     let tmp = tempfile::tempdir().unwrap();
-    // XNODE_KEEP_TEST_DIR=1 keeps the nodes' data and logs (`<dir>/<name>.log`) for a post-mortem.
-    let (_guard, base) = if std::env::var_os("XNODE_KEEP_TEST_DIR").is_some() {
-        let kept = tmp.keep();
-        eprintln!("test dir kept at {}", kept.display());
-        (None, kept)
-    } else {
-        let path = tmp.path().to_path_buf();
-        (Some(tmp), path)
-    };
+    let (_guard, base) = keep_dir(tmp);
     let caps = [("n1", 600 * MIB), ("n2", 600 * MIB), ("n3", 900 * MIB), ("n4", 900 * MIB), ("n5", 1200 * MIB)];
     let n1 = start(&base, "n1", "", &caps[0].1.to_string());
     let mut nodes = vec![n1];
@@ -195,6 +199,37 @@ fn five_nodes_place_repair_hand_off_and_catch_up() {
     let named: Vec<(&str, &RunningNode)> = names.iter().copied().zip(nodes.iter()).collect();
     // Leaves end on exactly their partition's holders: n1's staging copies are handed off on evidence.
     wait_settled(&named, &names, &root, &view, &[], &dag, Duration::from_secs(240), "after the add");
+
+    // A directory of 30 files of 100 KB (one block each, dag-pb as `ipfs add` makes them): each file is data, on
+    // exactly the two holders of its partition, not on every member.
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut small: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..30u64 {
+        let body = random_bytes(100_000, 500 + i);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive.append_data(&mut header, format!("photos/p{i}.jpg"), body.as_slice()).unwrap();
+        small.push((format!("p{i}.jpg"), body));
+    }
+    let tarball = archive.into_inner().unwrap();
+    let response = ureq::post(&nodes[0].url("/api/v1/files"))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .set("Content-Type", "application/x-tar")
+        .send_bytes(&tarball)
+        .unwrap();
+    let dir_root = response.into_json::<serde_json::Value>().unwrap()["cid"].as_str().unwrap().to_string();
+    let small_roots: Vec<(String, u32)> = small
+        .iter()
+        .map(|(_, body)| {
+            let (leaves, _) = dag_of(body);
+            assert_eq!(leaves.len(), 1, "a 100 KB file is one block");
+            leaves[0].clone()
+        })
+        .collect();
+    let dir_dag = (small_roots, vec![dir_root.clone()]);
+    wait_settled(&named, &names, &dir_root, &view, &[], &dir_dag, Duration::from_secs(120), "after the directory");
 
     // Kill n5: the four others restore two copies of every leaf among themselves, and only n5's copies move:
     // each survivor still holds every leaf it held.
@@ -288,7 +323,8 @@ fn uploads_during_a_kill_and_restart_reach_rf_and_nothing_is_reported_missing() 
     use std::sync::{Arc, Mutex};
 
     let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().to_path_buf();
+    let (_guard, base) = keep_dir(tmp);
+    let t0 = Instant::now();
     let names = ["u1", "u2", "u3", "u4", "u5"];
     let cap = (2u64 << 30).to_string();
     let mut nodes: Vec<Option<RunningNode>> = Vec::new();
@@ -307,6 +343,7 @@ fn uploads_during_a_kill_and_restart_reach_rf_and_nothing_is_reported_missing() 
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    eprintln!("{:.1} s: five nodes met", t0.elapsed().as_secs_f64());
     let nodes = Arc::new(Mutex::new(nodes));
     let u4_down = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
@@ -407,6 +444,7 @@ fn uploads_during_a_kill_and_restart_reach_rf_and_nothing_is_reported_missing() 
         uploaded.push(up);
     }
     let upload_secs = started.elapsed().as_secs_f64();
+    eprintln!("{:.1} s: uploads done", t0.elapsed().as_secs_f64());
 
     // Every file reaches RF on every node.
     let guard = nodes.lock().unwrap();
@@ -430,10 +468,12 @@ fn uploads_during_a_kill_and_restart_reach_rf_and_nothing_is_reported_missing() 
         assert!(Instant::now() < deadline, "not every file reached RF everywhere");
         std::thread::sleep(Duration::from_millis(500));
     }
+    eprintln!("{:.1} s: every file at RF everywhere", t0.elapsed().as_secs_f64());
     // Let the sampler see the final state for a while, then stop it.
     std::thread::sleep(Duration::from_secs(12));
     done.store(true, Ordering::SeqCst);
     let (missing_seen, at_rf, uploader_held) = sampler.join().unwrap();
+    eprintln!("{:.1} s: sampler stopped after {} samples", t0.elapsed().as_secs_f64(), uploader_held.len());
     assert!(
         missing_seen.is_empty(),
         "blocks reported missing while live nodes held them: {:?}",

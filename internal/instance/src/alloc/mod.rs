@@ -63,6 +63,9 @@ const WANTED_LISTED: usize = 1000;
 /// A dag-pb child whose total size exceeds the file bytes under it by less than this is a leaf: an interior node
 /// carries at least one link (>= 36 bytes) on top of its children's overhead, a leaf only its UnixFS framing (~14).
 const LEAF_OVERHEAD: u64 = 32;
+/// A directory entry whose link covers at most this many bytes may be a file of one block (a chunk of up to 256 KiB
+/// plus its UnixFS framing); the walk looks at it to tell.
+const PROBE_MAX: u64 = 256 * 1024 + 1024;
 /// The weight given to a member with an unlimited store, so placement shares stay finite.
 const UNLIMITED_WEIGHT: u64 = 1 << 50;
 
@@ -980,6 +983,13 @@ impl Walk {
                     || (is_file && covered.is_some_and(|c| link.tsize.saturating_sub(c) < LEAF_OVERHEAD));
                 if leaf {
                     leaves.push((link.cid, u32::try_from(link.tsize).unwrap_or(u32::MAX)));
+                } else if !is_file && link.tsize <= PROBE_MAX {
+                    // An entry of a directory small enough to be a file of one block: look at it (without keeping
+                    // it) to tell a one-block file, which is data placed at RF, from a small subtree.
+                    match probe(node, link.cid).await? {
+                        Some(size) => leaves.push((link.cid, size)),
+                        None => self.queue.push(link.cid),
+                    }
                 } else {
                     self.queue.push(link.cid);
                 }
@@ -995,6 +1005,24 @@ impl Walk {
     fn interior(self) -> Vec<Cid> {
         self.interior
     }
+}
+
+/// Whether the dag-pb block `cid` is a block without links (a file of one block), and its size if so. Read from
+/// the store if held, else fetched and not kept; a block with links is stored and kept (it is interior).
+async fn probe(node: &Arc<Node>, cid: Cid) -> Result<Option<u32>, InstanceError> {
+    let store = node.repo().store().clone();
+    let (data, local) = match blocking(move || store.get(&cid)).await? {
+        Some(d) => (d, true),
+        None => (node.net().fetch_block(cid, METADATA_TIMEOUT).await?, false),
+    };
+    let pb = PbNode::decode(&data).map_err(|e| InstanceError::BadUpload(format!("block {cid}: {e}")))?;
+    if pb.links.is_empty() {
+        return Ok(Some(u32::try_from(data.len()).unwrap_or(u32::MAX)));
+    }
+    if !local {
+        store_and_keep(node, vec![(cid, data)]).await?;
+    }
+    Ok(None)
 }
 
 /// Fetches `missing` leaves while the store has room; returns those fetched and kept.

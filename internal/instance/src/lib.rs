@@ -6,10 +6,12 @@
 //! its membership in the cluster.
 
 mod alloc;
+mod car;
 mod fetched;
 mod node;
 mod watch;
 
+pub use car::{write_car, CarImport, ImportedRoot};
 pub use fetched::FetchingSource;
 pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
 

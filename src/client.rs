@@ -1,4 +1,4 @@
-//! The CLI's side of the HTTP API: `add`, `cat`, `get`, `ls`, `rm` and `blocks` against a running node.
+//! The CLI's side of the HTTP API: `add`, `cat`, `get`, `ls`, `rm`, `blocks` and `dag` against a running node.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -153,6 +153,29 @@ impl Api {
             (req.on_added)(&e.cid, &shown);
         }
         Ok(uploaded.cid)
+    }
+
+    /// `dag export`: the DAG under `cid` as a CARv1, streamed to `out`.
+    pub(crate) fn dag_export(&self, cid: &str, out: &mut dyn Write) -> Result<()> {
+        let response = self
+            .request("GET", &format!("/api/v1/dag/export/{cid}{}", self.read_query()))
+            .call()
+            .map_err(|e| self.explain(e))?;
+        io::copy(&mut response.into_reader(), out)
+            .context("the CAR ended early (a block did not arrive in time; the node's log names it)")?;
+        Ok(())
+    }
+
+    /// `dag import`: a CAR file streamed to the node; its answer (blocks, bytes, roots pinned).
+    pub(crate) fn dag_import(&self, path: &Path, name: Option<&str>) -> Result<serde_json::Value> {
+        let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let query = name.map(|n| format!("?name={}", urlencode(n))).unwrap_or_default();
+        let response = self
+            .request("POST", &format!("/api/v1/dag/import{query}"))
+            .set("Content-Type", "application/vnd.ipld.car")
+            .send(file)
+            .map_err(|e| self.explain(e))?;
+        response.into_json().context("reading the node's answer")
     }
 
     pub(crate) fn cat(&self, cid: &str, offset: u64, length: Option<u64>, out: &mut dyn Write) -> Result<()> {

@@ -2,6 +2,7 @@
 //! one operation on the local store.
 
 mod client;
+mod dag;
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -92,6 +93,9 @@ enum Command {
     },
     /// Show what the local store holds and how much room is left (reads the data dir).
     Stats,
+    /// Move DAGs in and out as CAR files: `dag export CID > f.car`, `dag import f.car`.
+    #[command(subcommand)]
+    Dag(dag::DagCommand),
     /// Show the blocks a running node holds and the ones it still wants.
     Blocks {
         /// List at most this many CIDs of each.
@@ -325,6 +329,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("removed {cid}: {deleted} blocks deleted, {} freed", ByteSize(freed).display().iec());
             Ok(())
         }
+        Command::Dag(cmd) => dag::run(cmd, offline, open, api),
         Command::Blocks { limit, json } => {
             let blocks = api().blocks(limit)?;
             if json {

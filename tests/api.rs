@@ -330,6 +330,9 @@ fn multipart_upload_blocks_metrics_and_the_openapi_document() {
         ("/api/v1/kill", "post"),
         ("/api/v1/auth", "get"),
         ("/api/v1/transfers", "get"),
+        ("/api/v1/dag/import", "post"),
+        ("/api/v1/dag/export/{cid}", "get"),
+        ("/ipfs/{cid}", "get"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the OpenAPI document");
     }

@@ -46,7 +46,7 @@ pub(crate) struct ReadParams {
 }
 
 /// How long a read waits for blocks from other nodes.
-fn read_timeout(app: &AppState, params: &ReadParams) -> std::time::Duration {
+pub(crate) fn read_timeout(app: &AppState, params: &ReadParams) -> std::time::Duration {
     params.timeout.map_or(app.config.fetch_timeout, std::time::Duration::from_secs_f64)
 }
 
@@ -287,7 +287,7 @@ pub(crate) async fn import(app: &AppState, params: UploadParams, request: Reques
 }
 
 /// Forwards body chunks to the importer, counting them against `limit`.
-async fn pump(
+pub(crate) async fn pump(
     stream: impl futures::Stream<Item = io::Result<Bytes>> + Send,
     tx: mpsc::Sender<io::Result<Bytes>>,
     limit: u64,
@@ -315,14 +315,14 @@ fn multipart_error(e: &axum::extract::multipart::MultipartError, limit: u64) -> 
     ApiError::bad_request(format!("could not read the multipart form: {}", e.body_text()))
 }
 
-fn too_large(limit: u64) -> ApiError {
+pub(crate) fn too_large(limit: u64) -> ApiError {
     ApiError {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         message: format!("upload larger than the limit of {limit} bytes; raise XNODE_MAX_UPLOAD"),
     }
 }
 
-const TOO_LARGE: &str = "upload too large";
+pub(crate) const TOO_LARGE: &str = "upload too large";
 
 #[derive(Debug)]
 struct TooLarge(u64);
@@ -336,9 +336,9 @@ impl std::fmt::Display for TooLarge {
 impl std::error::Error for TooLarge {}
 
 /// A blocking `Read` over body frames sent by the async side.
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
+pub(crate) struct ChannelReader {
+    pub(crate) rx: mpsc::Receiver<io::Result<Bytes>>,
+    pub(crate) current: Bytes,
 }
 
 impl Read for ChannelReader {
@@ -411,36 +411,7 @@ pub(crate) async fn download(
     };
     let (offset, length) = range.unwrap_or((0, size));
 
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-    tokio::task::spawn_blocking(move || {
-        // A block that does not arrive in time fails the read; the body then ends with an error, short of its
-        // Content-Length, rather than hanging.
-        let reader = xnode_dag::FileReader::open(&source, &cid, offset, length);
-        let mut reader = match reader {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(io::Error::other(e)));
-                return;
-            }
-        };
-        loop {
-            match reader.next_chunk() {
-                Ok(None) => return,
-                Ok(Some(chunk)) => {
-                    if tx.blocking_send(Ok(chunk)).is_err() {
-                        return; // the client went away
-                    }
-                }
-                Err(e) => {
-                    // The status and length are sent: all that is left is to cut the body short (and say why here).
-                    tracing::warn!(%cid, "download ended early: {e}");
-                    let _ = tx.blocking_send(Err(io::Error::other(e)));
-                    return;
-                }
-            }
-        }
-    });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let body = stream_file(source, cid, offset, length);
     let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(name.as_deref())));
@@ -464,8 +435,46 @@ pub(crate) async fn download(
     Ok(response)
 }
 
+/// `length` bytes of the file at `cid` from `offset`, read on a blocking thread and streamed through a small
+/// channel (memory stays flat whatever the size). A block that does not arrive in time ends the body with an error,
+/// short of its Content-Length, rather than hanging.
+pub(crate) fn stream_file(
+    source: impl xnode_dag::BlockSource + Send + 'static,
+    cid: Cid,
+    offset: u64,
+    length: u64,
+) -> Body {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = match xnode_dag::FileReader::open(&source, &cid, offset, length) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(io::Error::other(e)));
+                return;
+            }
+        };
+        loop {
+            match reader.next_chunk() {
+                Ok(None) => return,
+                Ok(Some(chunk)) => {
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        return; // the client went away
+                    }
+                }
+                Err(e) => {
+                    // The status and length are sent: all that is left is to cut the body short (and say why here).
+                    tracing::warn!(%cid, "download ended early: {e}");
+                    let _ = tx.blocking_send(Err(io::Error::other(e)));
+                    return;
+                }
+            }
+        }
+    });
+    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` (one range) to (offset, length); `None` if unsatisfiable.
-fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
+pub(crate) fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
     let spec = header.strip_prefix("bytes=")?.split(',').next()?.trim();
     let (a, b) = spec.split_once('-')?;
     let (start, end) = if a.is_empty() {
@@ -479,7 +488,7 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
     (start <= end && start < size).then(|| (start, end - start + 1))
 }
 
-fn content_type(name: Option<&str>) -> &'static str {
+pub(crate) fn content_type(name: Option<&str>) -> &'static str {
     let ext = name.and_then(|n| n.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase());
     match ext.as_deref() {
         Some("txt" | "md" | "log") => "text/plain; charset=utf-8",

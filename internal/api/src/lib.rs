@@ -7,8 +7,10 @@
 //! business logic lives here. Never binds sockets itself: [`serve`] takes a listener so tests can bind port 0.
 //! Design notes: `docs/api.md`.
 
+mod car;
 mod files;
 mod forward;
+mod gateway;
 mod openapi;
 mod telemetry;
 mod ui;
@@ -149,6 +151,7 @@ pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
         // Uploads are streamed and bounded by `max_upload_bytes` (multipart included); other bodies are small.
         .route("/api/v1/files", post(files::upload).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/api/v1/files/{cid}", axum::routing::delete(files::remove))
+        .route("/api/v1/dag/import", post(car::import).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/api/v1/storage", axum::routing::put(set_storage))
         .route("/api/v1/shutdown", post(shutdown_node))
         .route("/api/v1/kill", post(kill_node))
@@ -166,9 +169,12 @@ pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
         .route("/api/v1/files/{cid}", get(files::download))
         .route("/api/v1/ls/{cid}", get(files::ls))
         .route("/api/v1/stat/{cid}", get(files::stat))
+        .route("/api/v1/dag/export/{cid}", get(car::export))
         .route("/api/v1/storage", get(storage))
         .route("/api/v1/blocks", get(blocks))
         .route("/api/v1/transfers", get(telemetry::transfers_json))
+        // The IPFS gateway (trustless and path): GET and HEAD (axum answers HEAD with the GET route).
+        .route("/ipfs/{*path}", get(gateway::serve))
         .merge(admin)
         .merge(ui::routes(state.clone(), upload_limit))
         .layer(DefaultBodyLimit::max(SMALL_BODY))

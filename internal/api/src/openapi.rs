@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{files, telemetry};
+use crate::{car, files, gateway, telemetry};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use crate::{files, telemetry};
         crate::healthz, crate::readyz, telemetry::metrics, document, crate::status, crate::members,
         files::list, files::upload, files::download, files::remove, files::ls, files::stat,
         crate::blocks, crate::storage, crate::set_storage, crate::shutdown_node, crate::kill_node, crate::auth,
-        telemetry::transfers_json,
+        telemetry::transfers_json, gateway::serve, car::import, car::export,
     ),
     modifiers(&AdminToken),
     tags(
@@ -24,6 +24,7 @@ use crate::{files, telemetry};
         (name = "node", description = "this node: status, storage, blocks, lifecycle"),
         (name = "cluster", description = "membership and block transfers"),
         (name = "files", description = "upload, list, download, remove"),
+        (name = "gateway", description = "the IPFS gateway: raw blocks, CARs and content under /ipfs/, from any member"),
     )
 )]
 struct ApiDoc;

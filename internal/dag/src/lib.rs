@@ -6,17 +6,20 @@
 //! asks a [`BlockSource`]; where they live (disk, network) is the caller's business.
 
 mod block;
+pub mod car;
 mod dir;
 mod file;
 mod options;
 pub mod pb;
 mod reader;
+mod scope;
 
 pub use block::{cid_v0, cid_v1, verify, Block, VerifyError, DAG_PB, IDENTITY, RAW, SHA2_256};
 pub use dir::{import_path, import_symlink, murmur3_64, DirectoryBuilder, TreeBuilder, HAMT_MURMUR3};
 pub use file::{import_file, import_file_single_threaded, Added};
 pub use options::{ImportOptions, Profile, SizeEstimation};
 pub use reader::{block_links, list_directory, stat, BlockSource, DirEntry, FileReader, NodeKind, ReadError};
+pub use scope::{resolve_path, select_blocks, DagScope, EntityBytes, Resolved, Selection};
 
 use std::path::PathBuf;
 

@@ -58,6 +58,14 @@ pub enum ReadError {
         /// What does not add up.
         what: &'static str,
     },
+    /// A path names an entry its directory does not have (or goes through something that is not a directory).
+    #[error("{cid} has no entry named {name:?}")]
+    NoSuchEntry {
+        /// The directory (or file) the path went through.
+        cid: Cid,
+        /// The missing name.
+        name: String,
+    },
     /// The source failed.
     #[error(transparent)]
     Source(Box<dyn std::error::Error + Send + Sync>),
@@ -91,7 +99,7 @@ pub struct DirEntry {
     pub tsize: u64,
 }
 
-fn decode(cid: &Cid, data: &Bytes) -> Result<(PbNode, UnixFsData), ReadError> {
+pub(crate) fn decode(cid: &Cid, data: &Bytes) -> Result<(PbNode, UnixFsData), ReadError> {
     let malformed = |source| ReadError::Malformed { cid: *cid, source };
     let node = PbNode::decode(data).map_err(malformed)?;
     let fs = match &node.data {
@@ -101,7 +109,7 @@ fn decode(cid: &Cid, data: &Bytes) -> Result<(PbNode, UnixFsData), ReadError> {
     Ok((node, fs))
 }
 
-fn unsupported_codec(cid: &Cid) -> ReadError {
+pub(crate) fn unsupported_codec(cid: &Cid) -> ReadError {
     ReadError::Malformed { cid: *cid, source: DecodeError("unsupported codec (only dag-pb and raw are UnixFS)") }
 }
 

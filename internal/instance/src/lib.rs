@@ -6,6 +6,7 @@
 //! its membership in the cluster.
 
 mod alloc;
+mod car;
 mod fetched;
 mod node;
 mod watch;
@@ -14,6 +15,7 @@ mod watch;
 pub use alloc::core as allocation;
 /// The allocation's on-disk catalog index (leaves by partition), public for benchmarks.
 pub use alloc::index as allocation_index;
+pub use car::{write_car, CarImport, ImportedRoot};
 pub use fetched::FetchingSource;
 pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
 

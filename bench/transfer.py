@@ -129,6 +129,14 @@ def tcp_established_to(port):
     return False
 
 
+def free_udp_port():
+    """A UDP port the OS says is free (XNODE_GOSSIP_PORT must be fixed: seeds name it)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Xnode:
     """One `xnode run` child on loopback with its own data dir, ports picked by the OS."""
 
@@ -141,7 +149,8 @@ class Xnode:
             if k.startswith("XNODE_") and k != "XNODE_VENV":
                 del env[k]
         env.update(XNODE_NAME=name, XNODE_BIND_ADDR="127.0.0.1", XNODE_ADVERTISE_ADDR="127.0.0.1",
-                   XNODE_API_PORT="0", XNODE_GOSSIP_PORT="0", XNODE_P2P_PORT="0", XNODE_ADMIN_TOKEN=TOKEN,
+                   XNODE_API_PORT="0", XNODE_GOSSIP_PORT=str(free_udp_port()), XNODE_P2P_PORT="0",
+                   XNODE_ADMIN_TOKEN=TOKEN,
                    XNODE_GROUP_NAME=group, XNODE_FETCH_TIMEOUT=f"{fetch_timeout}s")
         if known_peers:
             env["XNODE_KNOWN_PEERS"] = known_peers

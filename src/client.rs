@@ -204,8 +204,9 @@ impl Api {
             .into_json()?;
         match stat["kind"].as_str() {
             Some("file") => {
-                let mut file =
-                    io::BufWriter::new(fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?);
+                // create_new: never through a symlink or over anything already there (O_EXCL).
+                let file = fs::OpenOptions::new().write(true).create_new(true).open(dest);
+                let mut file = io::BufWriter::new(file.with_context(|| format!("creating {}", dest.display()))?);
                 self.cat(cid, 0, None, &mut file)?;
                 file.flush()?;
             }
@@ -216,9 +217,14 @@ impl Api {
                     .call()
                     .map_err(|e| self.explain(e))?
                     .into_json()?;
+                let mut names = std::collections::HashSet::new();
                 for e in entries {
-                    if e.name.is_empty() || e.name.contains('/') || e.name == "." || e.name == ".." {
+                    if e.name.is_empty() || e.name.contains(['/', '\0']) || e.name == "." || e.name == ".." {
                         bail!("{cid} has an entry with an unsafe name {:?}", e.name);
+                    }
+                    // A second entry of one name could write through the symlink the first one made.
+                    if !names.insert(e.name.clone()) {
+                        bail!("{cid} lists {:?} twice; refusing to write it", e.name);
                     }
                     let target = dest.join(&e.name);
                     if e.kind == "symlink" {

@@ -2,6 +2,7 @@
 //! one operation on the local store.
 
 mod client;
+mod config;
 mod dag;
 
 use std::io::{self, Write};
@@ -12,7 +13,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use xnode_api::ApiConfig;
 use xnode_dag::{ImportOptions, Profile};
@@ -20,6 +20,8 @@ use xnode_gossip::{GossipConfig, Member};
 use xnode_instance::{AddOptions, Node, NodeConfig, Repo};
 use xnode_p2p::P2pConfig;
 use xnode_storage::StoreConfig;
+
+use config::{Env, NodeSettings};
 
 /// Xnode pools the disks of many machines into one IPFS-compatible content-addressed store.
 #[derive(Parser, Debug)]
@@ -138,76 +140,23 @@ struct AddArgs {
     chunker: Option<String>,
 }
 
-/// The `XNODE_*` environment, read once here and nowhere else. Values stay strings until [`parse`] turns them
-/// into typed settings, so a bad one is reported with its variable's name.
-#[derive(Deserialize, Debug, Default)]
-struct EnvConfig {
-    /// XNODE_DATA_DIR: the data directory (default `./xnode-data`).
-    data_dir: Option<PathBuf>,
-    /// XNODE_STORAGE_MAX: the store's hard capacity, e.g. `10GiB` (default: unlimited).
-    storage_max: Option<String>,
-    /// XNODE_DIRECT_IO: `true` or `false`, whether block bodies bypass the page cache (default `true`).
-    direct_io: Option<String>,
-    /// XNODE_NAME: this node's unique name in the cluster (default: the hostname).
-    name: Option<String>,
-    /// XNODE_GOSSIP_PORT: UDP port for membership gossip (default 9090).
-    gossip_port: Option<String>,
-    /// XNODE_KNOWN_PEERS: comma-separated `host:port` seeds; blank starts a new cluster.
-    known_peers: Option<String>,
-    /// XNODE_GROUP_NAME: cluster name; nodes of other groups are ignored (default `Xnode`).
-    group_name: Option<String>,
-    /// XNODE_ADVERTISE_ADDR: `host` or `host:port` other nodes reach our gossip at (default: our hostname's IP).
-    advertise_addr: Option<String>,
-    /// XNODE_BIND_ADDR: the IP the API and gossip listen on (default `0.0.0.0`).
-    bind_addr: Option<String>,
-    /// XNODE_API_PORT: TCP port of the HTTP API (default 8080).
-    api_port: Option<String>,
-    /// XNODE_P2P_PORT: libp2p port, TCP and QUIC (default 10090; 0 picks free ports).
-    p2p_port: Option<String>,
-    /// XNODE_BOOTSTRAP: comma-separated multiaddrs (ending in /p2p/ID) of DHT peers to join.
-    bootstrap: Option<String>,
-    /// XNODE_FETCH_TIMEOUT: how long a read waits for missing blocks from the network (default `60s`).
-    fetch_timeout: Option<String>,
-    /// XNODE_REPLICATION: how many nodes hold each block (default 2).
-    replication: Option<String>,
-    /// XNODE_PARTITIONS: partitions blocks hash into (default 65536; a power of two, the same on every member).
-    partitions: Option<String>,
-    /// XNODE_WATCH_DIR: a folder whose new or changed files are added once they stop changing (default: none).
-    watch_dir: Option<String>,
-    /// XNODE_API: base URL of a running node for the client commands.
-    api: Option<String>,
-    /// XNODE_ADMIN_TOKEN: the token that authorizes changes through the API (default: random, logged at start).
-    admin_token: Option<String>,
-    /// XNODE_ADMIN_TOKEN_FILE: a file holding the admin token, shared by members (the first node to start creates
-    /// it with a random token); used when XNODE_ADMIN_TOKEN is unset.
-    admin_token_file: Option<PathBuf>,
-    /// XNODE_MAX_UPLOAD: the largest upload the API accepts (default `16GiB`).
-    max_upload: Option<String>,
-}
-
-impl EnvConfig {
-    fn port(value: Option<&String>, var: &str, default: u16) -> Result<u16> {
-        match value.map(|v| v.trim()).filter(|v| !v.is_empty()) {
-            None => Ok(default),
-            Some(v) => v.parse().with_context(|| format!("{var}={v:?} is not a port number; use 1-65535")),
-        }
-    }
-
-    fn api_url(&self, flag: Option<String>) -> Result<String> {
-        if let Some(url) = flag.or_else(|| self.api.clone()).filter(|u| !u.trim().is_empty()) {
-            return Ok(url.trim_end_matches('/').to_string());
-        }
-        Ok(format!("http://127.0.0.1:{}", Self::port(self.api_port.as_ref(), "XNODE_API_PORT", 8080)?))
-    }
-}
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("XNODE_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(io::stderr)
-        .init();
     let cli = Cli::parse();
-    match run(cli) {
+    // The environment is read once, before anything else, so a bad value stops the command with its name.
+    let (env, warnings) = match Env::read().and_then(|(env, w)| Ok((env.log_filter()?, env, w))) {
+        Ok((filter, env, warnings)) => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).init();
+            (env, warnings)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    match run(cli, env) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
@@ -217,22 +166,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let env: EnvConfig = envy::prefixed("XNODE_").from_env().context("reading XNODE_* environment variables")?;
-    let data_dir = cli.data_dir.or_else(|| env.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./xnode-data"));
-    let capacity = match env.storage_max.as_deref().map(str::trim) {
-        None | Some("") => u64::MAX,
-        Some(s) => parse_size(s).with_context(|| {
-            format!("XNODE_STORAGE_MAX={s:?} is not a size; use e.g. 10GiB, 500MB or a number of bytes")
-        })?,
-    };
-    let direct_io = match env.direct_io.as_deref().map(str::trim) {
-        None | Some("") => true,
-        Some(v) => v.parse().map_err(|_| {
-            anyhow::anyhow!("XNODE_DIRECT_IO={v:?} is not true or false; use true (bypass the page cache) or false")
-        })?,
-    };
-    let store_config = StoreConfig { capacity, direct_io, ..StoreConfig::default() };
+fn run(cli: Cli, env: Env) -> Result<()> {
+    let data_dir = env.data_dir(cli.data_dir.clone());
+    let store_config = StoreConfig { capacity: env.capacity()?, direct_io: env.direct_io()?, ..StoreConfig::default() };
     let open =
         || Repo::open(&data_dir, store_config).with_context(|| format!("opening the store in {}", data_dir.display()));
 
@@ -240,14 +176,14 @@ fn run(cli: Cli) -> Result<()> {
     let token = cli
         .token
         .clone()
-        .or_else(|| env.admin_token.clone())
         .filter(|t| !t.is_empty())
+        .or_else(|| env.admin_token())
         .or_else(|| std::fs::read_to_string(data_dir.join(TOKEN_FILE)).ok().map(|t| t.trim().to_string()));
     let api = || client::Api::new(api_url.clone(), token.clone());
     let offline = cli.offline;
 
     match cli.command {
-        Command::Run => run_node(&env, data_dir, store_config),
+        Command::Run => run_node(env.node()?, data_dir, store_config),
         Command::Members { json } => members(&api_url, json),
         Command::Health => {
             http_get(&format!("{api_url}/healthz"))?;
@@ -399,60 +335,29 @@ fn parse_cid(s: &str) -> Result<cid::Cid> {
         .map_err(|e| anyhow::anyhow!("{s:?} is not a valid CID ({e}); CIDs look like Qm... or bafy..."))
 }
 
-fn parse_size(s: &str) -> Result<u64> {
-    if let Ok(n) = s.parse::<u64>() {
-        return Ok(n);
-    }
-    s.parse::<ByteSize>().map(|b| b.as_u64()).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// `30s`, `2m`, `500ms`, `1h`, or plain seconds.
-fn parse_duration(s: &str) -> Result<std::time::Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let n: f64 = num.parse().map_err(|_| anyhow::anyhow!("no number in {s:?}"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        u => bail!("unknown unit {u:?}"),
-    };
-    Ok(std::time::Duration::from_secs_f64(secs))
-}
-
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
 }
 
 /// `xnode run`: everything the node needs comes from `XNODE_*`, checked before anything starts.
-fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()> {
-    let gossip_port = EnvConfig::port(env.gossip_port.as_ref(), "XNODE_GOSSIP_PORT", 9090)?;
-    let api_port = EnvConfig::port(env.api_port.as_ref(), "XNODE_API_PORT", 8080)?;
-    let p2p_port = EnvConfig::port(env.p2p_port.as_ref(), "XNODE_P2P_PORT", 10090)?;
-    let name = match env.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
-        Some(n) => n.to_string(),
-        None => hostname().context("XNODE_NAME is not set and the hostname cannot be read; set XNODE_NAME")?,
+fn run_node(settings: NodeSettings, data_dir: PathBuf, store: StoreConfig) -> Result<()> {
+    let NodeSettings { gossip_port, api_port, p2p_port, bind, .. } = settings;
+    let name = match settings.name {
+        Some(n) => n,
+        None => {
+            let host = hostname().context("XNODE_NAME is not set and the hostname cannot be read; set XNODE_NAME")?;
+            config::check_name("XNODE_NAME", &host)
+                .with_context(|| format!("XNODE_NAME is unset and the hostname {host:?} is not a valid name"))?;
+            host
+        }
     };
-    let bind: IpAddr = match env.bind_addr.as_deref().map(str::trim).filter(|b| !b.is_empty()) {
-        None => IpAddr::from([0, 0, 0, 0]),
-        Some(b) => b.parse().with_context(|| format!("XNODE_BIND_ADDR={b:?} is not an IP address"))?,
-    };
-    let advertise = advertise_addr(env.advertise_addr.as_deref(), bind, gossip_port)?;
-    let seeds: Vec<String> = env
-        .known_peers
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let advertise = advertise_addr(settings.advertise.as_deref(), bind, gossip_port)?;
     let mut gossip = GossipConfig::new(name, SocketAddr::new(bind, gossip_port));
     gossip.advertise_addr = advertise;
-    gossip.seeds = seeds;
-    if let Some(group) = env.group_name.as_deref().map(str::trim).filter(|g| !g.is_empty()) {
-        gossip.group = group.to_string();
+    gossip.seeds = settings.seeds;
+    gossip.keyring = keyring(settings.cluster_secret)?;
+    if let Some(group) = settings.group {
+        gossip.group = group;
     }
     let mut p2p = P2pConfig::new(gossip.group.clone(), data_dir.join("identity.key"), p2p_port);
     if !bind.is_unspecified() {
@@ -461,43 +366,11 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
             format!("/ip4/{bind}/udp/{p2p_port}/quic-v1").parse()?,
         ];
     }
-    for addr in env.bootstrap.as_deref().unwrap_or_default().split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        p2p.bootstrap.push(addr.parse().with_context(|| {
-            format!("XNODE_BOOTSTRAP: {addr:?} is not a multiaddr like /ip4/10.0.0.5/tcp/10090/p2p/12D3Koo...")
-        })?);
-    }
-    let replication = match env.replication.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
-        None => 2,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if n >= 1 => n,
-            _ => bail!("XNODE_REPLICATION={v:?} is not a whole number of copies of at least 1; use e.g. 2"),
-        },
-    };
-    let watch_dir = match env.watch_dir.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
-        None => None,
-        Some(d) => {
-            let path = PathBuf::from(d);
-            if !path.is_dir() {
-                bail!("XNODE_WATCH_DIR={d:?} is not a directory; create it or unset XNODE_WATCH_DIR");
-            }
-            Some(path)
-        }
-    };
-    let partitions = match env.partitions.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
-        None => xnode_placement::DEFAULT_PARTITIONS,
-        Some(v) => match v.parse::<u32>() {
-            Ok(n) if n.is_power_of_two() && n <= xnode_placement::MAX_PARTITIONS => n,
-            _ => bail!(
-                "XNODE_PARTITIONS={v:?} is not a power of two between 1 and {}; use the same value on every member, \
-                 e.g. 65536 (the default)",
-                xnode_placement::MAX_PARTITIONS
-            ),
-        },
-    };
+    p2p.bootstrap = settings.bootstrap;
     let config = NodeConfig {
-        replication,
-        partitions,
-        watch_dir,
+        replication: settings.replication,
+        partitions: settings.partitions,
+        watch_dir: settings.watch_dir,
         data_dir,
         store,
         gossip,
@@ -506,56 +379,87 @@ fn run_node(env: &EnvConfig, data_dir: PathBuf, store: StoreConfig) -> Result<()
         advertise_ip: advertise.ip(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let max_upload = match env.max_upload.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
-        None => 16 << 30,
-        Some(v) => parse_size(v).with_context(|| format!("XNODE_MAX_UPLOAD={v:?} is not a size; use e.g. 16GiB"))?,
+    let (admin_token, generated) = match (settings.admin_token, settings.admin_token_file.as_deref()) {
+        (Some(t), _) => (t, None),
+        (None, Some(path)) => shared_file(path, "XNODE_ADMIN_TOKEN_FILE", ApiConfig::random_token())?,
+        (None, None) => (ApiConfig::random_token(), Some(config.data_dir.join(TOKEN_FILE))),
     };
-    let token_file = env.admin_token_file.as_ref().filter(|p| !p.as_os_str().is_empty());
-    let (admin_token, generated) =
-        match (env.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()), token_file) {
-            (Some(t), _) => (t.to_string(), None),
-            (None, Some(path)) => shared_token(path)?,
-            (None, None) => (ApiConfig::random_token(), Some(config.data_dir.join(TOKEN_FILE))),
-        };
-    let fetch_timeout = match env.fetch_timeout.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
-        None => std::time::Duration::from_secs(60),
-        Some(v) => parse_duration(v)
-            .with_context(|| format!("XNODE_FETCH_TIMEOUT={v:?} is not a duration; use e.g. 30s or 2m"))?,
+    let api_config = ApiConfig {
+        admin_token,
+        max_upload_bytes: settings.max_upload,
+        fetch_timeout: settings.fetch_timeout,
+        ..ApiConfig::default()
     };
-    let api_config = ApiConfig { admin_token, max_upload_bytes: max_upload, fetch_timeout };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve_node(config, api_config, generated, SocketAddr::new(bind, api_port)))
+    let result = runtime.block_on(serve_node(config, api_config, generated, SocketAddr::new(bind, api_port)));
+    // Blocking work still running (a read waiting for the network) must not hold the process past its exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
-/// Reads the admin token members share through `path`, or creates the file with a random token if no member has
-/// yet. Creation is atomic (a hard link of a complete temporary file), so nodes starting together agree on one
-/// token. Returns the token and, if this node made it, where it is (to log it once).
-fn shared_token(path: &Path) -> Result<(String, Option<PathBuf>)> {
+/// Reads a secret members share through `path` (`var` names it in errors), or creates the file with `fresh` if no
+/// member has yet. Creation is atomic (a hard link of a complete temporary file), so nodes starting together agree
+/// on one value. Returns the value and, if this node made it, where it is (to log it once).
+fn shared_file(path: &Path, var: &str, fresh: String) -> Result<(String, Option<PathBuf>)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let context = || format!("XNODE_ADMIN_TOKEN_FILE={}", path.display());
+    let context = || format!("{var}={}", path.display());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(context)?;
     }
-    let token = ApiConfig::random_token();
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let written = (|| -> io::Result<()> {
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(token.as_bytes())?;
+        f.write_all(fresh.as_bytes())?;
         f.sync_all()
     })();
     let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
     let _ = std::fs::remove_file(&tmp);
     match linked {
-        Ok(()) => Ok((token, Some(path.to_path_buf()))),
+        Ok(()) => Ok((fresh, Some(path.to_path_buf()))),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let existing = std::fs::read_to_string(path).with_context(context)?.trim().to_string();
             if existing.is_empty() {
-                bail!("{} is empty; put the admin token in it or delete it", path.display());
+                bail!("{var}: {} is empty; put the value in it or delete it", path.display());
             }
             Ok((existing, None))
         }
         Err(e) => Err(e).with_context(context),
     }
+}
+
+/// The gossip keyring from `XNODE_CLUSTER_SECRET[_FILE]` and `XNODE_CLUSTER_SECRET_OLD`; `None` without a secret.
+fn keyring(source: config::SecretSource) -> Result<Option<std::sync::Arc<xnode_gossip::Keyring>>> {
+    let (current, old) = match source {
+        config::SecretSource::None => {
+            tracing::warn!(
+                "XNODE_CLUSTER_SECRET is unset: gossip is plaintext, and anyone who reaches the gossip port can read \
+                 the member list and join; set XNODE_CLUSTER_SECRET (openssl rand -hex 32) or \
+                 XNODE_CLUSTER_SECRET_FILE on every member"
+            );
+            return Ok(None);
+        }
+        config::SecretSource::Value { current, old } => (current, old),
+        config::SecretSource::File { path, old } => {
+            let fresh = format!("{}{}", ApiConfig::random_token(), ApiConfig::random_token());
+            let (text, made) = shared_file(&path, "XNODE_CLUSTER_SECRET_FILE", fresh)?;
+            let current = config::parse_secret(&text).with_context(|| {
+                format!(
+                    "XNODE_CLUSTER_SECRET_FILE: {} does not hold 64 hex digits; write one with \
+                     `openssl rand -hex 32 > FILE` or delete it to have one made",
+                    path.display()
+                )
+            })?;
+            if let Some(made) = made {
+                eprintln!("made a new cluster secret in {} (XNODE_CLUSTER_SECRET_FILE)", made.display());
+            }
+            (current, old)
+        }
+    };
+    let ring = xnode_gossip::Keyring::new(&current);
+    Ok(Some(std::sync::Arc::new(match old {
+        Some(old) => ring.accepting(&old),
+        None => ring,
+    })))
 }
 
 fn write_token_file(data_dir: &Path, token: &str) -> Result<()> {
@@ -614,8 +518,21 @@ async fn serve_node(
         reason = fatal_error(node.clone()) => Some(reason),
     };
     shutdown.cancel();
-    server.await.context("API server task")?.context("API server")?;
-    node.stop().await?;
+    // A stop must end: requests still waiting for the network (a read's fetch timeout can be minutes) get
+    // STOP_GRACE to finish, then the node leaves and flushes anyway; a second signal exits at once.
+    let graceful = async {
+        if tokio::time::timeout(STOP_GRACE, server).await.is_err() {
+            tracing::warn!("requests still open after {STOP_GRACE:?}; stopping without waiting for them");
+        }
+        node.stop().await
+    };
+    tokio::select! {
+        stopped = tokio::time::timeout(STOP_DEADLINE, graceful) => match stopped {
+            Ok(result) => result?,
+            Err(_) => bail!("the node did not stop within {STOP_DEADLINE:?}; exiting without a clean stop"),
+        },
+        () = terminate_signal() => bail!("a second signal: exiting without a clean stop"),
+    }
     drop(node);
     match fatal {
         None => {
@@ -625,6 +542,12 @@ async fn serve_node(
         Some(reason) => bail!(reason),
     }
 }
+
+/// How long a stop waits for open requests before leaving the cluster anyway.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// A stop (SIGTERM, `POST /api/v1/shutdown`) ends the process within this, clean or not; well under the 10 s
+/// orchestrators usually give before SIGKILL.
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Resolves when membership gives up for good (e.g. another live node already uses our name).
 async fn fatal_error(node: std::sync::Arc<Node>) -> String {

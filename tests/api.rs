@@ -420,12 +420,12 @@ fn token_rules_csrf_and_bounded_bodies() {
         status_of(ureq::post(&node.url("/api/v1/files")).set("Authorization", "Bearer s3cret").send_bytes(b"no name"));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("name"), "{body}");
-    let (code, _) = status_of(node.upload("held.bin", &pattern(500_000)));
+    let (code, _) = status_of(node.upload("held.bin", &pattern(1_500_000)));
     assert_eq!(code, 201);
     let (code, body) = status_of(
         ureq::put(&node.url("/api/v1/storage"))
             .set("Authorization", "Bearer s3cret")
-            .send_json(serde_json::json!({"capacity": 1000})),
+            .send_json(serde_json::json!({"capacity": "1MiB"})),
     );
     assert_eq!(code, 409, "shrinking below what is held: {body}");
 }
@@ -469,7 +469,7 @@ fn dashboard_page_fragments_and_vendored_htmx() {
             .set("Authorization", "Bearer s3cret")
             .send_form(&[("capacity", "lots")]),
     );
-    assert_eq!(code, 400);
+    assert_eq!(code, 422);
     assert!(body.contains("not a size"), "{body}");
     let (code, body) =
         status_of(ureq::post(&node.url("/ui/members/nobody/kill")).set("Authorization", "Bearer s3cret").call());

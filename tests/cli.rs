@@ -114,7 +114,7 @@ fn errors_name_the_problem() {
     let err = fails(xnode(&data).arg("stats").env("XNODE_STORAGE_MAX", "lots"));
     assert!(err.contains("XNODE_STORAGE_MAX"), "{err}");
     let err = fails(xnode(&data).arg("stats").env("XNODE_DIRECT_IO", "yes"));
-    assert!(err.contains("XNODE_DIRECT_IO=\"yes\" is not true or false"), "{err}");
+    assert!(err.contains("XNODE_DIRECT_IO=\"yes\": not true or false"), "{err}");
 
     let unreadable = write(tmp.path(), "secret", b"x");
     fs::set_permissions(&unreadable, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();

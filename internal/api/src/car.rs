@@ -97,7 +97,7 @@ pub(crate) async fn export(
     Query(params): Query<ReadParams>,
 ) -> Result<Response, ApiError> {
     let cid = parse_cid(&cid)?;
-    let (source, _) = app.node.open_streaming(cid, read_timeout(&app, &params)).await.map_err(instance_error)?;
+    let (source, _) = app.node.open_streaming(cid, read_timeout(&app, &params)?).await.map_err(instance_error)?;
     let resolved = Resolved { cid, roots: vec![cid], path_blocks: Vec::new() };
     let mut response = Response::new(car_body(Box::new(source), cid, resolved, Selection::default()));
     let h = response.headers_mut();

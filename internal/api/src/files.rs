@@ -5,7 +5,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Path as UrlPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use xnode_dag::{ImportOptions, NodeKind, Profile};
 use xnode_instance::InstanceError;
 
+use crate::extract::Query;
 use crate::{ApiError, AppState, ErrorBody};
 
 /// How an upload is imported; the same knobs as `xnode add`.
@@ -45,9 +46,73 @@ pub(crate) struct ReadParams {
     timeout: Option<f64>,
 }
 
-/// How long a read waits for blocks from other nodes.
-pub(crate) fn read_timeout(app: &AppState, params: &ReadParams) -> std::time::Duration {
-    params.timeout.map_or(app.config.fetch_timeout, std::time::Duration::from_secs_f64)
+/// The longest `?timeout=` a read may ask for, in seconds (a day: longer only holds a request open).
+pub(crate) const MAX_READ_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// How long a read waits for blocks from other nodes: `?timeout=SECS` (0 to a day), else `XNODE_FETCH_TIMEOUT`.
+pub(crate) fn read_timeout(app: &AppState, params: &ReadParams) -> Result<std::time::Duration, ApiError> {
+    match params.timeout {
+        None => Ok(app.config.fetch_timeout),
+        Some(t) if t.is_finite() && (0.0..=MAX_READ_TIMEOUT_SECS).contains(&t) => {
+            Ok(std::time::Duration::from_secs_f64(t))
+        }
+        Some(t) => Err(ApiError::bad_request(format!(
+            "timeout={t} is not a number of seconds from 0 to {MAX_READ_TIMEOUT_SECS}; use e.g. ?timeout=30"
+        ))),
+    }
+}
+
+/// How many reads may be open, and how many may stream (hold a blocking thread), at once: past either bound a read
+/// is refused with 503 and `Retry-After` instead of queueing, so that no number of requests can take every thread
+/// (see [`crate::ApiConfig::max_reads`] and [`crate::ApiConfig::max_streams`]).
+#[derive(Debug)]
+pub(crate) struct ReadBounds {
+    open: std::sync::Arc<tokio::sync::Semaphore>,
+    streams: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Held by a read while it is open (or streaming); dropping it makes room.
+pub(crate) type ReadPermit = tokio::sync::OwnedSemaphorePermit;
+
+impl ReadBounds {
+    pub(crate) fn new(max_reads: usize, max_streams: usize) -> Self {
+        ReadBounds {
+            open: std::sync::Arc::new(tokio::sync::Semaphore::new(max_reads.max(1))),
+            streams: std::sync::Arc::new(tokio::sync::Semaphore::new(max_streams.max(1))),
+        }
+    }
+
+    /// A place for one more open read, or 503.
+    pub(crate) fn open(&self) -> Result<ReadPermit, ApiError> {
+        self.open.clone().try_acquire_owned().map_err(|_| {
+            ApiError::busy("this node has as many reads open as it allows; retry in a few seconds", RETRY_AFTER_SECS)
+        })
+    }
+
+    /// A place for one more read that streams on a blocking thread, or 503.
+    pub(crate) fn stream(&self) -> Result<ReadPermit, ApiError> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::busy(
+                "this node is streaming as many reads as it allows; retry in a few seconds",
+                RETRY_AFTER_SECS,
+            )
+        })
+    }
+}
+
+/// What a refused read is told to wait before trying again.
+const RETRY_AFTER_SECS: u32 = 2;
+
+/// A CID to read: well-formed, and of a codec a UnixFS read can decode (dag-pb or raw). Any other codec is refused
+/// at once rather than after waiting for a block that could never be read.
+pub(crate) fn parse_readable_cid(s: &str) -> Result<Cid, ApiError> {
+    let cid = parse_cid(s)?;
+    match cid.codec() {
+        xnode_dag::DAG_PB | xnode_dag::RAW => Ok(cid),
+        other => Err(ApiError::bad_request(format!(
+            "{cid} has codec 0x{other:x}; this node reads UnixFS only (dag-pb 0x70 or raw 0x55)"
+        ))),
+    }
 }
 
 /// What an upload stored.
@@ -317,6 +382,7 @@ fn multipart_error(e: &axum::extract::multipart::MultipartError, limit: u64) -> 
 
 pub(crate) fn too_large(limit: u64) -> ApiError {
     ApiError {
+        retry_after: None,
         status: StatusCode::PAYLOAD_TOO_LARGE,
         message: format!("upload larger than the limit of {limit} bytes; raise XNODE_MAX_UPLOAD"),
     }
@@ -381,9 +447,12 @@ pub(crate) async fn download(
     Query(params): Query<ReadParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let cid = parse_cid(&cid)?;
+    let cid = parse_readable_cid(&cid)?;
+    let timeout = read_timeout(&app, &params)?;
+    let open = app.reads.open()?;
     // Blocks this node lacks are fetched while the body streams: the response starts once the root is here.
-    let (source, kind) = app.node.open_streaming(cid, read_timeout(&app, &params)).await?;
+    let (source, kind) = app.node.open_streaming(cid, timeout).await?;
+    let stream = app.reads.stream()?;
     let repo = app.node.repo().clone();
     let name = blocking(move || Ok(repo.store().pin(&cid).ok().flatten().map(|p| p.name))).await?;
     let size = match kind {
@@ -411,19 +480,20 @@ pub(crate) async fn download(
     };
     let (offset, length) = range.unwrap_or((0, size));
 
-    let body = stream_file(source, cid, offset, length);
+    // The permits go with the body: the reading thread is held until the last byte is handed over.
+    let body = stream_file(source, cid, offset, length, (open, stream));
     let mut response = Response::new(body);
     let h = response.headers_mut();
+    // Downloads share the dashboard's origin: a stored `page.html` rendered as a page there could act with the
+    // dashboard's cookie. So the browser must save, never render or sniff, what it downloads.
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(name.as_deref())));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("a CID is a valid header value"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
-    if let Some(name) = name.filter(|n| n.chars().all(|c| c.is_ascii_graphic() || c == ' ') && !n.contains('"')) {
-        if let Ok(v) = HeaderValue::from_str(&format!("inline; filename=\"{name}\"")) {
-            h.insert(header::CONTENT_DISPOSITION, v);
-        }
-    }
+    h.insert(header::CONTENT_DISPOSITION, content_disposition(name.as_deref()));
     if range.is_some() {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
         let end = offset + length.saturating_sub(1);
@@ -437,15 +507,17 @@ pub(crate) async fn download(
 
 /// `length` bytes of the file at `cid` from `offset`, read on a blocking thread and streamed through a small
 /// channel (memory stays flat whatever the size). A block that does not arrive in time ends the body with an error,
-/// short of its Content-Length, rather than hanging.
+/// short of its Content-Length, rather than hanging. `permits` (read bounds) are held until the body ends.
 pub(crate) fn stream_file(
     source: impl xnode_dag::BlockSource + Send + 'static,
     cid: Cid,
     offset: u64,
     length: u64,
+    permits: impl Send + 'static,
 ) -> Body {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     tokio::task::spawn_blocking(move || {
+        let _permits = permits;
         let mut reader = match xnode_dag::FileReader::open(&source, &cid, offset, length) {
             Ok(r) => r,
             Err(e) => {
@@ -471,6 +543,25 @@ pub(crate) fn stream_file(
         }
     });
     Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// `attachment`, with the file's name when it has one: an ASCII fallback (`filename=`, unsafe characters as `_`)
+/// and the exact name percent-encoded (`filename*=UTF-8''`, RFC 6266).
+fn content_disposition(name: Option<&str>) -> HeaderValue {
+    let Some(name) = name.filter(|n| !n.is_empty()) else { return HeaderValue::from_static("attachment") };
+    let ascii: String = name
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | ';' | '%') || c == ' ' { c } else { '_' })
+        .collect();
+    let encoded: String = name
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` (one range) to (offset, length); `None` if unsatisfiable.
@@ -529,9 +620,13 @@ pub(crate) async fn ls(
     UrlPath(cid): UrlPath<String>,
     Query(params): Query<ReadParams>,
 ) -> Result<Json<Vec<Listing>>, ApiError> {
-    let cid = parse_cid(&cid)?;
+    let cid = parse_readable_cid(&cid)?;
+    let timeout = read_timeout(&app, &params)?;
+    let _open = app.reads.open()?;
+    // Listing waits for each entry's root on a blocking thread.
+    let _stream = app.reads.stream()?;
     // Blocks this node lacks are fetched as the listing needs them (the rest of the DAG follows, as cache).
-    let entries = app.node.list_streaming(cid, read_timeout(&app, &params)).await?;
+    let entries = app.node.list_streaming(cid, timeout).await?;
     let out = entries
         .into_iter()
         .map(|(e, kind)| {
@@ -555,10 +650,12 @@ pub(crate) async fn stat(
     UrlPath(cid): UrlPath<String>,
     Query(params): Query<ReadParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let cid = parse_cid(&cid)?;
+    let cid = parse_readable_cid(&cid)?;
+    let timeout = read_timeout(&app, &params)?;
+    let _open = app.reads.open()?;
     // Only the root block is needed; a DAG this node lacks goes on arriving (as cache) after the answer, so that
     // `xnode get`, which asks this first, streams the download that follows.
-    let (_, kind) = app.node.open_streaming(cid, read_timeout(&app, &params)).await?;
+    let (_, kind) = app.node.open_streaming(cid, timeout).await?;
     Ok(Json(match kind {
         NodeKind::File { size } => serde_json::json!({ "cid": cid.to_string(), "kind": "file", "size": size }),
         NodeKind::Directory => serde_json::json!({ "cid": cid.to_string(), "kind": "directory" }),

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use xnode_gossip::{Member, MemberState};
 
 use crate::{ApiError, AppState, Resize};
@@ -44,7 +43,8 @@ pub(crate) async fn run(app: &AppState, name: &str, action: Action, token: &str)
                 Ok(format!("{name} is stopping without leaving; the others will mark it dead"))
             }
             Action::Resize(capacity) => {
-                let _figures = crate::set_storage(State(app.clone()), Json(Resize { capacity })).await?;
+                let resize = Resize { capacity: capacity.into() };
+                let _figures = crate::set_storage(State(app.clone()), crate::extract::Json(resize)).await?;
                 Ok(format!("{name} now has a capacity of {}", crate::ui::human(capacity)))
             }
         };

@@ -520,7 +520,7 @@ async fn file(
         Body::empty()
     } else {
         let (source, _) = app.node.open_streaming(cid, timeout).await.map_err(instance_error)?;
-        stream_file(source, cid, offset, length)
+        stream_file(source, cid, offset, length, ())
     };
     let mut response = Response::new(body);
     let h = response.headers_mut();

@@ -8,6 +8,7 @@
 //! Design notes: `docs/api.md`.
 
 mod car;
+mod extract;
 mod files;
 mod forward;
 mod gateway;
@@ -17,12 +18,13 @@ mod ui;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use extract::Query;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +42,27 @@ pub struct ApiConfig {
     pub max_upload_bytes: u64,
     /// How long a read waits for blocks the node lacks (`XNODE_FETCH_TIMEOUT`; `?timeout=SECS` overrides).
     pub fetch_timeout: std::time::Duration,
+    /// Most reads (downloads, listings, stats) open at once; past it a read gets 503 with `Retry-After`. Default
+    /// 4096. A read waiting for its root block from the network costs no thread, only a few KiB, so this is high:
+    /// 2,000 reads of CIDs that exist nowhere each end with their own 504.
+    pub max_reads: usize,
+    /// Most reads streaming bytes at once; past it a read gets 503 with `Retry-After`. Default 256. A streaming
+    /// read holds a blocking thread (the DAG reader is synchronous) while it waits for the next block or for a
+    /// slow client, and Tokio has 512: the other half stays free for the store, the fetches' own commits and
+    /// uploads, so no number of readers can wedge the node.
+    pub max_streams: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            admin_token: Self::random_token(),
+            max_upload_bytes: 16 << 30,
+            fetch_timeout: std::time::Duration::from_secs(60),
+            max_reads: 4096,
+            max_streams: 256,
+        }
+    }
 }
 
 impl ApiConfig {
@@ -59,6 +82,8 @@ pub(crate) struct AppState {
     config: Arc<ApiConfig>,
     control: Control,
     telemetry: Arc<telemetry::Telemetry>,
+    /// How many reads may be open and streaming at once.
+    reads: Arc<files::ReadBounds>,
 }
 
 /// How the API stops the process: the binary watches these tokens.
@@ -76,11 +101,22 @@ pub struct Control {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for `Retry-After` (a 503 past a bound).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl ToString) -> Self {
-        Self { status, message: message.to_string() }
+        Self { status, message: message.to_string(), retry_after: None }
+    }
+
+    /// 503 with `Retry-After`: the node is at a bound and will have room again soon.
+    pub(crate) fn busy(message: impl ToString, retry_after_secs: u32) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.to_string(),
+            retry_after: Some(retry_after_secs),
+        }
     }
 
     pub(crate) fn status(&self) -> StatusCode {
@@ -92,11 +128,11 @@ impl ApiError {
     }
 
     pub(crate) fn bad_request(message: impl ToString) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.to_string() }
+        Self::new(StatusCode::BAD_REQUEST, message)
     }
 
     pub(crate) fn internal(message: impl ToString) -> Self {
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.to_string() }
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 }
 
@@ -122,13 +158,17 @@ impl From<InstanceError> for ApiError {
             InstanceError::P2p(xnode_p2p::P2pError::NotFound { .. }) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self { status, message: e.to_string() }
+        Self::new(status, e)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.message })).into_response()
+        let mut response = (self.status, Json(ErrorBody { error: self.message })).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -145,7 +185,8 @@ pub(crate) struct ErrorBody {
 /// transfer log (it ends with `control.shutdown`).
 pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
     let telemetry = telemetry::Telemetry::start(node.clone(), control.shutdown.clone());
-    let state = AppState { node, config: Arc::new(config), control, telemetry };
+    let reads = Arc::new(files::ReadBounds::new(config.max_reads, config.max_streams));
+    let state = AppState { node, config: Arc::new(config), control, telemetry, reads };
     let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
     let admin = Router::new()
         // Uploads are streamed and bounded by `max_upload_bytes` (multipart included); other bodies are small.
@@ -251,6 +292,7 @@ pub(crate) const TOKEN_COOKIE: &str = "xnode_token";
 /// non-browser clients) and `Origin`, when sent, must name this host.
 pub(crate) fn check_same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     let refuse = |what: String| ApiError {
+        retry_after: None,
         status: StatusCode::FORBIDDEN,
         message: format!(
             "cross-site request refused ({what}): change things from the node's own dashboard, or send \
@@ -275,6 +317,7 @@ pub(crate) fn check_same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
 pub(crate) fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<Auth, ApiError> {
     let Some((auth, token)) = presented_token(headers) else {
         return Err(ApiError {
+            retry_after: None,
             status: StatusCode::UNAUTHORIZED,
             message: "this route needs the admin token: send `Authorization: Bearer <XNODE_ADMIN_TOKEN>` (the node \
                       logs it at start when XNODE_ADMIN_TOKEN is unset), or sign in on the dashboard"
@@ -286,6 +329,7 @@ pub(crate) fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<Auth, A
         check_same_origin(headers)?;
         if !headers.contains_key("x-xnode-csrf") && !headers.contains_key("hx-request") {
             return Err(ApiError {
+                retry_after: None,
                 status: StatusCode::FORBIDDEN,
                 message: "a request signed in with the dashboard cookie must come from the dashboard (it sends \
                           X-Xnode-Csrf); scripts should send `Authorization: Bearer <XNODE_ADMIN_TOKEN>` instead"
@@ -295,6 +339,7 @@ pub(crate) fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<Auth, A
     }
     if !constant_time_eq(token.as_bytes(), app.config.admin_token.as_bytes()) {
         return Err(ApiError {
+            retry_after: None,
             status: StatusCode::UNAUTHORIZED,
             message: "wrong admin token; use the node's XNODE_ADMIN_TOKEN".into(),
         });
@@ -408,8 +453,42 @@ pub(crate) async fn storage(State(app): State<AppState>) -> Result<Json<Storage>
 
 #[derive(Deserialize, Serialize, utoipa::ToSchema)]
 pub(crate) struct Resize {
-    /// The new hard capacity in bytes.
-    capacity: u64,
+    /// The new hard capacity: bytes as a number, or a size such as `"10GiB"` or `"500MB"`; at least 1 MiB.
+    #[schema(value_type = Object)]
+    capacity: serde_json::Value,
+}
+
+/// The largest capacity a resize accepts short of "unlimited": 1 EiB. A larger number is a unit mistake, not a disk.
+pub(crate) const MAX_CAPACITY: u64 = 1 << 60;
+
+/// A capacity as the API and the dashboard accept it: a whole number of bytes (JSON number or string) or a size
+/// with units (`10GiB`, `500MB`), from [`xnode_storage::MIN_CAPACITY`] to [`MAX_CAPACITY`], or `u64::MAX` (what
+/// `GET /api/v1/storage` shows for unlimited). Anything else is refused with what to send instead.
+pub(crate) fn parse_capacity(value: &serde_json::Value) -> Result<u64, ApiError> {
+    let unprocessable = |what: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, what);
+    let bytes = match value {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            s.parse::<u64>().ok().or_else(|| s.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()))
+        }
+        _ => None,
+    };
+    let Some(bytes) = bytes else {
+        return Err(unprocessable(format!(
+            "capacity {value} is not a size; send a whole number of bytes or a string such as \"10GiB\""
+        )));
+    };
+    if bytes == u64::MAX {
+        return Ok(bytes);
+    }
+    if !(xnode_storage::MIN_CAPACITY..=MAX_CAPACITY).contains(&bytes) {
+        return Err(unprocessable(format!(
+            "capacity {bytes} bytes is out of range: use at least {} bytes (1 MiB) and at most {MAX_CAPACITY} (1 EiB)",
+            xnode_storage::MIN_CAPACITY
+        )));
+    }
+    Ok(bytes)
 }
 
 /// `PUT /api/v1/storage {"capacity": BYTES}`: a new hard capacity. Below what is held, the node takes no new blocks
@@ -417,13 +496,15 @@ pub(crate) struct Resize {
 /// new holders have it; a node with no live peer refuses, since nobody could take the excess.
 #[utoipa::path(put, path = "/api/v1/storage", tag = "node", request_body = Resize, security(("admin" = [])), responses(
     (status = 200, description = "the new figures", body = Storage),
-    (status = 400, description = "not a JSON capacity", body = ErrorBody),
+    (status = 400, description = "not a JSON object with a capacity", body = ErrorBody),
     (status = 401, description = "no or wrong admin token", body = ErrorBody),
+    (status = 422, description = "a capacity that is not a size, below 1 MiB or above 1 EiB", body = ErrorBody),
     (status = 409, description = "below what the node holds, with no live peer to take the excess", body = ErrorBody)))]
 pub(crate) async fn set_storage(
     State(app): State<AppState>,
-    Json(resize): Json<Resize>,
+    extract::Json(resize): extract::Json<Resize>,
 ) -> Result<Json<Storage>, ApiError> {
+    let capacity = parse_capacity(&resize.capacity)?;
     let repo = app.node.repo().clone();
     let held = files::blocking({
         let repo = repo.clone();
@@ -431,19 +512,20 @@ pub(crate) async fn set_storage(
     })
     .await?
     .bytes_held;
-    if resize.capacity < held && !app.node.joined() {
+    if capacity < held && !app.node.joined() {
         return Err(ApiError {
+            retry_after: None,
             status: StatusCode::CONFLICT,
             message: format!(
                 "{} holds {held} bytes and has no live peer to hand the excess to; a capacity of {} would drop \
                  data. Remove files first, or resize once other members are up",
                 app.node.name(),
-                resize.capacity
+                capacity
             ),
         });
     }
-    files::blocking(move || repo.store().set_capacity(resize.capacity).map_err(InstanceError::from)).await?;
-    tracing::info!(capacity = resize.capacity, "storage capacity changed over the API");
+    files::blocking(move || repo.store().set_capacity(capacity).map_err(InstanceError::from)).await?;
+    tracing::info!(capacity, "storage capacity changed over the API");
     storage(State(app)).await
 }
 
@@ -464,6 +546,9 @@ pub(crate) async fn kill_node(State(app): State<AppState>) -> (StatusCode, Json<
     app.control.kill.cancel();
     (StatusCode::ACCEPTED, Json(serde_json::json!({ "killed": app.node.name() })))
 }
+
+/// The most CIDs a block listing returns.
+pub(crate) const MAX_LIMIT: usize = 10_000;
 
 /// `?limit=N` on block listings.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -493,7 +578,11 @@ pub(crate) struct BlockList {
 /// `GET /api/v1/blocks?limit=N`: the blocks this node holds and the ones it wants.
 #[utoipa::path(get, path = "/api/v1/blocks", tag = "node", params(Limit), responses((status = 200, body = Blocks)))]
 pub(crate) async fn blocks(State(app): State<AppState>, Query(limit): Query<Limit>) -> Result<Json<Blocks>, ApiError> {
-    let limit = limit.limit.unwrap_or(100).min(1_000_000);
+    let limit = match limit.limit {
+        None => 100,
+        Some(n) if n <= MAX_LIMIT => n,
+        Some(n) => return Err(ApiError::bad_request(format!("limit={n} is above {MAX_LIMIT}; ask for fewer CIDs"))),
+    };
     let node = app.node.clone();
     let (count, cids) = files::blocking(move || node.held(limit)).await?;
     let wanted = app.node.wanted(limit);

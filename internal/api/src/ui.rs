@@ -9,7 +9,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+
+use crate::extract::Query;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -499,12 +501,9 @@ struct ResizeForm {
     capacity: String,
 }
 
-/// Parses `2GiB`, `500MB`, `1048576`.
+/// Parses `2GiB`, `500MB`, `1048576`, with the bounds of `PUT /api/v1/storage`.
 pub(crate) fn parse_size(s: &str) -> Result<u64, ApiError> {
-    let s = s.trim();
-    s.parse::<u64>()
-        .or_else(|_| s.parse::<ByteSize>().map(|b| b.as_u64()))
-        .map_err(|_| ApiError::bad_request(format!("{s:?} is not a size; write e.g. 2GiB, 500MB or a number of bytes")))
+    crate::parse_capacity(&serde_json::Value::String(s.to_string()))
 }
 
 async fn resize(

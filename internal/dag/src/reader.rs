@@ -164,12 +164,16 @@ pub fn list_directory(source: &dyn BlockSource, cid: &Cid) -> Result<Vec<DirEntr
         DataType::Directory => {
             out.extend(node.links.into_iter().map(|l| DirEntry { name: l.name, cid: l.cid, tsize: l.tsize }))
         }
-        DataType::HamtShard => collect_shard(source, cid, node, &fs, &mut out)?,
+        DataType::HamtShard => collect_shard(source, cid, node, &fs, &mut out, 0)?,
         _ => return Err(ReadError::WrongKind { cid: *cid, found: "file", wanted: "directory" }),
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
+
+/// How deep a HAMT may nest: a 64-bit name hash consumed at least one bit per level (fanout 2) is spent by 64
+/// levels, so anything deeper is crafted, and would otherwise recurse until the stack overflows.
+const MAX_HAMT_DEPTH: usize = 64;
 
 fn collect_shard(
     source: &dyn BlockSource,
@@ -177,6 +181,7 @@ fn collect_shard(
     node: PbNode,
     fs: &UnixFsData,
     out: &mut Vec<DirEntry>,
+    depth: usize,
 ) -> Result<(), ReadError> {
     let fanout = fs.fanout.ok_or(ReadError::Inconsistent { cid: *cid, what: "HAMT shard without fanout" })?;
     let pad = format!("{:X}", fanout.saturating_sub(1)).len();
@@ -185,14 +190,23 @@ fn collect_shard(
             return Err(ReadError::Inconsistent { cid: *cid, what: "HAMT link name shorter than its prefix" });
         }
         if link.name.len() == pad {
+            if depth >= MAX_HAMT_DEPTH {
+                return Err(ReadError::Inconsistent { cid: link.cid, what: "HAMT deeper than a 64-bit hash allows" });
+            }
             let data = source.get_block(&link.cid)?;
             let (child, child_fs) = decode(&link.cid, &data)?;
             if child_fs.kind != DataType::HamtShard {
                 return Err(ReadError::Inconsistent { cid: link.cid, what: "HAMT child is not a shard" });
             }
-            collect_shard(source, &link.cid, child, &child_fs, out)?;
+            collect_shard(source, &link.cid, child, &child_fs, out, depth + 1)?;
         } else {
-            out.push(DirEntry { name: link.name[pad..].to_string(), cid: link.cid, tsize: link.tsize });
+            // The prefix is hex digits: a name whose prefix ends inside a UTF-8 character is malformed, not a panic.
+            let name = link
+                .name
+                .get(pad..)
+                .filter(|_| link.name.as_bytes()[..pad].iter().all(u8::is_ascii_hexdigit))
+                .ok_or(ReadError::Inconsistent { cid: *cid, what: "HAMT link name without a hex prefix" })?;
+            out.push(DirEntry { name: name.to_string(), cid: link.cid, tsize: link.tsize });
         }
     }
     Ok(())
@@ -385,5 +399,42 @@ mod tests {
         let mut out = Vec::new();
         let err = FileReader::open(&mem, &root, 0, u64::MAX).unwrap().read_to_end(&mut out).unwrap_err();
         assert!(err.to_string().contains(&gone.to_string()), "{err}");
+    }
+
+    /// A HAMT shard block with these links (fanout 256: two hex digits of prefix).
+    fn shard(links: Vec<(String, Cid)>) -> (Cid, Bytes) {
+        let mut fs = UnixFsData::new(DataType::HamtShard);
+        fs.fanout = Some(256);
+        fs.hash_type = Some(0x22);
+        let node = PbNode {
+            links: links.into_iter().map(|(name, cid)| crate::pb::PbLink { cid, name, tsize: 1 }).collect(),
+            data: Some(Bytes::from(fs.encode())),
+        };
+        let data = Bytes::from(node.encode());
+        (crate::cid_v0(&data), data)
+    }
+
+    #[test]
+    fn hostile_hamt_names_and_depths_are_errors_not_panics() {
+        let (leaf, mem, _) = build(&ImportOptions::default(), b"x");
+        // "A" then "é" (2 bytes): the 2-byte prefix ends inside the character.
+        for name in ["Aé", "é", "zzname"] {
+            let (root, data) = shard(vec![(name.to_string(), leaf)]);
+            let mut mem = Mem { blocks: mem.blocks.clone(), fetched: RefCell::default() };
+            mem.blocks.insert(root, data);
+            let err = list_directory(&mem, &root).unwrap_err();
+            assert!(matches!(err, ReadError::Inconsistent { .. }), "{name}: {err}");
+        }
+        // A chain of shards deeper than any 64-bit hash allows.
+        let mut mem = Mem { blocks: mem.blocks.clone(), fetched: RefCell::default() };
+        let (mut top, data) = shard(vec![("00file".to_string(), leaf)]);
+        mem.blocks.insert(top, data);
+        for _ in 0..100 {
+            let (next, data) = shard(vec![("00".to_string(), top)]);
+            mem.blocks.insert(next, data);
+            top = next;
+        }
+        let err = list_directory(&mem, &top).unwrap_err();
+        assert!(err.to_string().contains("deeper"), "{err}");
     }
 }

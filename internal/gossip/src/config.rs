@@ -36,6 +36,10 @@ pub struct GossipConfig {
     pub join_retry_interval: Duration,
     /// How long a dead or left member stays listed before it is forgotten. Default 1 h.
     pub forget_after: Duration,
+    /// The cluster secret's keys (`XNODE_CLUSTER_SECRET`): every datagram is sealed with it and only datagrams
+    /// that open with it are read. `None` (the default): plaintext gossip, which anyone who can reach the port can
+    /// read and join.
+    pub keyring: Option<std::sync::Arc<crate::Keyring>>,
 }
 
 impl GossipConfig {
@@ -52,6 +56,7 @@ impl GossipConfig {
             leave_linger: Duration::from_secs(1),
             join_retry_interval: Duration::from_secs(1),
             forget_after: Duration::from_secs(60 * 60),
+            keyring: None,
         }
     }
 }

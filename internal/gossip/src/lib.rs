@@ -15,6 +15,7 @@ mod error;
 mod membership;
 mod meta;
 mod network;
+mod seal;
 mod view;
 
 pub use config::GossipConfig;
@@ -22,4 +23,18 @@ pub use error::GossipError;
 pub use membership::{Membership, MetaSetter};
 pub use meta::MemberMeta;
 pub use network::{Network, Traffic};
+pub use seal::{Keyring, OVERHEAD as SEAL_OVERHEAD};
 pub use view::{Member, MemberState, MembershipEvent};
+
+/// Longest member name, in bytes (a DNS label's limit, so every hostname fits).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Whether `name` is a valid member (or group) name: 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `.`, `_` or `-`,
+/// starting with a letter or digit. Names reach URLs, HTML and logs; this set needs no escaping to be harmless
+/// there and cannot spell a path (`..`, `/`). Checked on our own name at start and on every name gossip brings:
+/// a member with another name is ignored.
+pub fn valid_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

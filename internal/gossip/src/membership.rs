@@ -87,7 +87,7 @@ impl Membership {
     ) -> Result<Membership, GossipError> {
         validate(&config)?;
         let traffic = Arc::new(TrafficCounters::default());
-        let (local, transport) = network::open(network, config.listen_addr, traffic.clone())
+        let (local, transport) = network::open(network, config.listen_addr, traffic.clone(), config.keyring.clone())
             .await
             .map_err(|e| GossipError::Bind { addr: config.listen_addr, reason: format!("{e:#}") })?;
         let gossip_addr = advertised(&config, local)?;
@@ -259,8 +259,10 @@ impl Drop for Membership {
 
 fn validate(config: &GossipConfig) -> Result<(), GossipError> {
     let bad = |m: &str| Err(GossipError::InvalidConfig(m.to_string()));
-    if config.node_name.trim().is_empty() {
-        return bad("the node name (XNODE_NAME) is empty");
+    if !crate::valid_name(&config.node_name) {
+        return bad(
+            "the node name (XNODE_NAME) must be 1-63 characters of A-Z a-z 0-9 . _ - starting with a letter or digit",
+        );
     }
     if config.group.trim().is_empty() {
         return bad("the group name (XNODE_GROUP_NAME) is empty");

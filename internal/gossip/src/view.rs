@@ -119,7 +119,8 @@ pub(crate) enum Conflict {
 /// `self_generation`.
 pub(crate) fn members(incarnations: &[Incarnation], self_name: &str, self_generation: u64) -> Vec<Member> {
     let mut by_name: BTreeMap<&str, Vec<&Incarnation>> = BTreeMap::new();
-    for inc in incarnations {
+    // A name outside the documented set never becomes a member (it could not be shown or addressed safely).
+    for inc in incarnations.iter().filter(|i| crate::valid_name(&i.name) || i.name == self_name) {
         by_name.entry(&inc.name).or_default().push(inc);
     }
     by_name

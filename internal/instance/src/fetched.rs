@@ -44,6 +44,9 @@ pub(crate) struct NetSink {
     /// Bumped on every put, commit and fetch end; readers waiting for a block wait on `arrived` for it to change.
     generation: Mutex<u64>,
     arrived: Condvar,
+    /// The same news for async waiters ([`FetchingSource::wait_for`]), which must not hold a thread while they
+    /// wait: a read of a block that exists nowhere waits its whole fetch timeout.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 struct Session {
@@ -61,6 +64,7 @@ impl NetSink {
             streams: AtomicUsize::new(0),
             generation: Mutex::new(0),
             arrived: Condvar::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -91,6 +95,7 @@ impl NetSink {
     fn wake(&self) {
         *self.generation.lock().expect("not poisoned") += 1;
         self.arrived.notify_all();
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     fn generation(&self) -> u64 {
@@ -210,6 +215,32 @@ impl FetchingSource {
                 *state = FetchState::Done(result.clone());
                 Some(result)
             }
+        }
+    }
+}
+
+impl FetchingSource {
+    /// Waits, holding no thread, until `cid` can be read here at once or the fetch has ended (then reading it
+    /// gives the fetch's error). Starts the fetch if the block is missing. A reader calls this for the root before
+    /// it takes a blocking thread: most of a read's waiting (all of it, for a CID that exists nowhere) is for the
+    /// root, and thousands of such reads then cost memory only.
+    pub(crate) async fn wait_for(&self, cid: &Cid) -> Result<(), ReadError> {
+        loop {
+            // Subscribed before looking, so a block that arrives meanwhile ends the wait below at once.
+            let mut changed = self.sink.changes.subscribe();
+            if self.sink.unsynced(cid).is_some() {
+                return Ok(());
+            }
+            // One index lookup (microseconds): fine on an async thread.
+            match self.store.has(cid) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(ReadError::Source(Box::new(e))),
+            }
+            if self.fetch_outcome().is_some() {
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(RECHECK, changed.changed()).await;
         }
     }
 }

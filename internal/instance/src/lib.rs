@@ -9,6 +9,7 @@ mod alloc;
 mod car;
 mod fetched;
 mod node;
+mod tar_rules;
 mod watch;
 
 /// The allocation's decisions as a pure core (no I/O): public for benchmarks and for reading.
@@ -18,6 +19,7 @@ pub use alloc::index as allocation_index;
 pub use car::{write_car, CarImport, ImportedRoot};
 pub use fetched::FetchingSource;
 pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
+pub use tar_rules::{MAX_TAR_DEPTH, MAX_TAR_ENTRIES, MAX_TAR_METADATA, MAX_TAR_PATH};
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -153,12 +155,17 @@ impl Repo {
             let mut tree = TreeBuilder::new(opts);
             let mut archive = tar::Archive::new(reader);
             let mut root = None;
+            let mut rules = tar_rules::TarRules::default();
             for entry in archive.entries().map_err(bad)? {
                 let mut entry = entry.map_err(bad)?;
                 let raw = entry.path().map_err(bad)?.into_owned();
-                // Only plain names: no absolute paths, no `..`, nothing that could point outside the tree.
-                let path: PathBuf = raw.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
-                if path.as_os_str().is_empty() || (!opts.include_hidden && is_hidden(&path)) {
+                let directory = entry.header().entry_type() == tar::EntryType::Directory;
+                let link_len = entry.link_name_bytes().map_or(0, |l| l.len());
+                // Names are checked, never rewritten: `..`, `/x` or a path under a file is refused, naming it.
+                let Some(path) = rules.check(&raw, directory, link_len).map_err(InstanceError::BadUpload)? else {
+                    continue;
+                };
+                if !opts.include_hidden && is_hidden(&path) {
                     continue;
                 }
                 root.get_or_insert_with(|| {
@@ -232,7 +239,9 @@ impl Repo {
         let write_err = |source| InstanceError::Write { path: dest.to_path_buf(), source };
         match stat(self, cid)? {
             NodeKind::File { .. } => {
-                let mut file = io::BufWriter::new(fs::File::create(dest).map_err(write_err)?);
+                // create_new: never through a symlink or over anything already there (O_EXCL).
+                let file = fs::OpenOptions::new().write(true).create_new(true).open(dest);
+                let mut file = io::BufWriter::new(file.map_err(write_err)?);
                 self.cat(cid, 0, u64::MAX, &mut file).map_err(|e| match e {
                     InstanceError::Write { source, .. } => write_err(source),
                     other => other,
@@ -241,11 +250,19 @@ impl Repo {
             }
             NodeKind::Directory => {
                 fs::create_dir(dest).map_err(write_err)?;
+                let mut names = std::collections::HashSet::new();
                 for entry in list_directory(self, cid)? {
-                    if entry.name.contains('/') || entry.name == ".." || entry.name == "." || entry.name.is_empty() {
-                        return Err(
-                            ReadError::Inconsistent { cid: *cid, what: "directory entry with an unsafe name" }.into()
-                        );
+                    if entry.name.contains(['/', '\0'])
+                        || entry.name == ".."
+                        || entry.name == "."
+                        || entry.name.is_empty()
+                        || !names.insert(entry.name.clone())
+                    {
+                        return Err(ReadError::Inconsistent {
+                            cid: *cid,
+                            what: "directory entry with an unsafe or repeated name",
+                        }
+                        .into());
                     }
                     self.get(&entry.cid, &dest.join(&entry.name))?;
                 }

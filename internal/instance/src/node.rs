@@ -529,6 +529,11 @@ impl Node {
             })
         });
         let source = FetchingSource::new(self.repo.store().clone(), self.net_sink.clone(), start);
+        // Waiting for the root holds no thread (a CID that exists nowhere waits the whole timeout); once it is
+        // here, or the fetch failed, reading it on a blocking thread takes no time.
+        if let Err(e) = source.wait_for(&root).await {
+            return Err(e.into());
+        }
         let (source, kind) = tokio::task::spawn_blocking(move || {
             let kind = xnode_dag::stat(&source, &root);
             (source, kind)

@@ -29,6 +29,10 @@ pub use error::StoreError;
 pub use store::Store;
 pub use writer::{BlockWriter, CommitStats};
 
+/// The smallest capacity a store may be given (`XNODE_STORAGE_MAX`, a resize): four 256 KiB blocks. Less cannot hold
+/// one file of any use, and a value this small is almost always a unit mistake (`1` meant as 1 GiB).
+pub const MIN_CAPACITY: u64 = 1 << 20;
+
 /// How the store is sized. Built by the node from its own config; the store never reads the environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreConfig {

@@ -1,0 +1,292 @@
+//! Hostile input against a running node (`xnode run` on loopback): every bad query value, capacity and tar entry
+//! gets a 4xx with a JSON error, downloads cannot render on the dashboard's origin, bad settings stop the node
+//! with the variable's name, and thousands of reads of CIDs that exist nowhere neither wedge the node nor keep it
+//! from stopping. See docs/security.md.
+
+use std::io::Read;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod support;
+
+use support::{random_bytes, RunningNode};
+
+const TOKEN: &str = "s3cret-token";
+
+fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> RunningNode {
+    let mut all = vec![("XNODE_ADMIN_TOKEN", TOKEN)];
+    all.extend_from_slice(env);
+    RunningNode::start(dir, "sec", &all)
+}
+
+/// Status and body, whatever the status.
+fn status_of(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(resp) => (resp.status(), resp.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap_or_default()),
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
+
+/// Asserts a 4xx whose body is `{"error": "..."}` and returns the message.
+fn json_error(r: Result<ureq::Response, ureq::Error>, want: u16, what: &str) -> String {
+    let (code, body) = status_of(r);
+    assert_eq!(code, want, "{what}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: not JSON: {body}"));
+    v["error"].as_str().unwrap_or_else(|| panic!("{what}: no error field: {body}")).to_string()
+}
+
+fn upload(node: &RunningNode, name: &str, body: &[u8]) -> serde_json::Value {
+    let r = ureq::post(&node.url(&format!("/api/v1/files?name={name}")))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .send_bytes(body)
+        .unwrap();
+    r.into_json().unwrap()
+}
+
+/// A CIDv1 nobody has: raw codec, the SHA-256 of `seed`.
+fn missing_cid(seed: u64) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(seed.to_le_bytes());
+    cid::Cid::new_v1(0x55, cid::multihash::Multihash::<64>::wrap(0x12, &digest).unwrap()).to_string()
+}
+
+#[test]
+fn bad_query_values_capacities_and_codecs_are_json_4xx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(tmp.path(), &[]);
+    let file = upload(&node, "a.bin", &random_bytes(10_000, 1));
+    let cid = file["cid"].as_str().unwrap().to_string();
+    for route in ["files", "ls", "stat"] {
+        for bad in ["-1", "NaN", "inf", "-inf", "1e300", "86401", "abc", ""] {
+            let url = node.url(&format!("/api/v1/{route}/{cid}?timeout={bad}"));
+            let e = json_error(ureq::get(&url).call(), 400, &format!("{route} timeout={bad}"));
+            assert!(e.contains("timeout"), "{route} timeout={bad}: {e}");
+        }
+    }
+    assert_eq!(ureq::get(&node.url(&format!("/api/v1/files/{cid}?timeout=0.5"))).call().unwrap().status(), 200);
+    for bad in ["-1", "x", "100000", "1e3"] {
+        let e = json_error(ureq::get(&node.url(&format!("/api/v1/blocks?limit={bad}"))).call(), 400, bad);
+        assert!(e.contains("limit"), "limit={bad}: {e}");
+    }
+    for bad in ["-1", "x", "1.5"] {
+        let e = json_error(ureq::get(&node.url(&format!("/api/v1/transfers?since={bad}"))).call(), 400, bad);
+        assert!(e.contains("since"), "since={bad}: {e}");
+    }
+
+    let put = || ureq::put(&node.url("/api/v1/storage")).set("Authorization", &format!("Bearer {TOKEN}"));
+    for bad in [
+        serde_json::json!({"capacity": 0}),
+        serde_json::json!({"capacity": [1]}),
+        serde_json::json!({"capacity": 1}),
+        serde_json::json!({"capacity": 1000}),
+        serde_json::json!({"capacity": "lots"}),
+        serde_json::json!({"capacity": -5}),
+        serde_json::json!({"capacity": 1e300}),
+        serde_json::json!({"capacity": 18_446_744_073_709_551_614u64}),
+        serde_json::json!({"capacity": null}),
+    ] {
+        let e = json_error(put().send_json(bad.clone()), 422, &bad.to_string());
+        assert!(e.contains("capacity"), "{bad}: {e}");
+    }
+    let e = json_error(put().send_json(serde_json::json!({"size": 5})), 422, "no capacity field");
+    assert!(e.contains("capacity"), "{e}");
+    let e = json_error(put().set("Content-Type", "application/json").send_string("{not json"), 400, "bad JSON");
+    assert!(!e.is_empty());
+    let storage = put().send_json(serde_json::json!({"capacity": "10GiB"})).unwrap().into_json::<serde_json::Value>();
+    assert_eq!(storage.unwrap()["capacity"], 10u64 << 30);
+
+    // A codec a UnixFS read cannot decode is refused at once, not after the fetch timeout.
+    let cbor = cid::Cid::new_v1(0x71, cid::multihash::Multihash::<64>::wrap(0x12, &[7; 32]).unwrap());
+    let started = Instant::now();
+    let e = json_error(ureq::get(&node.url(&format!("/api/v1/files/{cbor}"))).call(), 400, "dag-cbor");
+    assert!(e.contains("codec") && started.elapsed() < Duration::from_secs(2), "{e}");
+}
+
+#[test]
+fn downloads_are_attachments_that_browsers_do_not_sniff() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(tmp.path(), &[]);
+    let file = upload(&node, "page.html", b"<script>alert(1)</script>");
+    let r = ureq::get(&node.url(&format!("/api/v1/files/{}", file["cid"].as_str().unwrap()))).call().unwrap();
+    let disposition = r.header("content-disposition").unwrap_or_default().to_string();
+    assert!(disposition.starts_with("attachment") && disposition.contains("page.html"), "{disposition}");
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert!(r.header("content-security-policy").unwrap_or_default().contains("sandbox"));
+}
+
+/// One tar entry: its name as written, its type, its bytes.
+type TarEntry<'a> = (&'a str, tar::EntryType, &'a [u8]);
+
+/// A tar whose entries are written with exactly these names (no normalisation by the tar crate).
+fn tar_of(entries: &[TarEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, data) in entries {
+        let mut h = tar::Header::new_old();
+        let bytes = name.as_bytes();
+        h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        h.set_entry_type(*kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
+#[test]
+fn tar_uploads_refuse_entries_they_would_rename_or_drop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(tmp.path(), &[]);
+    let post = |body: Vec<u8>| {
+        ureq::post(&node.url("/api/v1/files"))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .set("Content-Type", "application/x-tar")
+            .send_bytes(&body)
+    };
+    use tar::EntryType::{Directory, Regular};
+    let cases: [(Vec<TarEntry>, &str); 5] = [
+        (vec![("d/a", Regular, b"x"), ("d/a/b", Regular, b"y")], "d/a/b"),
+        (vec![("d/../../x", Regular, b"x")], "d/../../x"),
+        (vec![("/etc/x", Regular, b"x")], "/etc/x"),
+        (vec![("d/a", Regular, b"x"), ("d/a", Regular, b"y")], "d/a"),
+        (vec![("d/a", Regular, b"x"), ("d/a", Directory, b"")], "d/a"),
+    ];
+    for (entries, named) in cases {
+        let e = json_error(post(tar_of(&entries)), 400, named);
+        assert!(e.contains(named), "{named}: {e}");
+    }
+    // Longer than a tar header's name field: the tar crate writes a GNU long name.
+    let mut deep = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    deep.append_data(&mut h, vec!["d"; 65].join("/"), &b"x"[..]).unwrap();
+    let e = json_error(post(deep.into_inner().unwrap()), 400, "deep");
+    assert!(e.contains("levels deep"), "{e}");
+    let files: serde_json::Value = ureq::get(&node.url("/api/v1/files")).call().unwrap().into_json().unwrap();
+    assert_eq!(files.as_array().unwrap().len(), 0, "refused uploads leave nothing: {files}");
+    let ok = post(tar_of(&[("./d/", Directory, b""), ("./d/a", Regular, b"x"), ("d/b", Regular, b"y")])).unwrap();
+    assert_eq!(ok.status(), 201);
+}
+
+#[test]
+fn bad_settings_stop_the_node_with_the_variables_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (var, value) in [
+        ("XNODE_KNOWN_PEERS", "garbage"),
+        ("XNODE_REPLICATION", "1000"),
+        ("XNODE_GOSSIP_PORT", "0"),
+        ("XNODE_LOG", "[[[bad"),
+        ("XNODE_NAME", "a/../../b"),
+        ("XNODE_STORAGE_MAX", "0"),
+        ("XNODE_FETCH_TIMEOUT", "0"),
+        ("XNODE_FETCH_TIMEOUT", "1e300"),
+        ("XNODE_MAX_UPLOAD", "0"),
+        ("XNODE_CLUSTER_SECRET", "not-hex"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_xnode"))
+            .arg("--data-dir")
+            .arg(tmp.path().join("data"))
+            .arg("run")
+            .env("XNODE_API_PORT", "0")
+            .env("XNODE_BIND_ADDR", "127.0.0.1")
+            .env(var, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} started");
+        assert!(err.contains(var) && !err.contains("panicked"), "{var}={value}: {err}");
+    }
+    // " " is blank (the hostname is used); a typo is named with the variable meant.
+    let out = Command::new(env!("CARGO_BIN_EXE_xnode"))
+        .args(["--offline", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .arg("stats")
+        .env("XNODE_REPLICATON", "2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("XNODE_REPLICATON") && err.contains("XNODE_REPLICATION"), "{err}");
+}
+
+/// 2,000 concurrent reads of CIDs that exist nowhere: each ends with a 504 naming its CID at its timeout, while an
+/// upload and a read go through; then SIGTERM stops the node within 10 s although more such reads are open.
+#[test]
+fn thousands_of_reads_of_missing_cids_do_not_wedge_the_node() {
+    const READS: u64 = 2_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(tmp.path(), &[("XNODE_LOG", "error")]);
+    let base = node.api.clone();
+    let started = Instant::now();
+    let readers: Vec<_> = (0..READS)
+        .map(|i| {
+            let base = base.clone();
+            std::thread::Builder::new()
+                .stack_size(128 << 10)
+                .spawn(move || {
+                    let cid = missing_cid(i);
+                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+                    let r = agent.get(&format!("{base}/api/v1/files/{cid}?timeout=4")).call();
+                    let (code, body) = match r {
+                        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+                        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+                        Err(e) => (0, e.to_string()),
+                    };
+                    (cid, code, body)
+                })
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    // While they wait: an upload and a read work, promptly.
+    let t = Instant::now();
+    let data = random_bytes(300_000, 7);
+    let file = upload(&node, "during.bin", &data);
+    let got =
+        ureq::get(&node.url(&format!("/api/v1/files/{}", file["cid"].as_str().unwrap()))).call().unwrap().into_reader();
+    let mut body = Vec::new();
+    got.take(1 << 20).read_to_end(&mut body).unwrap();
+    assert_eq!(body, data);
+    assert!(t.elapsed() < Duration::from_secs(3), "upload and read took {:?} under load", t.elapsed());
+    let status = ureq::get(&node.url("/api/v1/status")).call().unwrap();
+    assert_eq!(status.status(), 200);
+
+    let mut outcomes = std::collections::BTreeMap::new();
+    for r in readers {
+        let (cid, code, body) = r.join().unwrap();
+        assert!(code != 504 || body.contains(&cid), "a 504 names its CID: {body}");
+        *outcomes.entry(code).or_insert(0u64) += 1;
+    }
+    let took = started.elapsed();
+    assert_eq!(outcomes.get(&504), Some(&READS), "every read ends with 504: {outcomes:?}");
+    assert!(took < Duration::from_secs(30), "2,000 reads with a 4 s timeout took {took:?}");
+    eprintln!("{READS} reads of missing CIDs: {outcomes:?} in {took:?}");
+
+    // More reads open (60 s timeout), then SIGTERM: the node is gone within 10 s.
+    let mut node = node;
+    let waiting: Vec<_> = (0..200u64)
+        .map(|i| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let _ = ureq::get(&format!("{base}/api/v1/files/{}?timeout=60", missing_cid(10_000 + i))).call();
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let stop = Instant::now();
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            eprintln!("stopped in {:?} with {status}", stop.elapsed());
+            break;
+        }
+        assert!(stop.elapsed() < Duration::from_secs(10), "SIGTERM did not end the node within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(waiting);
+}

@@ -96,8 +96,14 @@ class Node:
             return json.load(r)
 
     def held(self):
-        v = self.get("/api/v1/blocks?limit=100000000") or {}
-        return set(v.get("held", {}).get("cids", []))
+        out, after = set(), ""
+        while True:
+            v = self.get("/api/v1/blocks?limit=10000" + (f"&after={after}" if after else "")) or {}
+            page = v.get("held", {}).get("cids", [])
+            if not page:
+                return out
+            out.update(page)
+            after = page[-1]
 
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)

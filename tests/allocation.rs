@@ -107,8 +107,25 @@ fn keep_dir(tmp: tempfile::TempDir) -> (Option<tempfile::TempDir>, std::path::Pa
 }
 
 fn held(node: &RunningNode) -> HashSet<String> {
-    let v = get_json(node, "/api/v1/blocks?limit=100000");
-    v["held"]["cids"].as_array().into_iter().flatten().map(|c| c.as_str().unwrap().to_string()).collect()
+    held_at(&node.api).unwrap_or_default()
+}
+
+/// Every block the node at `api` holds, paged through `/api/v1/blocks`; `None` if it does not answer.
+fn held_at(api: &str) -> Option<HashSet<String>> {
+    let mut out = HashSet::new();
+    let mut after = String::new();
+    loop {
+        let url = format!(
+            "{api}/api/v1/blocks?limit=10000{}",
+            if after.is_empty() { String::new() } else { format!("&after={after}") }
+        );
+        let v: serde_json::Value = ureq::get(&url).timeout(Duration::from_secs(10)).call().ok()?.into_json().ok()?;
+        let page: Vec<String> =
+            v["held"]["cids"].as_array().into_iter().flatten().filter_map(|c| c.as_str().map(String::from)).collect();
+        let Some(last) = page.last().cloned() else { return Some(out) };
+        out.extend(page);
+        after = last;
+    }
 }
 
 /// The file's leaves (CID, size) and interior blocks, built the same way `add` builds them.
@@ -390,19 +407,7 @@ fn uploads_during_a_kill_and_restart_reach_rf_and_nothing_is_reported_missing() 
                 for root in everywhere.unwrap_or_default() {
                     at_rf.entry(root).or_insert(now);
                 }
-                let held = ureq::get(&format!("{}/api/v1/blocks?limit=1000000", apis[0].1))
-                    .timeout(Duration::from_secs(5))
-                    .call()
-                    .ok()
-                    .and_then(|r| r.into_json::<serde_json::Value>().ok())
-                    .map(|v| {
-                        v["held"]["cids"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|c| c.as_str().map(String::from))
-                            .collect::<HashSet<_>>()
-                    });
+                let held = held_at(&apis[0].1);
                 if let Some(h) = held {
                     uploader_held.push((now, h));
                 }

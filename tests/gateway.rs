@@ -151,7 +151,7 @@ fn a_member_without_the_leaves_serves_blocks_cars_and_content() {
     let leaves = xnode_dag::block_links(&big, &Bytes::from(root_block)).unwrap();
     assert_eq!(leaves.len(), 13);
     let held: serde_json::Value =
-        ureq::get(&beta.url("/api/v1/blocks?limit=100000")).call().unwrap().into_json().unwrap();
+        ureq::get(&beta.url("/api/v1/blocks?limit=10000")).call().unwrap().into_json().unwrap();
     let held: Vec<&str> = held["held"]["cids"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert!(leaves.iter().all(|l| !held.contains(&l.to_string().as_str())), "beta holds a leaf already");
     for (i, leaf) in leaves.iter().enumerate() {

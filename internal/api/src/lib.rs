@@ -555,6 +555,8 @@ pub(crate) const MAX_LIMIT: usize = 10_000;
 pub(crate) struct Limit {
     /// How many CIDs to list at most (default 100, at most 10000).
     limit: Option<usize>,
+    /// List held CIDs after this one (in the order listed), to page through more than `limit`.
+    after: Option<String>,
 }
 
 /// Blocks held and wanted: how many, and the first CIDs of each.
@@ -575,16 +577,20 @@ pub(crate) struct BlockList {
     cids: Vec<String>,
 }
 
-/// `GET /api/v1/blocks?limit=N`: the blocks this node holds and the ones it wants.
+/// `GET /api/v1/blocks?limit=N[&after=CID]`: the blocks this node holds (paged) and the ones it wants.
 #[utoipa::path(get, path = "/api/v1/blocks", tag = "node", params(Limit), responses((status = 200, body = Blocks)))]
-pub(crate) async fn blocks(State(app): State<AppState>, Query(limit): Query<Limit>) -> Result<Json<Blocks>, ApiError> {
-    let limit = match limit.limit {
+pub(crate) async fn blocks(
+    State(app): State<AppState>,
+    Query(limit_q): Query<Limit>,
+) -> Result<Json<Blocks>, ApiError> {
+    let limit = match limit_q.limit {
         None => 100,
         Some(n) if n <= MAX_LIMIT => n,
         Some(n) => return Err(ApiError::bad_request(format!("limit={n} is above {MAX_LIMIT}; ask for fewer CIDs"))),
     };
+    let after = limit_q.after.as_deref().map(files::parse_cid).transpose()?;
     let node = app.node.clone();
-    let (count, cids) = files::blocking(move || node.held(limit)).await?;
+    let (count, cids) = files::blocking(move || node.held(limit, after.as_ref())).await?;
     let wanted = app.node.wanted(limit);
     Ok(Json(Blocks { held: BlockList { count, cids }, wanted: BlockList { count: wanted.count, cids: wanted.cids } }))
 }

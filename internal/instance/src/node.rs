@@ -481,8 +481,9 @@ impl Node {
 
     /// Blocks this node holds for the cluster (pinned or kept by the allocation; read caches excluded), at most
     /// `limit` of them as CID strings, and how many there are in all.
-    pub fn held(&self, limit: usize) -> Result<(u64, Vec<String>), InstanceError> {
-        let (count, cids) = self.repo.store().needed_blocks(limit)?;
+    /// `after` pages: only CIDs after it in index order are listed.
+    pub fn held(&self, limit: usize, after: Option<&Cid>) -> Result<(u64, Vec<String>), InstanceError> {
+        let (count, cids) = self.repo.store().needed_blocks(limit, after)?;
         Ok((count, cids.into_iter().map(|c| c.to_string()).collect()))
     }
 

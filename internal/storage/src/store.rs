@@ -319,17 +319,18 @@ impl Store {
     }
 
     /// The CIDs of up to `limit` stored blocks that a pin or the allocation needs (not loose cache), in index
-    /// order, and how many such blocks there are in all.
-    pub fn needed_blocks(&self, limit: usize) -> Result<(u64, Vec<Cid>), StoreError> {
+    /// order and after `after` if given (paging), and how many such blocks there are in all.
+    pub fn needed_blocks(&self, limit: usize, after: Option<&Cid>) -> Result<(u64, Vec<Cid>), StoreError> {
         let mut out = Vec::new();
         let mut count = 0;
+        let after = after.map(|c| index::block_key(&c.to_bytes()));
         for item in self.inner.db.scan_prefix(index::BLOCK_PREFIX) {
             let (key, value) = item?;
             if Entry::decode(&value)?.refcount == 0 {
                 continue;
             }
             count += 1;
-            if out.len() < limit {
+            if out.len() < limit && after.as_ref().is_none_or(|a| key.as_ref() > a.as_slice()) {
                 out.push(decode_cid(&key[1..])?);
             }
         }

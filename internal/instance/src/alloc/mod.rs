@@ -38,6 +38,8 @@ use crate::InstanceError;
 
 /// Time between two rounds.
 const ROUND: Duration = Duration::from_millis(1000);
+/// The longest a slow health sweep may push back the next one.
+const HEALTH_MAX_GAP: Duration = Duration::from_secs(10);
 /// Time between two health sweeps (each asks every member one summary of its share).
 const HEALTH_EVERY: Duration = Duration::from_secs(3);
 /// How long one catalog entry or interior block is looked for before the round moves on (it is retried next round).
@@ -52,6 +54,8 @@ const FETCH_PER_ROUND: usize = 4096;
 const HANDOFF_PER_ROUND: usize = 8192;
 /// Most partitions or blocks in one question to a member (the holdings protocol's bound).
 const ASK_CHUNK: usize = 8192;
+/// Leaves of troubled partitions one health sweep asks members about; the rest count as under-replicated.
+const HEALTH_CHECK_MAX: usize = 65_536;
 /// Troubled partitions whose leaves a health sweep reads at once.
 const HEALTH_CHUNK: usize = 256;
 /// Leaves of a file indexed in one batch while its DAG is walked (bounds the memory a huge file takes).
@@ -336,16 +340,16 @@ impl Allocator {
         // 6. Health.
         // Every few seconds whatever happened (a member may have lost copies without telling): the sweep costs
         // one summary per member, whatever the cluster stores. Sooner when something here changed.
-        // A sweep that had much to check (a repair in progress) spaces the next ones out, so health never takes
-        // more than about a tenth of the loop's time.
-        let gap = HEALTH_EVERY.max(self.last_sweep_took * 10);
-        let due = self.last_health.is_none_or(|t| t.elapsed() >= gap);
-        let soon =
-            self.health_dirty && self.last_health.is_none_or(|t| t.elapsed() >= ROUND.max(self.last_sweep_took * 10));
+        // A sweep that had much to check (a repair in progress) spaces the next ones out a little, so health takes
+        // at most about a fifth of the loop's time, and is never more than HEALTH_MAX_GAP old.
+        let spacing = (self.last_sweep_took * 4).min(HEALTH_MAX_GAP);
+        let due = self.last_health.is_none_or(|t| t.elapsed() >= HEALTH_EVERY.max(spacing));
+        let soon = self.health_dirty && self.last_health.is_none_or(|t| t.elapsed() >= ROUND.max(spacing));
         if due || soon {
             let start = Instant::now();
             self.sweep_health(node, &alive).await?;
             self.last_sweep_took = start.elapsed();
+            tracing::debug!(took = ?self.last_sweep_took, troubled = self.incomplete_members.len(), "health sweep");
         }
 
         let metadata_complete = synced && self.unwalked.is_empty();
@@ -640,6 +644,9 @@ impl Allocator {
         self.last_health = Some(Instant::now());
         self.health_dirty = false;
         let Some(layout) = self.core.layout().cloned() else { return Ok(()) };
+        // Members that did not answer are not asked again in this sweep: a member that died a moment ago (not yet
+        // declared dead) would otherwise cost a timeout per question.
+        let mut unreachable: HashSet<String> = HashSet::new();
         let mut incomplete: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
         for (name, mine) in &self.shares {
             if name == node.name() {
@@ -667,6 +674,7 @@ impl Allocator {
                 Ok(s) if s == expected => continue,
                 Ok(_) => {}
                 Err(_) => {
+                    unreachable.insert(name.clone());
                     incomplete.insert(name.clone(), mine.iter().copied().collect());
                     continue;
                 }
@@ -689,7 +697,7 @@ impl Allocator {
             }
         }
         self.incomplete_members = incomplete;
-        self.report.health = self.file_health(node, alive, &layout).await?;
+        self.report.health = self.file_health(node, alive, &layout, &mut unreachable).await?;
         Ok(())
     }
 
@@ -702,6 +710,7 @@ impl Allocator {
         node: &Arc<Node>,
         alive: &[&Member],
         layout: &xnode_placement::Layout,
+        unreachable: &mut HashSet<String>,
     ) -> Result<Vec<FileHealth>, InstanceError> {
         let files = node.catalog_files();
         let troubled: Vec<u32> =
@@ -721,6 +730,7 @@ impl Allocator {
         let rf = layout.replication().min(layout.nodes().len().max(1));
         // Per file: (under-replicated, missing) leaves.
         let mut per_file: HashMap<Cid, (u64, u64)> = HashMap::new();
+        let mut checked = 0usize;
         for chunk in troubled.chunks(HEALTH_CHUNK) {
             let index = self.index.clone();
             let parts = chunk.to_vec();
@@ -734,6 +744,15 @@ impl Allocator {
                 Ok(pairs)
             })
             .await?;
+            // Past a sweep's budget of leaves asked about (a large repair in progress), the rest of the troubled
+            // leaves count as under-replicated, unconfirmed, until a later sweep finds their holders complete.
+            if checked >= HEALTH_CHECK_MAX {
+                for (_, _, root) in &pairs {
+                    per_file.entry(*root).or_default().0 += 1;
+                }
+                continue;
+            }
+            checked += pairs.len();
             // Per distinct leaf: how many live nodes hold it.
             let mut copies: HashMap<Cid, usize> = HashMap::new();
             let mut ask: BTreeMap<String, Vec<Cid>> = BTreeMap::new();
@@ -752,7 +771,7 @@ impl Allocator {
                 copies.insert(*cid, sure);
             }
             for (holder, cids) in ask {
-                for (cid, has) in self.ask_have(node, alive, &holder, cids).await {
+                for (cid, has) in self.ask_have(node, alive, &holder, cids, unreachable).await {
                     if has {
                         *copies.entry(cid).or_default() += 1;
                     }
@@ -762,7 +781,7 @@ impl Allocator {
             let orphans: Vec<Cid> = copies.iter().filter(|(_, &n)| n == 0).map(|(c, _)| *c).collect();
             if !orphans.is_empty() {
                 for m in alive {
-                    for (cid, has) in self.ask_have(node, alive, &m.name, orphans.clone()).await {
+                    for (cid, has) in self.ask_have(node, alive, &m.name, orphans.clone(), unreachable).await {
                         if has {
                             *copies.entry(cid).or_default() += 1;
                         }
@@ -801,18 +820,30 @@ impl Allocator {
             .collect())
     }
 
-    /// Whether `member` has each of `cids` (ourselves from the store); a member that does not answer has none.
-    async fn ask_have(&self, node: &Arc<Node>, alive: &[&Member], member: &str, cids: Vec<Cid>) -> Vec<(Cid, bool)> {
+    /// Whether `member` has each of `cids` (ourselves from the store). A member that does not answer has none, and
+    /// joins `unreachable`, whose members are not asked again.
+    async fn ask_have(
+        &self,
+        node: &Arc<Node>,
+        alive: &[&Member],
+        member: &str,
+        cids: Vec<Cid>,
+        unreachable: &mut HashSet<String>,
+    ) -> Vec<(Cid, bool)> {
         if member == node.name() {
             let store = node.repo().store().clone();
             return blocking(move || cids.into_iter().map(|c| (c, store.has(&c).unwrap_or(false))).collect()).await;
         }
-        let Some(peer) = peer_of(alive, member) else { return cids.into_iter().map(|c| (c, false)).collect() };
+        let peer = peer_of(alive, member).filter(|_| !unreachable.contains(member));
+        let Some(peer) = peer else { return cids.into_iter().map(|c| (c, false)).collect() };
         let mut out = Vec::with_capacity(cids.len());
         for chunk in cids.chunks(ASK_CHUNK) {
             match ask::have(node, peer, chunk.to_vec()).await {
                 Ok(answers) => out.extend(chunk.iter().copied().zip(answers)),
-                Err(_) => out.extend(chunk.iter().map(|c| (*c, false))),
+                Err(_) => {
+                    unreachable.insert(member.to_string());
+                    return cids.into_iter().map(|c| (c, out.iter().any(|(o, h)| *o == c && *h))).collect();
+                }
             }
         }
         out

@@ -9,6 +9,7 @@ mod alloc;
 mod car;
 mod fetched;
 mod node;
+pub mod pinning;
 mod watch;
 
 pub use car::{write_car, CarImport, ImportedRoot};

@@ -3,7 +3,7 @@
 # every 0.1 s). Usage: [X=path/to/xnode] SIZE_MB=512 bench/gateway.sh  (3 nodes on loopback ports 18181-18183).
 set -u
 X=${X:-target/release/xnode}
-D=/tmp/gwbench/data; rm -rf $D; mkdir -p $D
+D=$(mktemp -d); trap 'rm -rf "$D"' EXIT
 SIZE_MB=${SIZE_MB:-512}
 head -c $((SIZE_MB*1024*1024)) /dev/urandom > $D/big.bin
 CID=$($X --data-dir $D/alpha --offline add -Q $D/big.bin)
@@ -24,15 +24,15 @@ for i in $(seq 1 60); do
 done
 peak() { local pid=$1 out=$2; local p=0; while kill -0 $pid 2>/dev/null && [ ! -e $out.done ]; do r=$(awk '/VmRSS/{print $2}' /proc/$pid/status); [ "${r:-0}" -gt $p ] && p=$r; sleep 0.1; done; echo $p > $out; }
 measure() { # label url pid
-  rm -f /tmp/gwbench/rss.done; peak $3 /tmp/gwbench/rss & P=$!
-  s=$(date +%s.%N); curl -s -o /tmp/gwbench/out.bin -w '%{http_code} %{size_download}' "$2"; e=$(date +%s.%N)
-  touch /tmp/gwbench/rss.done; wait $P
-  echo " $1: $(python3 -c "print(f'{($e-$s):.2f} s, {$SIZE_MB/($e-$s):.0f} MiB/s')"), peak RSS $(( $(cat /tmp/gwbench/rss)/1024 )) MiB"
+  rm -f $D/rss.done; peak $3 $D/rss & P=$!
+  s=$(date +%s.%N); curl -s -o $D/out.bin -w '%{http_code} %{size_download}' "$2"; e=$(date +%s.%N)
+  touch $D/rss.done; wait $P
+  echo " $1: $(python3 -c "print(f'{($e-$s):.2f} s, {$SIZE_MB/($e-$s):.0f} MiB/s')"), peak RSS $(( $(cat $D/rss)/1024 )) MiB"
 }
 echo "file $SIZE_MB MiB $CID, held by alpha only (beta, gamma: 2 GiB stores, RF=1)"
 measure "gateway CAR from beta (dag-scope=all)" "http://127.0.0.1:18182/ipfs/$CID?format=car&timeout=120" $B
 measure "GET /api/v1/files from gamma" "http://127.0.0.1:18183/api/v1/files/$CID?timeout=120" $C
-cmp <(head -c 1000 /tmp/gwbench/out.bin) <(head -c 1000 $D/big.bin) && echo " gamma's bytes match (first KB)"
+cmp <(head -c 1000 $D/out.bin) <(head -c 1000 $D/big.bin) && echo " gamma's bytes match (first KB)"
 measure "gateway CAR from beta again (now cached there)" "http://127.0.0.1:18182/ipfs/$CID?format=car&timeout=120" $B
 measure "gateway content from alpha (local)" "http://127.0.0.1:18181/ipfs/$CID?timeout=120" $A
 kill $A $B $C; wait 2>/dev/null

@@ -127,7 +127,8 @@ fn every_route_and_state_of_the_pinning_service_api() {
     assert_eq!(resp.status(), 200, "no root, nothing pinned");
     let (code, r) = call("POST", &pins, Some(json!({"cid": other_cid, "name": "via-pins.bin"})));
     assert_eq!(code, 202, "{r}");
-    wait_status(&beta, r["requestid"].as_str().unwrap(), "pinned");
+    let via_id = r["requestid"].as_str().unwrap().to_string();
+    wait_status(&beta, &via_id, "pinned");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let files: Value = ureq::get(&alpha.url("/api/v1/files")).call().unwrap().into_json().unwrap();
@@ -220,4 +221,19 @@ fn every_route_and_state_of_the_pinning_service_api() {
     assert_eq!(call("DELETE", &beta.url(&format!("/pins/{remote_id}")), None).0, 404);
     let files: Value = ureq::get(&beta.url("/api/v1/files")).call().unwrap().into_json().unwrap();
     assert!(files.as_array().unwrap().iter().any(|f| f["root"] == remote_cid.as_str()), "{files}");
+
+    // Deleting the only request for a file it published removes the file from the cluster; alpha's own file
+    // (asked for by the remaining requests anyway) stays.
+    assert_eq!(call("DELETE", &beta.url(&format!("/pins/{via_id}")), None).0, 202);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let files: Value = ureq::get(&alpha.url("/api/v1/files")).call().unwrap().into_json().unwrap();
+        let roots: Vec<&str> = files.as_array().unwrap().iter().map(|f| f["root"].as_str().unwrap()).collect();
+        if !roots.contains(&other_cid.as_str()) {
+            assert!(roots.contains(&remote_cid.as_str()), "{files}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deleted request's file is still in the catalog: {files}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

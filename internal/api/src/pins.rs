@@ -335,8 +335,8 @@ pub(crate) async fn replace(
     Ok((StatusCode::ACCEPTED, Json(created)).into_response())
 }
 
-/// `DELETE /pins/{requestid}`: forgets the request and, unless another request asks for its CID, removes the file
-/// from the cluster (as `DELETE /api/v1/files/{cid}` does).
+/// `DELETE /pins/{requestid}`: forgets the request and, unless another request asks for its CID or another member
+/// added it, removes the file from the cluster (as `DELETE /api/v1/files/{cid}` does).
 #[utoipa::path(delete, path = "/pins/{requestid}", tag = "pins", params(("requestid" = String, Path)), security(("admin" = [])),
     responses((status = 202, description = "removed"), (status = 401, body = Failure), (status = 404, body = Failure)))]
 pub(crate) async fn remove(State(app): State<AppState>, UrlPath(id): UrlPath<String>) -> Result<StatusCode, PinError> {
@@ -351,7 +351,10 @@ async fn remove_request(app: &AppState, id: &str) -> Result<(), PinError> {
     let p = pinning(app)?;
     let (cid, except) = (removed.cid.clone(), removed.requestid.clone());
     let wanted = blocking(move || p.others_want(&cid, &except)).await?;
-    if !wanted && removed.status == PinState::Pinned {
+    // Only a file this member added: a CID another member (or an add elsewhere) put in the catalog stays.
+    let added_elsewhere =
+        app.node.files_health().iter().any(|f| f.root == removed.cid && f.added_by != app.node.name());
+    if !wanted && !added_elsewhere && removed.status == PinState::Pinned {
         if let Ok(cid) = cid::Cid::try_from(removed.cid.as_str()) {
             if let Err(e) = app.node.remove_file(cid).await {
                 tracing::warn!(%cid, error = %e, "could not remove an unpinned request's file");

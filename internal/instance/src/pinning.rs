@@ -413,4 +413,26 @@ mod tests {
             expected
         );
     }
+
+    #[test]
+    fn ten_thousand_requests_page_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Pinning::open(tmp.path()).unwrap();
+        let n = 10_000;
+        for i in 0..n {
+            p.add(format!("cid{i}"), None, vec![], BTreeMap::new()).unwrap();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut before = None;
+        loop {
+            let (count, page) = p.list(&PinFilter { before_ms: before, ..filter(1000) }).unwrap();
+            assert_eq!(count as usize, n - seen.len());
+            let Some(last) = page.last() else { break };
+            before = Some(last.created_ms);
+            for r in page {
+                assert!(seen.insert(r.requestid), "a request on two pages");
+            }
+        }
+        assert_eq!(seen.len(), n);
+    }
 }

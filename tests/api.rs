@@ -333,6 +333,11 @@ fn multipart_upload_blocks_metrics_and_the_openapi_document() {
         ("/api/v1/dag/import", "post"),
         ("/api/v1/dag/export/{cid}", "get"),
         ("/ipfs/{cid}", "get"),
+        ("/pins", "get"),
+        ("/pins", "post"),
+        ("/pins/{requestid}", "get"),
+        ("/pins/{requestid}", "post"),
+        ("/pins/{requestid}", "delete"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the OpenAPI document");
     }

@@ -308,7 +308,8 @@ fn dag_export_and_import_over_the_api_and_offline() {
         other => panic!("a tampered CAR was not refused: {other:?}"),
     }
     // Import needs the token.
-    let resp = ureq::post(&beta.url("/api/v1/dag/import")).send_bytes(&car);
+    // A small body: a server refusing a large one early can reset the connection before the client reads the 401.
+    let resp = ureq::post(&beta.url("/api/v1/dag/import")).send_bytes(&car[..64]);
     assert!(matches!(resp, Err(ureq::Error::Status(401, _))));
 }
 

@@ -13,6 +13,7 @@ mod files;
 mod forward;
 mod gateway;
 mod openapi;
+mod pins;
 mod telemetry;
 mod ui;
 
@@ -84,6 +85,8 @@ pub(crate) struct AppState {
     telemetry: Arc<telemetry::Telemetry>,
     /// How many reads may be open and streaming at once.
     reads: Arc<files::ReadBounds>,
+    /// The Pinning Service API's requests and workers.
+    pins: Arc<pins::PinService>,
 }
 
 /// How the API stops the process: the binary watches these tokens.
@@ -186,7 +189,8 @@ pub(crate) struct ErrorBody {
 pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
     let telemetry = telemetry::Telemetry::start(node.clone(), control.shutdown.clone());
     let reads = Arc::new(files::ReadBounds::new(config.max_reads, config.max_streams));
-    let state = AppState { node, config: Arc::new(config), control, telemetry, reads };
+    let pins = Arc::new(pins::PinService::start(&node, config.fetch_timeout));
+    let state = AppState { node, config: Arc::new(config), control, telemetry, reads, pins };
     let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
     let admin = Router::new()
         // Uploads are streamed and bounded by `max_upload_bytes` (multipart included); other bodies are small.
@@ -199,6 +203,11 @@ pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
         // Lets a client check its token before streaming a large upload the server would cut off.
         .route("/api/v1/auth", get(auth))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    // The Pinning Service API: its own error shape and bearer-only auth (see pins.rs).
+    let pinning = Router::new()
+        .route("/pins", get(pins::list).post(pins::add))
+        .route("/pins/{requestid}", get(pins::get).post(pins::replace).delete(pins::remove))
+        .route_layer(middleware::from_fn_with_state(state.clone(), pins::require_token));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -217,6 +226,7 @@ pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
         // The IPFS gateway (trustless and path): GET and HEAD (axum answers HEAD with the GET route).
         .route("/ipfs/{*path}", get(gateway::serve))
         .merge(admin)
+        .merge(pinning)
         .merge(ui::routes(state.clone(), upload_limit))
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), telemetry::track_latency))

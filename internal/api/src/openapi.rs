@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{car, files, gateway, telemetry};
+use crate::{car, files, gateway, pins, telemetry};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use crate::{car, files, gateway, telemetry};
         files::list, files::upload, files::download, files::remove, files::ls, files::stat,
         crate::blocks, crate::storage, crate::set_storage, crate::shutdown_node, crate::kill_node, crate::auth,
         telemetry::transfers_json, gateway::serve, car::import, car::export,
+        pins::list, pins::add, pins::get, pins::replace, pins::remove,
     ),
     modifiers(&AdminToken),
     tags(
@@ -24,6 +25,7 @@ use crate::{car, files, gateway, telemetry};
         (name = "node", description = "this node: status, storage, blocks, lifecycle"),
         (name = "cluster", description = "membership and block transfers"),
         (name = "files", description = "upload, list, download, remove"),
+        (name = "pins", description = "the IPFS Pinning Service API (bearer: the admin token)"),
         (name = "gateway", description = "the IPFS gateway: raw blocks, CARs and content under /ipfs/, from any member"),
     )
 )]

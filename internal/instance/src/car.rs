@@ -69,7 +69,7 @@ impl Repo {
     }
 
     /// Pins `root` with every block of its DAG (all of which must be stored); returns its content size.
-    fn pin_complete(&self, root: &Cid, name: &str) -> Result<u64, InstanceError> {
+    pub(crate) fn pin_complete(&self, root: &Cid, name: &str) -> Result<u64, InstanceError> {
         let store = self.store();
         let mut writer = store.cached_writer();
         let mut stack = vec![*root];

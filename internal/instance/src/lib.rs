@@ -9,6 +9,7 @@ mod alloc;
 mod car;
 mod fetched;
 mod node;
+pub mod pinning;
 mod tar_rules;
 mod watch;
 

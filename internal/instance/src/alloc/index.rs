@@ -54,6 +54,9 @@ pub struct Delta {
     pub interior: Vec<Cid>,
 }
 
+/// A file's leaves (with their sizes) and its interior blocks.
+pub type FileBlocks = (Vec<(Cid, u32)>, Vec<Cid>);
+
 /// What [`Index::add_leaves`] did.
 #[derive(Debug, Default)]
 pub struct AddedLeaves {
@@ -219,7 +222,7 @@ impl Index {
     }
 
     /// A file's leaves (with sizes) and interior blocks.
-    pub fn blocks_of(&self, root: &Cid) -> Result<(Vec<(Cid, u32)>, Vec<Cid>), IndexError> {
+    pub fn blocks_of(&self, root: &Cid) -> Result<FileBlocks, IndexError> {
         let (mut leaves, mut interior) = (Vec::new(), Vec::new());
         let prefix = with_len(b'R', &root.to_bytes());
         for item in self.tree.scan_prefix(&prefix) {
@@ -322,9 +325,7 @@ impl Index {
             let own = [prefix.as_slice(), &root_bytes].concat();
             batch.remove(own.clone());
             batch.remove([file_prefix.as_slice(), b"l", &bytes].concat());
-            let others =
-                self.tree.scan_prefix(&prefix).keys().filter(|k| k.as_ref().map_or(true, |k| **k != own[..])).next();
-            if others.transpose()?.is_none() {
+            if !self.listed_by_another(&prefix, &own)? {
                 self.digest_entry(&mut digests, p)?.remove(&SetDigest::of_cid_bytes(&bytes));
                 delta.leaves.push((p, cid, size));
             }
@@ -335,9 +336,7 @@ impl Index {
             let own = [prefix.as_slice(), &root_bytes].concat();
             batch.remove(own.clone());
             batch.remove([file_prefix.as_slice(), b"i", &bytes].concat());
-            let others =
-                self.tree.scan_prefix(&prefix).keys().filter(|k| k.as_ref().map_or(true, |k| **k != own[..])).next();
-            if others.transpose()?.is_none() {
+            if !self.listed_by_another(&prefix, &own)? {
                 delta.interior.push(cid);
             }
         }
@@ -351,6 +350,16 @@ impl Index {
         batch.remove(file_key(&root_bytes));
         self.tree.apply_batch(batch)?;
         Ok(delta)
+    }
+
+    /// Whether some key under `prefix` other than `own` exists: another file lists the same block.
+    fn listed_by_another(&self, prefix: &[u8], own: &[u8]) -> Result<bool, IndexError> {
+        for key in self.tree.scan_prefix(prefix).keys() {
+            if key?.as_ref() != own {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn digest_entry<'a>(

@@ -58,6 +58,8 @@ const ASK_CHUNK: usize = 8192;
 const HEALTH_CHECK_MAX: usize = 65_536;
 /// Troubled partitions whose leaves a health sweep reads at once.
 const HEALTH_CHUNK: usize = 256;
+/// Interior blocks a walk reads or fetches at once.
+const WALK_AHEAD: usize = 32;
 /// Leaves of a file indexed in one batch while its DAG is walked (bounds the memory a huge file takes).
 const LEAF_BATCH: usize = 16_384;
 /// Fetched blocks are written to the store in batches of this many.
@@ -990,40 +992,12 @@ impl Walk {
             self.queue.push(root);
         }
         let mut leaves = Vec::new();
-        while let Some(cid) = self.queue.pop() {
-            self.interior.push(cid);
-            let store = node.repo().store().clone();
-            let local = blocking(move || store.get(&cid)).await?;
-            let data = match local {
-                Some(d) => d,
-                None => {
-                    let d = node.net().fetch_block(cid, METADATA_TIMEOUT).await?;
-                    store_and_keep(node, vec![(cid, d.clone())]).await?;
-                    d
-                }
-            };
-            if cid.codec() != xnode_dag::DAG_PB {
-                continue;
-            }
-            let pb = PbNode::decode(&data).map_err(|e| InstanceError::BadUpload(format!("block {cid}: {e}")))?;
-            let fs = pb.data.as_ref().and_then(|d| UnixFsData::decode(d).ok());
-            let is_file = fs.as_ref().is_some_and(|f| matches!(f.kind, DataType::File | DataType::Raw));
-            for (i, link) in pb.links.iter().enumerate() {
-                let covered = fs.as_ref().and_then(|f| f.blocksizes.get(i).copied());
-                let leaf = link.cid.codec() == xnode_dag::RAW
-                    || (is_file && covered.is_some_and(|c| link.tsize.saturating_sub(c) < LEAF_OVERHEAD));
-                if leaf {
-                    leaves.push((link.cid, u32::try_from(link.tsize).unwrap_or(u32::MAX)));
-                } else if !is_file && link.tsize <= PROBE_MAX {
-                    // An entry of a directory small enough to be a file of one block: look at it (without keeping
-                    // it) to tell a one-block file, which is data placed at RF, from a small subtree.
-                    match probe(node, link.cid).await? {
-                        Some(size) => leaves.push((link.cid, size)),
-                        None => self.queue.push(link.cid),
-                    }
-                } else {
-                    self.queue.push(link.cid);
-                }
+        while !self.queue.is_empty() {
+            // Interior blocks are read (or fetched) WALK_AHEAD at a time: a big DAG has thousands of them, and one
+            // round trip each would make its walk as slow as the network's latency.
+            let batch: Vec<Cid> = self.queue.split_off(self.queue.len().saturating_sub(WALK_AHEAD));
+            for (cid, data) in read_or_fetch(node, batch).await? {
+                self.walk_block(node, cid, &data, &mut leaves).await?;
             }
             if leaves.len() >= LEAF_BATCH {
                 return Ok(Some(leaves));
@@ -1032,10 +1006,76 @@ impl Walk {
         Ok((!leaves.is_empty()).then_some(leaves))
     }
 
+    /// Takes one interior block: its leaves go to `leaves`, its other children to the queue.
+    async fn walk_block(
+        &mut self,
+        node: &Arc<Node>,
+        cid: Cid,
+        data: &Bytes,
+        leaves: &mut Vec<(Cid, u32)>,
+    ) -> Result<(), InstanceError> {
+        self.interior.push(cid);
+        if cid.codec() != xnode_dag::DAG_PB {
+            return Ok(());
+        }
+        let pb = PbNode::decode(data).map_err(|e| InstanceError::BadUpload(format!("block {cid}: {e}")))?;
+        let fs = pb.data.as_ref().and_then(|d| UnixFsData::decode(d).ok());
+        let is_file = fs.as_ref().is_some_and(|f| matches!(f.kind, DataType::File | DataType::Raw));
+        for (i, link) in pb.links.iter().enumerate() {
+            let covered = fs.as_ref().and_then(|f| f.blocksizes.get(i).copied());
+            let leaf = link.cid.codec() == xnode_dag::RAW
+                || (is_file && covered.is_some_and(|c| link.tsize.saturating_sub(c) < LEAF_OVERHEAD));
+            if leaf {
+                leaves.push((link.cid, u32::try_from(link.tsize).unwrap_or(u32::MAX)));
+            } else if !is_file && link.tsize <= PROBE_MAX {
+                // An entry of a directory small enough to be a file of one block: look at it (without keeping it)
+                // to tell a one-block file, which is data placed at RF, from a small subtree.
+                match probe(node, link.cid).await? {
+                    Some(size) => leaves.push((link.cid, size)),
+                    None => self.queue.push(link.cid),
+                }
+            } else {
+                self.queue.push(link.cid);
+            }
+        }
+        Ok(())
+    }
+
     /// The interior blocks walked.
     fn interior(self) -> Vec<Cid> {
         self.interior
     }
+}
+
+/// The blocks `cids`, in order: read from the store, or fetched (at most WALK_AHEAD at once), stored and kept.
+async fn read_or_fetch(node: &Arc<Node>, cids: Vec<Cid>) -> Result<Vec<(Cid, Bytes)>, InstanceError> {
+    let store = node.repo().store().clone();
+    let wanted = cids.clone();
+    let local: Vec<Option<Bytes>> =
+        blocking(move || wanted.iter().map(|c| store.get(c)).collect::<Result<Vec<_>, _>>()).await?;
+    let missing: Vec<Cid> = cids.iter().zip(&local).filter(|(_, l)| l.is_none()).map(|(c, _)| *c).collect();
+    let net = node.net().clone();
+    let fetched: Vec<(Cid, Result<Bytes, xnode_p2p::P2pError>)> = futures::stream::iter(missing)
+        .map(|cid| {
+            let net = net.clone();
+            async move { (cid, net.fetch_block(cid, METADATA_TIMEOUT).await) }
+        })
+        .buffer_unordered(WALK_AHEAD)
+        .collect()
+        .await;
+    let mut got: HashMap<Cid, Bytes> = HashMap::new();
+    for (cid, result) in fetched {
+        got.insert(cid, result?);
+    }
+    store_and_keep(node, got.iter().map(|(c, d)| (*c, d.clone())).collect()).await?;
+    Ok(cids
+        .into_iter()
+        .zip(local)
+        .map(|(cid, l)| {
+            let data = l.or_else(|| got.get(&cid).cloned()).expect("every block was read or fetched");
+            (cid, data)
+        })
+        .collect())
 }
 
 /// Whether the dag-pb block `cid` is a block without links (a file of one block), and its size if so. Read from

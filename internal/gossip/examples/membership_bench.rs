@@ -259,19 +259,51 @@ async fn main() {
     let before: u64 = bench.nodes.iter().map(|m| m.traffic().bytes_sent).sum();
     let cpu_before = process_cpu();
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(bench.args.soak_secs)).await;
+    // A probe of the runtime's own lag: how late a 50 ms sleep wakes. Nodes share two worker threads, so a starved
+    // process delays heartbeats exactly as a stalled host would; false verdicts that follow lag spikes say more
+    // about the machine than about the protocol.
+    let lag_max_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let probe = {
+        let lag_max_ms = lag_max_ms.clone();
+        tokio::spawn(async move {
+            loop {
+                let at = Instant::now();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let late = at.elapsed().saturating_sub(Duration::from_millis(50)).as_millis() as u64;
+                lag_max_ms.fetch_max(late, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    // Every 10 s: false verdicts in that window and the worst runtime lag.
+    let mut false_dead = 0;
+    let mut windows: Vec<(u64, usize, u64)> = Vec::new();
+    while t0.elapsed() < Duration::from_secs(bench.args.soak_secs) {
+        tokio::time::sleep(Duration::from_secs(10).min(Duration::from_secs(bench.args.soak_secs))).await;
+        let mut dead_now = 0;
+        for rx in &mut receivers {
+            loop {
+                match rx.try_recv() {
+                    Ok(MembershipEvent::Dead(m)) => {
+                        dead_now += 1;
+                        eprintln!("false dead verdict about {} at {:.0} s", m.name, t0.elapsed().as_secs_f64());
+                    }
+                    Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        false_dead += dead_now;
+        let lag = lag_max_ms.swap(0, std::sync::atomic::Ordering::Relaxed);
+        windows.push((t0.elapsed().as_secs(), dead_now, lag));
+    }
+    probe.abort();
     let soak = t0.elapsed().as_secs_f64();
     let after: u64 = bench.nodes.iter().map(|m| m.traffic().bytes_sent).sum();
     let cpu = cpu_before.zip(process_cpu()).map(|(before, after)| (after - before).as_secs_f64() / soak);
-    let mut false_dead = 0;
-    for rx in &mut receivers {
-        while let Ok(e) = rx.try_recv() {
-            if let MembershipEvent::Dead(m) = e {
-                false_dead += 1;
-                eprintln!("false dead verdict about {}", m.name);
-            }
-        }
-    }
+    let (calm, stalled): (Vec<&(u64, usize, u64)>, Vec<&(u64, usize, u64)>) = windows.iter().partition(|w| w.2 < 500);
+    let stalled_dead: usize = stalled.iter().map(|w| w.1).sum();
+    let calm_dead: usize = calm.iter().map(|w| w.1).sum();
+    let worst_lag = windows.iter().map(|w| w.2).max().unwrap_or(0);
     let bytes_per_node_sec = (after - before) as f64 / n as f64 / soak;
 
     println!();
@@ -280,6 +312,12 @@ async fn main() {
     line("join -> seen alive by all", join_all, "~1 push/pull + gossip");
     println!("false dead verdicts in {soak:.0} s at {:.0}% loss: {false_dead}   (target 0)", bench.args.loss * 100.0);
     println!("gossip payload sent: {:.0} bytes/node/s ({:.1} KiB/s)", bytes_per_node_sec, bytes_per_node_sec / 1024.0);
+    println!(
+        "runtime lag (a 50 ms sleep waking late): worst {worst_lag} ms; {} of {} 10-s windows had a lag >= 500 ms \
+         and held {stalled_dead} of the false verdicts, the other windows {calm_dead}",
+        stalled.len(),
+        windows.len()
+    );
     if let Some(cores) = cpu {
         println!(
             "CPU during the soak: {:.2} cores for the process, {:.2}% of a core per node",

@@ -9,7 +9,9 @@
 //! All nodes run in this process, each with its own UDP socket on 127.0.0.1; loss is injected on receive.
 //! `--full-meta true` gives every node the metadata a running node publishes (peer id, addresses, API URL,
 //! storage figures, phase, version) instead of its name alone. The process's CPU time over the soak is printed
-//! too (Linux), as a share of one core per node.
+//! too (Linux), as a share of one core per node, and how late the runtime wakes a 50 ms sleep (per kill round and
+//! per 10-s window of the soak): with many nodes on a busy machine, a starved process silences every node at once
+//! as a frozen host would, and the false verdicts it causes are then told apart from the protocol's.
 
 use std::time::Duration;
 
@@ -80,6 +82,14 @@ impl Bench {
             if self.args.full_meta { full_meta(name, self.next_id) } else { MemberMeta { name, ..Default::default() } };
         Membership::start_on(c, meta, &self.net, CancellationToken::new()).await.expect("start node")
     }
+}
+
+/// One 10-s window of the soak.
+struct Window {
+    /// Dead verdicts in the window (all false: nobody was killed).
+    false_dead: usize,
+    /// The runtime's worst lag in the window, in ms.
+    lag_ms: u64,
 }
 
 /// What a running node publishes about itself (the sizes matter, not the values).
@@ -206,9 +216,25 @@ async fn main() {
     // Let the failure detectors collect a steady-state sample of heartbeat intervals.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
+    // A probe of the runtime's own lag: how late a 50 ms sleep wakes. Nodes share two worker threads, so a starved
+    // process delays heartbeats exactly as a stalled host would; false verdicts that follow lag spikes say more
+    // about the machine than about the protocol.
+    let lag_max_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let probe = {
+        let lag_max_ms = lag_max_ms.clone();
+        tokio::spawn(async move {
+            loop {
+                let at = Instant::now();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let late = at.elapsed().saturating_sub(Duration::from_millis(50)).as_millis() as u64;
+                lag_max_ms.fetch_max(late, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
     let (mut first_dead, mut all_dead, mut join_all) = (Vec::new(), Vec::new(), Vec::new());
     let mut missed = 0;
     for round in 0..bench.args.kills {
+        lag_max_ms.store(0, std::sync::atomic::Ordering::Relaxed);
         // Kill a node other than the seed, as kill -9 would.
         let victim_index = 1 + round % (n - 1);
         let victim = bench.nodes.remove(victim_index);
@@ -250,33 +276,25 @@ async fn main() {
         bench.nodes.push(joiner);
         // Let the newcomer's heartbeat history build before the next kill.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        eprintln!("round {round}: {victim_name} killed and replaced");
+        eprintln!(
+            "round {round}: {victim_name} killed and replaced: dead everywhere after {:.2} s, joiner seen by all after \
+             {:.2} s, worst runtime lag {} ms",
+            all_dead.last().map_or(f64::NAN, Duration::as_secs_f64),
+            join_all.last().map_or(f64::NAN, Duration::as_secs_f64),
+            lag_max_ms.load(std::sync::atomic::Ordering::Relaxed)
+        );
     }
 
     // Soak: loss on every link, no node touched; any Dead verdict is false.
     bench.net.set_loss(bench.args.loss);
+    lag_max_ms.store(0, std::sync::atomic::Ordering::Relaxed);
     let mut receivers: Vec<_> = bench.nodes.iter().map(Membership::subscribe).collect();
     let before: u64 = bench.nodes.iter().map(|m| m.traffic().bytes_sent).sum();
     let cpu_before = process_cpu();
     let t0 = Instant::now();
-    // A probe of the runtime's own lag: how late a 50 ms sleep wakes. Nodes share two worker threads, so a starved
-    // process delays heartbeats exactly as a stalled host would; false verdicts that follow lag spikes say more
-    // about the machine than about the protocol.
-    let lag_max_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let probe = {
-        let lag_max_ms = lag_max_ms.clone();
-        tokio::spawn(async move {
-            loop {
-                let at = Instant::now();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let late = at.elapsed().saturating_sub(Duration::from_millis(50)).as_millis() as u64;
-                lag_max_ms.fetch_max(late, std::sync::atomic::Ordering::Relaxed);
-            }
-        })
-    };
     // Every 10 s: false verdicts in that window and the worst runtime lag.
     let mut false_dead = 0;
-    let mut windows: Vec<(u64, usize, u64)> = Vec::new();
+    let mut windows: Vec<Window> = Vec::new();
     while t0.elapsed() < Duration::from_secs(bench.args.soak_secs) {
         tokio::time::sleep(Duration::from_secs(10).min(Duration::from_secs(bench.args.soak_secs))).await;
         let mut dead_now = 0;
@@ -294,16 +312,16 @@ async fn main() {
         }
         false_dead += dead_now;
         let lag = lag_max_ms.swap(0, std::sync::atomic::Ordering::Relaxed);
-        windows.push((t0.elapsed().as_secs(), dead_now, lag));
+        windows.push(Window { false_dead: dead_now, lag_ms: lag });
     }
     probe.abort();
     let soak = t0.elapsed().as_secs_f64();
     let after: u64 = bench.nodes.iter().map(|m| m.traffic().bytes_sent).sum();
     let cpu = cpu_before.zip(process_cpu()).map(|(before, after)| (after - before).as_secs_f64() / soak);
-    let (calm, stalled): (Vec<&(u64, usize, u64)>, Vec<&(u64, usize, u64)>) = windows.iter().partition(|w| w.2 < 500);
-    let stalled_dead: usize = stalled.iter().map(|w| w.1).sum();
-    let calm_dead: usize = calm.iter().map(|w| w.1).sum();
-    let worst_lag = windows.iter().map(|w| w.2).max().unwrap_or(0);
+    let (calm, stalled): (Vec<&Window>, Vec<&Window>) = windows.iter().partition(|w| w.lag_ms < 500);
+    let stalled_dead: usize = stalled.iter().map(|w| w.false_dead).sum();
+    let calm_dead: usize = calm.iter().map(|w| w.false_dead).sum();
+    let worst_lag = windows.iter().map(|w| w.lag_ms).max().unwrap_or(0);
     let bytes_per_node_sec = (after - before) as f64 / n as f64 / soak;
 
     println!();

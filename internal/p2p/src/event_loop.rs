@@ -307,8 +307,23 @@ impl EventLoop {
         });
     }
 
-    /// Puts our waiting holdings requests to `peer` on the wire, up to the number it serves at once.
+    /// Puts our waiting holdings requests to `peer` on the wire, up to the number it serves at once. A peer not
+    /// connected is dialled first (directly or through a relay, as any dial); the requests go once it connects.
+    /// (Left to request-response, several requests to a peer not connected start several dials, and the losers'
+    /// failures fail requests that the winning connection would have carried.)
     fn send_holdings(&mut self, peer: PeerId) {
+        if !self.outbound.contains_key(&peer) {
+            return;
+        }
+        if !self.swarm.is_connected(&peer) {
+            if self.bans.contains_key(&peer) || self.other_group.contains(&peer) {
+                let reason = if self.bans.contains_key(&peer) { "banned" } else { "belongs to another group" };
+                self.fail_holdings(peer, &P2pError::Dial { peer, reason: reason.into() });
+            } else if !self.pending_dial.contains_key(&peer) {
+                self.start_dial(peer, Vec::new(), None);
+            }
+            return;
+        }
         let Some(queue) = self.outbound.get_mut(&peer) else { return };
         while queue.in_flight < holdings::MAX_INBOUND_PER_PEER {
             let Some((request, reply)) = queue.waiting.pop_front() else { break };
@@ -320,6 +335,17 @@ impl EventLoop {
             queue.in_flight += 1;
         }
         if queue.in_flight == 0 && queue.waiting.is_empty() {
+            self.outbound.remove(&peer);
+        }
+    }
+
+    /// Fails every holdings request to `peer` still waiting to be sent (the peer cannot be reached).
+    fn fail_holdings(&mut self, peer: PeerId, error: &P2pError) {
+        let Some(queue) = self.outbound.get_mut(&peer) else { return };
+        for (_, reply) in queue.waiting.drain(..) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        if queue.in_flight == 0 {
             self.outbound.remove(&peer);
         }
     }
@@ -545,6 +571,7 @@ impl EventLoop {
                 let _ = reply.send(Err(P2pError::Dial { peer, reason: reason.clone() }));
             }
         }
+        self.fail_holdings(peer, &P2pError::Dial { peer, reason });
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -571,6 +598,7 @@ impl EventLoop {
                 if num_established.get() == 1 {
                     let _ = self.events.send(NetEvent::PeerConnected { peer: peer_id });
                 }
+                self.send_holdings(peer_id);
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.admitted.remove(&peer_id);

@@ -120,6 +120,29 @@ async fn members_answer_digests_summary_and_have() {
     b.node.shutdown().await;
 }
 
+#[tokio::test]
+async fn requests_sent_before_the_peers_know_each_other_are_answered() {
+    common::init_tracing();
+    let group = "holdings-early";
+    let fake = Arc::new(Fake::new(Duration::ZERO));
+    let b = TestNode::start_holding(group, fake.clone()).await;
+    let peer = b.client.peer_id();
+    let addr = b.tcp_addr().await;
+    // `a` dials `b` as it starts; the requests go out before the connection is up, and reach `b` before (or
+    // while) identify tells it who `a` is.
+    let a = TestNode::start(group, |c| c.bootstrap = vec![addr]).await;
+    let asks = (0..8u32).map(|i| {
+        let client = a.client.clone();
+        async move { client.have(peer, vec![cid(i)]).await }
+    });
+    let answers = futures::future::join_all(asks).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.unwrap(), vec![(1..=4).contains(&i)], "block {i}");
+    }
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
 #[derive(NetworkBehaviour)]
 struct OutsiderBehaviour {
     identify: identify::Behaviour,
@@ -156,7 +179,7 @@ impl Outsider {
         Outsider { swarm }
     }
 
-    /// Sends every request to `peer` at once (dialling it at `addr`) and waits for each to end: the answer, or
+    /// Sends every request to `peer` at once (connecting to it at `addr` first) and waits for each to end: the answer, or
     /// the failure the outsider saw.
     async fn ask_all(
         &mut self,
@@ -164,6 +187,19 @@ impl Outsider {
         addr: &Multiaddr,
         requests: Vec<Request>,
     ) -> Vec<Result<Response, String>> {
+        // Connected first: request-response would start one dial per request, and the losers' failures fail
+        // requests too.
+        if !self.swarm.is_connected(&peer) {
+            self.swarm.dial(addr.clone()).unwrap();
+            loop {
+                let event = tokio::time::timeout(Duration::from_secs(10), self.swarm.select_next_some()).await;
+                match event.expect("connected within 10 s") {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == peer => break,
+                    SwarmEvent::OutgoingConnectionError { error, .. } => panic!("cannot dial {addr}: {error}"),
+                    _ => {}
+                }
+            }
+        }
         let ids: Vec<OutboundRequestId> = requests
             .into_iter()
             .map(|r| self.swarm.behaviour_mut().holdings.send_request_with_addresses(&peer, r, vec![addr.clone()]))

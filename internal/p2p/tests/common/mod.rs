@@ -106,10 +106,13 @@ impl TestNode {
         TestNode { node, client, store, _dir: dir }
     }
 
-    /// The node's first TCP address, with `/p2p/<peer id>`.
+    /// The node's first direct TCP address (not a relay circuit it listens on), with `/p2p/<peer id>`.
     pub async fn tcp_addr(&self) -> Multiaddr {
         let addrs = self.client.listen_addrs().await.unwrap();
-        let addr = addrs.into_iter().find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_)))).expect("a tcp address");
+        let direct_tcp = |a: &Multiaddr| {
+            a.iter().any(|p| matches!(p, Protocol::Tcp(_))) && !a.iter().any(|p| p == Protocol::P2pCircuit)
+        };
+        let addr = addrs.into_iter().find(direct_tcp).expect("a tcp address");
         addr.with(Protocol::P2p(self.client.peer_id()))
     }
 

@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use bytesize::ByteSize;
@@ -343,7 +344,11 @@ fn run_node(settings: NodeSettings, data_dir: PathBuf, store: StoreConfig) -> Re
     let mut gossip = GossipConfig::new(name, SocketAddr::new(bind, gossip_port));
     gossip.advertise_addr = advertise;
     gossip.seeds = settings.seeds;
-    gossip.keyring = keyring(settings.cluster_secret)?;
+    gossip.keyring = keyring(&settings.cluster_secret)?;
+    let reload = match (&settings.cluster_secret, &gossip.keyring) {
+        (config::SecretSource::File { path, old }, Some(ring)) => Some((path.clone(), *old, ring.clone())),
+        _ => None,
+    };
     if let Some(group) = settings.group {
         gossip.group = group;
     }
@@ -378,6 +383,9 @@ fn run_node(settings: NodeSettings, data_dir: PathBuf, store: StoreConfig) -> Re
         ..ApiConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Some((path, old, ring)) = reload {
+        runtime.spawn(reload_secret_on_hangup(path, old, ring));
+    }
     let result = runtime.block_on(serve_node(config, api_config, generated, SocketAddr::new(bind, api_port)));
     // Blocking work still running (a read waiting for the network) must not hold the process past its exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
@@ -415,8 +423,8 @@ fn shared_file(path: &Path, var: &str, fresh: String) -> Result<(String, Option<
 }
 
 /// The gossip keyring from `XNODE_CLUSTER_SECRET[_FILE]` and `XNODE_CLUSTER_SECRET_OLD`; `None` without a secret.
-fn keyring(source: config::SecretSource) -> Result<Option<std::sync::Arc<xnode_gossip::Keyring>>> {
-    let (current, old) = match source {
+fn keyring(source: &config::SecretSource) -> Result<Option<Arc<xnode_gossip::Keyring>>> {
+    let (current, mut accepted) = match source {
         config::SecretSource::None => {
             tracing::warn!(
                 "XNODE_CLUSTER_SECRET is unset: gossip is plaintext, and anyone who reaches the gossip port can read \
@@ -425,28 +433,41 @@ fn keyring(source: config::SecretSource) -> Result<Option<std::sync::Arc<xnode_g
             );
             return Ok(None);
         }
-        config::SecretSource::Value { current, old } => (current, old),
+        config::SecretSource::Value { current, old } => (*current, old.iter().copied().collect::<Vec<_>>()),
         config::SecretSource::File { path, old } => {
-            let fresh = format!("{}{}", ApiConfig::random_token(), ApiConfig::random_token());
-            let (text, made) = shared_file(&path, "XNODE_CLUSTER_SECRET_FILE", fresh)?;
-            let current = config::parse_secret(&text).with_context(|| {
-                format!(
-                    "XNODE_CLUSTER_SECRET_FILE: {} does not hold 64 hex digits; write one with \
-                     `openssl rand -hex 32 > FILE` or delete it to have one made",
-                    path.display()
-                )
-            })?;
+            let fresh = format!("{}{}\n", ApiConfig::random_token(), ApiConfig::random_token());
+            let (text, made) = shared_file(path, "XNODE_CLUSTER_SECRET_FILE", fresh)?;
             if let Some(made) = made {
                 eprintln!("made a new cluster secret in {} (XNODE_CLUSTER_SECRET_FILE)", made.display());
             }
-            (current, old)
+            let (current, mut accepted) = config::parse_secret_file(&text)
+                .map_err(|e| anyhow::anyhow!("XNODE_CLUSTER_SECRET_FILE={}: {e}", path.display()))?;
+            accepted.extend(old.iter().copied());
+            (current, accepted)
         }
     };
     let ring = xnode_gossip::Keyring::new(&current);
-    Ok(Some(std::sync::Arc::new(match old {
-        Some(old) => ring.accepting(&old),
-        None => ring,
-    })))
+    ring.set(&current, &std::mem::take(&mut accepted));
+    Ok(Some(Arc::new(ring)))
+}
+
+/// On SIGHUP, reads `XNODE_CLUSTER_SECRET_FILE` again into the keyring: how keys rotate without a restart
+/// (docs/security.md). A file that cannot be read or parsed keeps the keys in use, with a warning.
+async fn reload_secret_on_hangup(path: PathBuf, old: Option<[u8; 32]>, ring: Arc<xnode_gossip::Keyring>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
+    while hangup.recv().await.is_some() {
+        let parsed =
+            std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| config::parse_secret_file(&t));
+        match parsed {
+            Ok((current, mut accepted)) => {
+                accepted.extend(old);
+                ring.set(&current, &accepted);
+                tracing::warn!(accepted = accepted.len(), "SIGHUP: cluster secret reloaded from {}", path.display());
+            }
+            Err(e) => tracing::warn!("SIGHUP: keeping the cluster secret in use; {}: {e}", path.display()),
+        }
+    }
 }
 
 fn write_token_file(data_dir: &Path, token: &str) -> Result<()> {

@@ -290,3 +290,55 @@ fn thousands_of_reads_of_missing_cids_do_not_wedge_the_node() {
     }
     drop(waiting);
 }
+
+/// The dashboard acts on another member by a signed request, never with the admin token: a fake member whose
+/// gossiped `api_url` is a listener of this test receives a signature bound to its name, and no token.
+#[test]
+fn the_admin_token_never_leaves_the_node() {
+    use std::io::{BufRead, BufReader, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(tmp.path(), &[("XNODE_GROUP_NAME", "token-test")]);
+    // The fake member's API: records one request and answers 202.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    let received = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let _ = conn.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        head
+    });
+    // The fake member joins by gossip, as any process that reaches the gossip port could without a secret.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _fake = runtime.block_on(async {
+        let mut c = xnode_gossip::GossipConfig::new("fake-member", "127.0.0.1:0".parse().unwrap());
+        c.seeds = vec![node.gossip.clone()];
+        c.group = "token-test".into();
+        let meta = xnode_gossip::MemberMeta { name: "fake-member".into(), api_url, ..Default::default() };
+        let token = tokio_util::sync::CancellationToken::new();
+        xnode_gossip::Membership::start(c, meta, token).await.unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let members: serde_json::Value = ureq::get(&node.url("/api/v1/members")).call().unwrap().into_json().unwrap();
+        if members.as_array().unwrap().iter().any(|m| m["name"] == "fake-member" && m["state"] == "Alive") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fake member did not join: {members}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r =
+        ureq::post(&node.url("/ui/members/fake-member/kill")).set("Authorization", &format!("Bearer {TOKEN}")).call();
+    assert_eq!(status_of(r).0, 200);
+    let head = received.join().unwrap();
+    assert!(head.starts_with("POST /api/v1/kill "), "{head}");
+    assert!(!head.contains(TOKEN) && !head.to_lowercase().contains("authorization"), "the token leaked: {head}");
+    assert!(head.to_lowercase().contains("x-xnode-signature: t="), "{head}");
+}

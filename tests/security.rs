@@ -342,3 +342,61 @@ fn the_admin_token_never_leaves_the_node() {
     assert!(!head.contains(TOKEN) && !head.to_lowercase().contains("authorization"), "the token leaked: {head}");
     assert!(head.to_lowercase().contains("x-xnode-signature: t="), "{head}");
 }
+
+/// Members sharing a secret file (made by the first to start) form a cluster holding a file; a node with another
+/// secret, seeded with every member, stays out: never listed, nothing placed on it, nothing fetched from it.
+#[test]
+fn an_outsider_with_another_secret_stays_out_of_a_cluster_with_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret_file = tmp.path().join("secrets/cluster-secret");
+    let secret_env = secret_file.to_str().unwrap();
+    let group = ("XNODE_GROUP_NAME", "sealed-test");
+    let shared = [("XNODE_CLUSTER_SECRET_FILE", secret_env), group, ("XNODE_ADMIN_TOKEN", TOKEN)];
+    let a = RunningNode::start(tmp.path(), "sealed-a", &shared);
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    assert_eq!(secret.trim().len(), 64, "the first node made a 64-hex-digit secret");
+    let seeds = a.gossip.clone();
+    let with_seed = |extra: &[(&'static str, &str)]| {
+        let mut env = shared.to_vec();
+        env.push(("XNODE_KNOWN_PEERS", seeds.as_str()));
+        env.extend_from_slice(extra);
+        env.into_iter().map(|(k, v)| (k, v.to_string())).collect::<Vec<_>>()
+    };
+    let env_b = with_seed(&[]);
+    let b =
+        RunningNode::start(tmp.path(), "sealed-b", &env_b.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+    let env_c = with_seed(&[]);
+    let c =
+        RunningNode::start(tmp.path(), "sealed-c", &env_c.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+    let names = |n: &RunningNode| -> Vec<String> {
+        let v: serde_json::Value =
+            ureq::get(&n.url("/api/v1/members")).call().ok().and_then(|r| r.into_json().ok()).unwrap_or_default();
+        v.as_array().into_iter().flatten().filter(|m| m["state"] == "Alive").map(|m| m["name"].to_string()).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [&a, &b, &c].iter().any(|n| names(n).len() < 3) {
+        assert!(Instant::now() < deadline, "the sealed members did not meet: {:?}", names(&a));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    upload(&a, "held.bin", &random_bytes(3 << 20, 3));
+
+    let wrong = "c0".repeat(32);
+    let all_seeds = format!("{},{},{}", a.gossip, b.gossip, c.gossip);
+    let outsider = RunningNode::start(
+        tmp.path(),
+        "outsider",
+        &[group, ("XNODE_CLUSTER_SECRET", &wrong), ("XNODE_KNOWN_PEERS", &all_seeds), ("XNODE_ADMIN_TOKEN", TOKEN)],
+    );
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        for n in [&a, &b, &c] {
+            assert!(!names(n).iter().any(|m| m.contains("outsider")), "the outsider became a member");
+        }
+        assert_eq!(names(&outsider), ["\"outsider\""], "the outsider learned nothing of the cluster");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let held: serde_json::Value = ureq::get(&outsider.url("/api/v1/blocks")).call().unwrap().into_json().unwrap();
+    assert_eq!(held["held"]["count"], 0, "no block was placed on the outsider: {held}");
+    let files: serde_json::Value = ureq::get(&outsider.url("/api/v1/files")).call().unwrap().into_json().unwrap();
+    assert_eq!(files.as_array().unwrap().len(), 0, "no catalog entry reached the outsider: {files}");
+}

@@ -567,12 +567,12 @@ pub(crate) async fn kill_node(State(app): State<AppState>) -> (StatusCode, Json<
 }
 
 /// The most CIDs a block listing returns.
-pub(crate) const MAX_LIMIT: usize = 10_000;
+pub(crate) const MAX_LIMIT: usize = 1_000_000;
 
 /// `?limit=N` on block listings.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub(crate) struct Limit {
-    /// How many CIDs to list at most (default 100, at most 10000).
+    /// How many CIDs to list at most (default 100, at most 1000000).
     limit: Option<usize>,
 }
 

@@ -155,7 +155,11 @@ async fn reload_secret_on_hangup(path: PathBuf, old: Option<[u8; 32]>, ring: Arc
             Ok((current, mut accepted)) => {
                 accepted.extend(old);
                 ring.set(&current, &accepted);
-                tracing::warn!(accepted = accepted.len(), "SIGHUP: cluster secret reloaded from {}", path.display());
+                tracing::warn!(
+                    "SIGHUP: cluster secret reloaded from {}: sending with its first key, {} more accepted",
+                    path.display(),
+                    accepted.len()
+                );
             }
             Err(e) => tracing::warn!("SIGHUP: keeping the cluster secret in use; {}: {e}", path.display()),
         }

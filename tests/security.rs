@@ -412,3 +412,33 @@ fn an_outsider_with_another_secret_stays_out_of_a_cluster_with_data() {
     let files: serde_json::Value = ureq::get(&outsider.url("/api/v1/files")).call().unwrap().into_json().unwrap();
     assert_eq!(files.as_array().unwrap().len(), 0, "no catalog entry reached the outsider: {files}");
 }
+
+/// `SIGHUP` re-reads `XNODE_CLUSTER_SECRET_FILE` (the rotation of docs/security.md); a file that does not parse
+/// keeps the keys in use and says so.
+#[test]
+fn sighup_reloads_the_cluster_secret_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cluster-secret");
+    std::fs::write(&file, format!("{}\n", "a1".repeat(32))).unwrap();
+    let node = start(tmp.path(), &[("XNODE_CLUSTER_SECRET_FILE", file.to_str().unwrap())]);
+    let log = tmp.path().join("sec.log");
+    let hup = |expect: &str| {
+        assert!(Command::new("kill").args(["-HUP", &node.child.id().to_string()]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(expect) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {expect:?} in the log after SIGHUP: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::fs::write(&file, format!("{}\n{}\n", "b2".repeat(32), "a1".repeat(32))).unwrap();
+    let text = hup("1 more accepted");
+    assert!(text.contains("cluster secret reloaded") && !text.contains(&"b2".repeat(32)), "{text}");
+    std::fs::write(&file, "not a secret\n").unwrap();
+    let text = hup("keeping the cluster secret in use");
+    assert!(!text.contains("not a secret"), "the file's content is not logged: {text}");
+    assert_eq!(ureq::get(&node.url("/healthz")).call().unwrap().status(), 200, "the node runs on");
+}

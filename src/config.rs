@@ -429,6 +429,21 @@ impl Env {
 
 const SECRET_FORM: &str = "not 64 hex digits; make one with `openssl rand -hex 32`";
 
+/// The keys in a cluster secret file: the first line is the secret to send with, every further line a secret also
+/// accepted (a rotation in progress). Blank lines and `#` comments are skipped.
+pub(crate) fn parse_secret_file(text: &str) -> Result<([u8; 32], Vec<[u8; 32]>), String> {
+    let mut keys = Vec::new();
+    for (i, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        keys.push(parse_secret(line).ok_or_else(|| format!("line {i} is {SECRET_FORM}"))?);
+    }
+    let mut keys = keys.into_iter();
+    let current = keys.next().ok_or_else(|| "no secret in it; write one with `openssl rand -hex 32`".to_string())?;
+    Ok((current, keys.collect()))
+}
+
 /// 64 hex digits to 32 bytes.
 pub(crate) fn parse_secret(s: &str) -> Option<[u8; 32]> {
     let s = s.trim();
@@ -661,6 +676,16 @@ mod tests {
         node_err("XNODE_CLUSTER_SECRET_OLD", &key); // an old key without a new one
         let both = env(&[("XNODE_CLUSTER_SECRET", &key), ("XNODE_CLUSTER_SECRET_FILE", "/x")]).node();
         assert!(both.is_err());
+    }
+
+    #[test]
+    fn a_secret_file_holds_the_key_in_use_then_keys_still_accepted() {
+        let (a, b) = ("ab".repeat(32), "CD".repeat(32));
+        assert_eq!(parse_secret_file(&format!("{a}\n")).unwrap(), ([0xab; 32], vec![]));
+        assert_eq!(parse_secret_file(&format!("# rotating\n{b}\n\n{a}\n")).unwrap(), ([0xcd; 32], vec![[0xab; 32]]));
+        assert!(parse_secret_file("").unwrap_err().contains("no secret"));
+        let e = parse_secret_file(&format!("{a}\nnope\n")).unwrap_err();
+        assert!(e.contains("line 2") && !e.contains("nope"), "{e}");
     }
 
     #[test]

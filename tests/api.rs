@@ -356,34 +356,9 @@ fn token_rules_csrf_and_bounded_bodies() {
     let (code, _) = status_of(auth().set("Authorization", "Bearer s3cret").call());
     assert_eq!(code, 204);
 
-    // The dashboard's cookie: only with the page's header, and never from another site.
+    // Signing in on the page opens a session: a random id in an HttpOnly, SameSite=Strict cookie, never the token;
+    // a wrong token says what to use.
     let host = node.api.trim_start_matches("http://").to_string();
-    let (code, body) = status_of(auth().set("Cookie", "xnode_token=s3cret").call());
-    assert_eq!(code, 403, "a cookie alone (a cross-site form could send it) is refused: {body}");
-    let (code, _) = status_of(auth().set("Cookie", "xnode_token=s3cret").set("X-Xnode-Csrf", "1").call());
-    assert_eq!(code, 204, "the page's requests pass");
-    let (code, _) =
-        status_of(auth().set("Cookie", "xnode_token=wrong").set("X-Xnode-Csrf", "1").set("Origin", &node.api).call());
-    assert_eq!(code, 401, "wrong cookie");
-    let (code, body) = status_of(
-        ureq::post(&node.url("/api/v1/shutdown"))
-            .set("Cookie", "xnode_token=s3cret")
-            .set("HX-Request", "true")
-            .set("Origin", "http://evil.example")
-            .call(),
-    );
-    assert_eq!(code, 403, "{body}");
-    assert!(body.contains("cross-site"), "{body}");
-    let (code, _) = status_of(
-        ureq::post(&node.url("/api/v1/shutdown"))
-            .set("Cookie", "xnode_token=s3cret")
-            .set("X-Xnode-Csrf", "1")
-            .set("Sec-Fetch-Site", "cross-site")
-            .call(),
-    );
-    assert_eq!(code, 403);
-
-    // Signing in on the page sets an HttpOnly, SameSite=Strict cookie; a wrong token says what to use.
     let login = |token: &str, origin: &str| {
         ureq::post(&node.url("/ui/login"))
             .set("Origin", origin)
@@ -397,8 +372,42 @@ fn token_rules_csrf_and_bounded_bodies() {
     assert_eq!(code, 403, "a cross-site sign-in is refused");
     let resp = login("s3cret", &format!("http://{host}")).unwrap();
     let cookie = resp.header("set-cookie").unwrap().to_string();
-    assert!(cookie.starts_with("xnode_token=s3cret;"), "{cookie}");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(cookie.starts_with("xnode_session=") && !cookie.contains("s3cret"), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Max-Age="));
+    let session = cookie.split(';').next().unwrap().to_string();
+    assert!(session.len() > 60, "a long random id: {session}");
+
+    // The dashboard's cookie: only with the page's header, and never from another site.
+    let (code, body) = status_of(auth().set("Cookie", &session).call());
+    assert_eq!(code, 403, "a cookie alone (a cross-site form could send it) is refused: {body}");
+    let (code, _) = status_of(auth().set("Cookie", &session).set("X-Xnode-Csrf", "1").call());
+    assert_eq!(code, 204, "the page's requests pass");
+    let (code, _) = status_of(
+        auth().set("Cookie", "xnode_session=s3cret").set("X-Xnode-Csrf", "1").set("Origin", &node.api).call(),
+    );
+    assert_eq!(code, 401, "the token is not a session");
+    let (code, body) = status_of(
+        ureq::post(&node.url("/api/v1/shutdown"))
+            .set("Cookie", &session)
+            .set("HX-Request", "true")
+            .set("Origin", "http://evil.example")
+            .call(),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("cross-site"), "{body}");
+    let (code, _) = status_of(
+        ureq::post(&node.url("/api/v1/shutdown"))
+            .set("Cookie", &session)
+            .set("X-Xnode-Csrf", "1")
+            .set("Sec-Fetch-Site", "cross-site")
+            .call(),
+    );
+    assert_eq!(code, 403);
+    // Signing out revokes the session on the server, not only in the browser.
+    let out = ureq::post(&node.url("/ui/logout")).set("Cookie", &session).set("HX-Request", "true").call().unwrap();
+    assert_eq!(out.status(), 200);
+    let (code, _) = status_of(auth().set("Cookie", &session).set("X-Xnode-Csrf", "1").call());
+    assert_eq!(code, 401, "a signed-out session is dead");
 
     // Bodies other than uploads are bounded; errors name the problem.
     let (code, _) = status_of(
@@ -447,7 +456,7 @@ fn dashboard_page_fragments_and_vendored_htmx() {
     assert!(html.contains("data-name=\"api-test\""), "the page lists the member");
     assert!(html.contains("id=\"login\""), "signed out: the page asks for the token");
     let signed_in =
-        ureq::get(&node.url("/")).set("Cookie", "xnode_token=s3cret").call().unwrap().into_string().unwrap();
+        ureq::get(&node.url("/")).set("Authorization", "Bearer s3cret").call().unwrap().into_string().unwrap();
     assert!(signed_in.contains("id=\"upload\"") && signed_in.contains("class=\"danger kill\""));
 
     let js = ureq::get(&node.url(&format!("/assets/htmx.min.js?v={version}"))).call().unwrap();

@@ -65,7 +65,7 @@ fn bad_query_values_capacities_and_codecs_are_json_4xx() {
         }
     }
     assert_eq!(ureq::get(&node.url(&format!("/api/v1/files/{cid}?timeout=0.5"))).call().unwrap().status(), 200);
-    for bad in ["-1", "x", "100000", "1e3"] {
+    for bad in ["-1", "x", "1000001", "1e3"] {
         let e = json_error(ureq::get(&node.url(&format!("/api/v1/blocks?limit={bad}"))).call(), 400, bad);
         assert!(e.contains("limit"), "limit={bad}: {e}");
     }
@@ -188,15 +188,27 @@ fn bad_settings_stop_the_node_with_the_variables_name() {
         ("XNODE_MAX_UPLOAD", "0"),
         ("XNODE_CLUSTER_SECRET", "not-hex"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_xnode"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xnode"))
             .arg("--data-dir")
             .arg(tmp.path().join("data"))
             .arg("run")
             .env("XNODE_API_PORT", "0")
             .env("XNODE_BIND_ADDR", "127.0.0.1")
             .env(var, value)
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        // A node that accepted the value would run until stopped: give it 10 s, then fail rather than hang.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{var}={value} started a node");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{var}={value} started");
         assert!(err.contains(var) && !err.contains("panicked"), "{var}={value}: {err}");
@@ -289,4 +301,144 @@ fn thousands_of_reads_of_missing_cids_do_not_wedge_the_node() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(waiting);
+}
+
+/// The dashboard acts on another member by a signed request, never with the admin token: a fake member whose
+/// gossiped `api_url` is a listener of this test receives a signature bound to its name, and no token.
+#[test]
+fn the_admin_token_never_leaves_the_node() {
+    use std::io::{BufRead, BufReader, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(tmp.path(), &[("XNODE_GROUP_NAME", "token-test")]);
+    // The fake member's API: records one request and answers 202.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    let received = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let _ = conn.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        head
+    });
+    // The fake member joins by gossip, as any process that reaches the gossip port could without a secret.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _fake = runtime.block_on(async {
+        let mut c = xnode_gossip::GossipConfig::new("fake-member", "127.0.0.1:0".parse().unwrap());
+        c.seeds = vec![node.gossip.clone()];
+        c.group = "token-test".into();
+        let meta = xnode_gossip::MemberMeta { name: "fake-member".into(), api_url, ..Default::default() };
+        let token = tokio_util::sync::CancellationToken::new();
+        xnode_gossip::Membership::start(c, meta, token).await.unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let members: serde_json::Value = ureq::get(&node.url("/api/v1/members")).call().unwrap().into_json().unwrap();
+        if members.as_array().unwrap().iter().any(|m| m["name"] == "fake-member" && m["state"] == "Alive") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fake member did not join: {members}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r =
+        ureq::post(&node.url("/ui/members/fake-member/kill")).set("Authorization", &format!("Bearer {TOKEN}")).call();
+    assert_eq!(status_of(r).0, 200);
+    let head = received.join().unwrap();
+    assert!(head.starts_with("POST /api/v1/kill "), "{head}");
+    assert!(!head.contains(TOKEN) && !head.to_lowercase().contains("authorization"), "the token leaked: {head}");
+    assert!(head.to_lowercase().contains("x-xnode-signature: t="), "{head}");
+}
+
+/// Members sharing a secret file (made by the first to start) form a cluster holding a file; a node with another
+/// secret, seeded with every member, stays out: never listed, nothing placed on it, nothing fetched from it.
+#[test]
+fn an_outsider_with_another_secret_stays_out_of_a_cluster_with_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret_file = tmp.path().join("secrets/cluster-secret");
+    let secret_env = secret_file.to_str().unwrap();
+    let group = ("XNODE_GROUP_NAME", "sealed-test");
+    let shared = [("XNODE_CLUSTER_SECRET_FILE", secret_env), group, ("XNODE_ADMIN_TOKEN", TOKEN)];
+    let a = RunningNode::start(tmp.path(), "sealed-a", &shared);
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    assert_eq!(secret.trim().len(), 64, "the first node made a 64-hex-digit secret");
+    let seeds = a.gossip.clone();
+    let with_seed = |extra: &[(&'static str, &str)]| {
+        let mut env = shared.to_vec();
+        env.push(("XNODE_KNOWN_PEERS", seeds.as_str()));
+        env.extend_from_slice(extra);
+        env.into_iter().map(|(k, v)| (k, v.to_string())).collect::<Vec<_>>()
+    };
+    let env_b = with_seed(&[]);
+    let b =
+        RunningNode::start(tmp.path(), "sealed-b", &env_b.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+    let env_c = with_seed(&[]);
+    let c =
+        RunningNode::start(tmp.path(), "sealed-c", &env_c.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+    let names = |n: &RunningNode| -> Vec<String> {
+        let v: serde_json::Value =
+            ureq::get(&n.url("/api/v1/members")).call().ok().and_then(|r| r.into_json().ok()).unwrap_or_default();
+        v.as_array().into_iter().flatten().filter(|m| m["state"] == "Alive").map(|m| m["name"].to_string()).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while [&a, &b, &c].iter().any(|n| names(n).len() < 3) {
+        assert!(Instant::now() < deadline, "the sealed members did not meet: {:?}", names(&a));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    upload(&a, "held.bin", &random_bytes(3 << 20, 3));
+
+    let wrong = "c0".repeat(32);
+    let all_seeds = format!("{},{},{}", a.gossip, b.gossip, c.gossip);
+    let outsider = RunningNode::start(
+        tmp.path(),
+        "outsider",
+        &[group, ("XNODE_CLUSTER_SECRET", &wrong), ("XNODE_KNOWN_PEERS", &all_seeds), ("XNODE_ADMIN_TOKEN", TOKEN)],
+    );
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        for n in [&a, &b, &c] {
+            assert!(!names(n).iter().any(|m| m.contains("outsider")), "the outsider became a member");
+        }
+        assert_eq!(names(&outsider), ["\"outsider\""], "the outsider learned nothing of the cluster");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let held: serde_json::Value = ureq::get(&outsider.url("/api/v1/blocks")).call().unwrap().into_json().unwrap();
+    assert_eq!(held["held"]["count"], 0, "no block was placed on the outsider: {held}");
+    let files: serde_json::Value = ureq::get(&outsider.url("/api/v1/files")).call().unwrap().into_json().unwrap();
+    assert_eq!(files.as_array().unwrap().len(), 0, "no catalog entry reached the outsider: {files}");
+}
+
+/// `SIGHUP` re-reads `XNODE_CLUSTER_SECRET_FILE` (the rotation of docs/security.md); a file that does not parse
+/// keeps the keys in use and says so.
+#[test]
+fn sighup_reloads_the_cluster_secret_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cluster-secret");
+    std::fs::write(&file, format!("{}\n", "a1".repeat(32))).unwrap();
+    let node = start(tmp.path(), &[("XNODE_CLUSTER_SECRET_FILE", file.to_str().unwrap())]);
+    let log = tmp.path().join("sec.log");
+    let hup = |expect: &str| {
+        assert!(Command::new("kill").args(["-HUP", &node.child.id().to_string()]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(expect) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {expect:?} in the log after SIGHUP: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::fs::write(&file, format!("{}\n{}\n", "b2".repeat(32), "a1".repeat(32))).unwrap();
+    let text = hup("1 more accepted");
+    assert!(text.contains("cluster secret reloaded") && !text.contains(&"b2".repeat(32)), "{text}");
+    std::fs::write(&file, "not a secret\n").unwrap();
+    let text = hup("keeping the cluster secret in use");
+    assert!(!text.contains("not a secret"), "the file's content is not logged: {text}");
+    assert_eq!(ureq::get(&node.url("/healthz")).call().unwrap().status(), 200, "the node runs on");
 }

@@ -178,9 +178,10 @@ def main():
             driver.find_element(By.CSS_SELECTOR, "#login input[name=token]").send_keys(TOKEN)
             driver.find_element(By.CSS_SELECTOR, "#login button").click()
             wait_until("signed in", lambda: driver.find_elements(By.ID, "signed-in"), 10)
-            cookie = driver.get_cookie("xnode_token")
+            cookie = driver.get_cookie("xnode_session")
             assert cookie and cookie.get("httpOnly") and cookie.get("sameSite") == "Strict", cookie
-        checks.run("sign_in_keeps_the_token_in_an_httponly_cookie", sign_in)
+            assert TOKEN not in cookie.get("value", ""), "the cookie holds a session id, not the token"
+        checks.run("sign_in_opens_a_session_in_an_httponly_cookie", sign_in)
 
         payload = workdir / "upload-me.bin"
         payload.write_bytes(random.Random(6).randbytes(3 * 256 * 1024 + 1234))

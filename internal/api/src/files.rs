@@ -694,7 +694,22 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, ReadBounds};
+    use axum::response::IntoResponse;
+
+    #[test]
+    fn past_a_read_bound_the_answer_is_503_with_retry_after() {
+        let bounds = ReadBounds::new(2, 1);
+        let (a, _b) = (bounds.open().unwrap(), bounds.open().unwrap());
+        let refused = bounds.open().unwrap_err();
+        let response = refused.into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "2");
+        drop(a);
+        assert!(bounds.open().is_ok(), "a finished read makes room");
+        let _s = bounds.stream().unwrap();
+        assert_eq!(bounds.stream().unwrap_err().status(), 503);
+    }
 
     #[test]
     fn ranges() {

@@ -1,5 +1,7 @@
 //! Admin actions on any member, not only this one: the node serving the dashboard forwards them to the target's
-//! API (its `api_url` from gossip) with the caller's token. That works when members share one admin token
+//! API (its `api_url` from gossip), signed with an HMAC under the admin token that names the target, the action
+//! and the time (`session.rs`). The token itself never leaves the node: a member gossiping a hostile `api_url`
+//! receives one signature for one action on itself, usable once. That works when members share one admin token
 //! (`XNODE_ADMIN_TOKEN`, or `XNODE_ADMIN_TOKEN_FILE` on a shared volume); a member that refuses it is named.
 
 use std::time::Duration;
@@ -57,17 +59,28 @@ pub(crate) async fn run(app: &AppState, name: &str, action: Action, token: &str)
     if base.is_empty() {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("{name} does not advertise an API address")));
     }
-    let (name, token) = (name.to_string(), token.to_string());
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{name} advertises an API address that is not http(s)"),
+        ));
+    }
+    let (method, path, body) = match action {
+        Action::Kill => ("POST", "/api/v1/kill", String::new()),
+        Action::Resize(capacity) => ("PUT", "/api/v1/storage", serde_json::json!({ "capacity": capacity }).to_string()),
+    };
+    let signature = crate::session::signature_header(
+        token,
+        &crate::session::Signed { method, path, target: name, body: body.as_bytes() },
+    );
+    let name = name.to_string();
     tokio::task::spawn_blocking(move || {
         let agent = ureq::AgentBuilder::new().timeout(FORWARD_TIMEOUT).build();
-        let bearer = format!("Bearer {token}");
-        let sent = match action {
-            Action::Kill => agent.post(&format!("{base}/api/v1/kill")).set("Authorization", &bearer).call(),
-            Action::Resize(capacity) => agent
-                .put(&format!("{base}/api/v1/storage"))
-                .set("Authorization", &bearer)
-                .send_json(serde_json::json!({ "capacity": capacity })),
-        };
+        let sent = agent
+            .request(method, &format!("{base}{path}"))
+            .set(crate::SIGNATURE_HEADER, &signature)
+            .set("Content-Type", "application/json")
+            .send_string(&body);
         match sent {
             Ok(_) => Ok(match action {
                 Action::Kill => format!("{name} is stopping without leaving; the others will mark it dead"),

@@ -14,6 +14,7 @@ mod forward;
 mod gateway;
 mod openapi;
 mod pins;
+mod session;
 mod telemetry;
 mod ui;
 
@@ -87,6 +88,8 @@ pub(crate) struct AppState {
     reads: Arc<files::ReadBounds>,
     /// The Pinning Service API's requests and workers.
     pins: Arc<pins::PinService>,
+    /// Dashboard sessions and used forward signatures.
+    sessions: Arc<session::Sessions>,
 }
 
 /// How the API stops the process: the binary watches these tokens.
@@ -190,7 +193,8 @@ pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
     let telemetry = telemetry::Telemetry::start(node.clone(), control.shutdown.clone());
     let reads = Arc::new(files::ReadBounds::new(config.max_reads, config.max_streams));
     let pins = Arc::new(pins::PinService::start(&node, config.fetch_timeout));
-    let state = AppState { node, config: Arc::new(config), control, telemetry, reads, pins };
+    let sessions = Arc::new(session::Sessions::default());
+    let state = AppState { node, config: Arc::new(config), control, telemetry, reads, pins, sessions };
     let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
     let admin = Router::new()
         // Uploads are streamed and bounded by `max_upload_bytes` (multipart included); other bodies are small.
@@ -242,11 +246,13 @@ const SMALL_BODY: usize = 64 << 10;
 pub(crate) enum Auth {
     /// `Authorization: Bearer`: a script or the CLI; browsers never add it on their own, so no CSRF check.
     Bearer,
-    /// The dashboard's cookie: browsers send it by themselves, so the request must also prove it is same-site.
+    /// The dashboard's session cookie: browsers send it by themselves, so the request must also prove it is
+    /// same-site.
     Cookie,
 }
 
-/// The admin token a request carries (bearer first, then the `xnode_token` cookie).
+/// The credential a request carries: the bearer token first, else the dashboard's session id (`xnode_session`
+/// cookie; never the token itself).
 pub(crate) fn presented_token(headers: &HeaderMap) -> Option<(Auth, String)> {
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -262,17 +268,6 @@ pub(crate) fn presented_token(headers: &HeaderMap) -> Option<(Auth, String)> {
             .find_map(|kv| kv.trim().strip_prefix(&format!("{TOKEN_COOKIE}=")).map(cookie_decode))
             .map(|t| (Auth::Cookie, t))
     })
-}
-
-/// Percent-encodes a token for a cookie value (tokens may hold `;`, spaces or non-ASCII).
-pub(crate) fn cookie_encode(token: &str) -> String {
-    token
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn cookie_decode(value: &str) -> String {
@@ -295,8 +290,9 @@ fn cookie_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The dashboard keeps the admin token in this cookie (HttpOnly, SameSite=Strict).
-pub(crate) const TOKEN_COOKIE: &str = "xnode_token";
+/// The dashboard keeps its session id in this cookie (HttpOnly, SameSite=Strict); the token never leaves the
+/// sign-in form.
+pub(crate) const TOKEN_COOKIE: &str = "xnode_session";
 
 /// Refuses a browser request made by another site: `Sec-Fetch-Site` must be same-origin (or absent, from
 /// non-browser clients) and `Origin`, when sent, must name this host.
@@ -347,12 +343,16 @@ pub(crate) fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<Auth, A
             });
         }
     }
-    if !constant_time_eq(token.as_bytes(), app.config.admin_token.as_bytes()) {
-        return Err(ApiError {
-            retry_after: None,
-            status: StatusCode::UNAUTHORIZED,
-            message: "wrong admin token; use the node's XNODE_ADMIN_TOKEN".into(),
-        });
+    let accepted = match auth {
+        Auth::Bearer => constant_time_eq(token.as_bytes(), app.config.admin_token.as_bytes()),
+        Auth::Cookie => app.sessions.valid(&token),
+    };
+    if !accepted {
+        let message = match auth {
+            Auth::Bearer => "wrong admin token; use the node's XNODE_ADMIN_TOKEN",
+            Auth::Cookie => "the dashboard session expired or was signed out; sign in again",
+        };
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, message));
     }
     Ok(auth)
 }
@@ -370,10 +370,35 @@ pub(crate) async fn auth() -> StatusCode {
 }
 
 async fn require_admin(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if request.headers().contains_key(SIGNATURE_HEADER) {
+        return match check_signed(&app, request).await {
+            Ok(request) => next.run(request).await,
+            Err(e) => e.into_response(),
+        };
+    }
     match check_admin(&app, request.headers()) {
         Ok(_) => next.run(request).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// An admin action another member forwarded for its dashboard: an HMAC under the shared admin token of the
+/// method, path, this node's name, the time and the body (`session::sign`), never the token.
+pub(crate) const SIGNATURE_HEADER: &str = "x-xnode-signature";
+
+/// Checks a forwarded action's signature, reading its (small) body to do so, and hands the request on.
+async fn check_signed(app: &AppState, request: Request) -> Result<Request, ApiError> {
+    let (parts, body) = request.into_parts();
+    let header = parts.headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let body = axum::body::to_bytes(body, SMALL_BODY)
+        .await
+        .map_err(|_| ApiError::bad_request(format!("a signed action's body must be under {SMALL_BODY} bytes")))?;
+    let signed =
+        session::Signed { method: parts.method.as_str(), path: parts.uri.path(), target: app.node.name(), body: &body };
+    app.sessions
+        .verify(&app.config.admin_token, &header, &signed)
+        .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, format!("forwarded action refused: {why}")))?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(body)))
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets in-flight requests finish.
@@ -558,12 +583,12 @@ pub(crate) async fn kill_node(State(app): State<AppState>) -> (StatusCode, Json<
 }
 
 /// The most CIDs a block listing returns.
-pub(crate) const MAX_LIMIT: usize = 10_000;
+pub(crate) const MAX_LIMIT: usize = 1_000_000;
 
 /// `?limit=N` on block listings.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub(crate) struct Limit {
-    /// How many CIDs to list at most (default 100, at most 10000).
+    /// How many CIDs to list at most (default 100, at most 1000000).
     limit: Option<usize>,
     /// List held CIDs after this one (in the order listed), to page through more than `limit`.
     after: Option<String>,

@@ -2,8 +2,9 @@
 //! htmx and its SSE extension served from the binary (vendored by `scripts/vendor-htmx.sh`, so it works offline).
 //!
 //! Handlers read the node and render one view struct per fragment; actions reuse the API's own handlers (and
-//! [`crate::forward`] for other members). The admin token lives in an HttpOnly, SameSite=Strict cookie, and every
-//! state-changing request must prove it comes from this page (see [`crate::check_admin`]).
+//! [`crate::forward`] for other members). Signing in opens a session whose random id (never the token) lives in an
+//! HttpOnly, SameSite=Strict cookie, and every state-changing request must prove it comes from this page (see
+//! [`crate::check_admin`]).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -31,9 +32,6 @@ const HTMX: &[u8] = include_bytes!("../assets/htmx-2.min.js");
 const HTMX_SSE: &[u8] = include_bytes!("../assets/hx-sse-2.min.js");
 const PROVENANCE: &str = include_str!("../assets/PROVENANCE");
 const CSS: &str = include_str!("../../../templates/xnode.css");
-
-/// How long the sign-in cookie lasts: 30 days.
-const COOKIE_MAX_AGE: u64 = 30 * 24 * 3600;
 
 /// The dashboard's routes.
 pub(crate) fn routes(state: AppState, upload_limit: usize) -> Router<AppState> {
@@ -84,8 +82,10 @@ fn render(t: &impl Template) -> String {
 }
 
 fn signed_in(app: &AppState, headers: &HeaderMap) -> bool {
-    crate::presented_token(headers)
-        .is_some_and(|(_, t)| constant_time_eq(t.as_bytes(), app.config.admin_token.as_bytes()))
+    crate::presented_token(headers).is_some_and(|(auth, t)| match auth {
+        crate::Auth::Bearer => constant_time_eq(t.as_bytes(), app.config.admin_token.as_bytes()),
+        crate::Auth::Cookie => app.sessions.valid(&t),
+    })
 }
 
 #[derive(Template)]
@@ -437,7 +437,8 @@ fn flash_error(e: ApiError) -> Response {
     (e.status(), Html(render(&Flash { kind: "error", text: e.message() }))).into_response()
 }
 
-/// The admin token to forward, once [`check_admin`] accepted the request (cookie requests must carry the
+/// The admin token to sign forwarded actions with (it never leaves this node), once [`check_admin`] accepted the
+/// request (cookie requests must carry the
 /// page's `X-Xnode-Csrf` or htmx's `HX-Request` header, which a cross-site form cannot add).
 fn ui_admin(app: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     check_admin(app, headers)?;
@@ -449,7 +450,8 @@ struct Login {
     token: String,
 }
 
-/// Checks the token and keeps it in an HttpOnly, SameSite=Strict cookie; the page reloads once to show the
+/// Checks the token and opens a session (its random id in an HttpOnly, SameSite=Strict cookie, expiring after
+/// `SESSION_TTL`); the page reloads once to show the
 /// admin controls.
 async fn login(State(app): State<AppState>, headers: HeaderMap, Form(login): Form<Login>) -> Response {
     if let Err(e) = check_same_origin(&headers) {
@@ -462,9 +464,11 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, Form(login): For
             "wrong admin token; use the node's XNODE_ADMIN_TOKEN (logged once at start when unset)",
         ));
     }
+    // The cookie holds a random session id that expires and that signing out revokes, never the token.
     let cookie = format!(
-        "{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={COOKIE_MAX_AGE}",
-        crate::cookie_encode(token)
+        "{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        app.sessions.create(),
+        crate::session::SESSION_TTL.as_secs()
     );
     let mut response = flash_ok("signed in");
     let h = response.headers_mut();
@@ -473,9 +477,12 @@ async fn login(State(app): State<AppState>, headers: HeaderMap, Form(login): For
     response
 }
 
-async fn logout(headers: HeaderMap) -> Response {
+async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(e) = check_same_origin(&headers) {
         return flash_error(e);
+    }
+    if let Some((crate::Auth::Cookie, id)) = crate::presented_token(&headers) {
+        app.sessions.revoke(&id);
     }
     let mut response = flash_ok("signed out");
     let h = response.headers_mut();

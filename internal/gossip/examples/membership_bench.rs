@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! cargo run --release -p xnode-gossip --example membership_bench -- --nodes 10 [--kills 10] \
-//!     [--soak-secs 60] [--loss 0.05] [--interval-ms 150] [--phi 16] [--full-meta true]
+//!     [--soak-secs 60] [--loss 0.05] [--interval-ms 150] [--phi 16] [--full-meta true] [--secret 1]
 //! ```
+//!
+//! `--secret 1` seals gossip with a cluster secret (XChaCha20-Poly1305), as `XNODE_CLUSTER_SECRET` does.
 //!
 //! All nodes run in this process, each with its own UDP socket on 127.0.0.1; loss is injected on receive.
 //! `--full-meta true` gives every node the metadata a running node publishes (peer id, addresses, API URL,
@@ -28,6 +30,7 @@ struct Args {
     interval_ms: u64,
     phi: f64,
     full_meta: bool,
+    secret: bool,
 }
 
 fn parse<T: std::str::FromStr>(flag: &str, value: &str) -> T {
@@ -43,6 +46,7 @@ fn parse_args() -> Args {
         interval_ms: 150,
         phi: GossipConfig::new("defaults", "127.0.0.1:0".parse().unwrap()).phi_threshold,
         full_meta: false,
+        secret: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -55,6 +59,7 @@ fn parse_args() -> Args {
             "--interval-ms" => a.interval_ms = parse(&pair[0], value),
             "--phi" => a.phi = parse(&pair[0], value),
             "--full-meta" => a.full_meta = parse(&pair[0], value),
+            "--secret" => a.secret = parse::<u8>(&pair[0], value) == 1,
             other => panic!("unknown flag {other}; see the header of membership_bench.rs"),
         }
     }
@@ -78,6 +83,9 @@ impl Bench {
         c.seeds = seeds.iter().map(ToString::to_string).collect();
         c.gossip_interval = Duration::from_millis(self.args.interval_ms);
         c.phi_threshold = self.args.phi;
+        if self.args.secret {
+            c.keyring = Some(std::sync::Arc::new(xnode_gossip::Keyring::new(&[0x5e; 32])));
+        }
         let meta =
             if self.args.full_meta { full_meta(name, self.next_id) } else { MemberMeta { name, ..Default::default() } };
         Membership::start_on(c, meta, &self.net, CancellationToken::new()).await.expect("start node")

@@ -8,8 +8,9 @@
 //! SHA-256 over a label and the secret) lets a receiver pick the right key during a rotation without trying each;
 //! it reveals only which of a cluster's keys was used.
 //!
-//! Keys rotate without downtime (docs/security.md): every node first accepts the new secret beside the one in
-//! use, then sends with it, then drops the old one. Replay of a captured datagram within the cluster is not
+//! Keys rotate without downtime or restart (docs/security.md), as memberlist's keyring does: every node first
+//! installs the new secret beside the one in use ([`Keyring::set`] with it accepted), then uses it (sends with it,
+//! still accepting the old one), then removes the old one. Replay of a captured datagram within the cluster is not
 //! prevented here: chitchat's state is versioned, so an old delta changes nothing, but see docs/security.md.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -40,8 +41,13 @@ impl Key {
 }
 
 /// The keys a node seals and opens gossip with: one it sends with, and any number it still accepts (the
-/// previous secret during a rotation).
+/// previous or next secret during a rotation). Shared by the gossip socket and whoever rotates keys: changing it
+/// takes effect on the next datagram.
 pub struct Keyring {
+    keys: std::sync::RwLock<Keys>,
+}
+
+struct Keys {
     current: Key,
     accepted: Vec<Key>,
 }
@@ -50,9 +56,10 @@ impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Key ids only: never the key.
         let hex = |id: &[u8; 4]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let keys = self.keys();
         f.debug_struct("Keyring")
-            .field("current", &hex(&self.current.id))
-            .field("accepted", &self.accepted.iter().map(|k| hex(&k.id)).collect::<Vec<_>>())
+            .field("current", &hex(&keys.current.id))
+            .field("accepted", &keys.accepted.iter().map(|k| hex(&k.id)).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -60,16 +67,30 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// A keyring that sends and accepts `secret` only.
     pub fn new(secret: &[u8; 32]) -> Self {
-        Keyring { current: Key::new(secret), accepted: Vec::new() }
+        Keyring { keys: std::sync::RwLock::new(Keys { current: Key::new(secret), accepted: Vec::new() }) }
     }
 
     /// Also accepts datagrams sealed with `secret` (a rotation: the previous key, or the next one).
-    pub fn accepting(mut self, secret: &[u8; 32]) -> Self {
-        let key = Key::new(secret);
-        if key.id != self.current.id {
-            self.accepted.push(key);
+    pub fn accepting(self, secret: &[u8; 32]) -> Self {
+        {
+            let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+            let key = Key::new(secret);
+            if key.id != keys.current.id {
+                keys.accepted.push(key);
+            }
         }
         self
+    }
+
+    /// Replaces the keys: send with `current` from now on, and accept it and every one of `accepted`.
+    pub fn set(&self, current: &[u8; 32], accepted: &[[u8; 32]]) {
+        let current = Key::new(current);
+        let accepted = accepted.iter().map(Key::new).filter(|k| k.id != current.id).collect();
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Keys { current, accepted };
+    }
+
+    fn keys(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Seals `plain` into `out` (cleared first) with the current key.
@@ -78,9 +99,10 @@ impl Keyring {
         rand::thread_rng().fill_bytes(&mut nonce);
         out.clear();
         out.push(VERSION);
-        out.extend_from_slice(&self.current.id);
+        let keys = self.keys();
+        out.extend_from_slice(&keys.current.id);
         out.extend_from_slice(&nonce);
-        let sealed = self
+        let sealed = keys
             .current
             .cipher
             .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad: &out[..HEADER] })
@@ -96,7 +118,8 @@ impl Keyring {
         }
         let (header, rest) = packet.split_at(HEADER);
         let (nonce, sealed) = rest.split_at(NONCE);
-        let key = std::iter::once(&self.current).chain(&self.accepted).find(|k| k.id == header[1..HEADER])?;
+        let keys = self.keys();
+        let key = std::iter::once(&keys.current).chain(&keys.accepted).find(|k| k.id == header[1..HEADER])?;
         key.cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: header }).ok()
     }
 }
@@ -142,5 +165,9 @@ mod tests {
         assert!(Keyring::new(&new).open(&sent).is_some());
         assert!(Keyring::new(&old).open(&sent).is_none(), "sent with the new key");
         assert!(!format!("{rotating:?}").contains("0101"), "Debug shows ids, not keys");
+        // Remove the old key: what it seals is refused from now on.
+        rotating.set(&new, &[]);
+        assert!(rotating.open(&from_old).is_none());
+        assert!(rotating.open(&from_new).is_some());
     }
 }

@@ -237,6 +237,15 @@ mod tests {
     }
 
     #[test]
+    fn names_outside_the_character_set_never_become_members() {
+        let hostile = ["x/../../../api/v1/shutdown?", "<img src=x>", "", "..", "a b", &"n".repeat(64)];
+        let mut incs = vec![inc("me", 1, true), inc("ok-2.b_c", 2, true)];
+        incs.extend(hostile.iter().enumerate().map(|(i, n)| inc(n, 10 + i as u64, true)));
+        let names: Vec<String> = members(&incs, "me", 1).into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["me", "ok-2.b_c"]);
+    }
+
+    #[test]
     fn left_wins_over_dead() {
         let view = members(&[inc("me", 1, true), with(inc("b", 2, false), STATE_KEY, STATE_LEFT)], "me", 1);
         assert_eq!(view[0].name, "b");

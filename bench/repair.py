@@ -198,7 +198,9 @@ def main():
         root = out.stdout.strip()
         t_add = time.monotonic() - t_add
         os.remove(payload)
+        print(f"[progress] add took {t_add:.1f} s", flush=True)
         t_settle = wait_settled(nodes, root, "after the add")
+        print(f"[progress] settled {t_settle:.1f} s after the add", flush=True)
         before = {n.name: n.held() for n in nodes}
         copies = sum(len(h) for h in before.values())
 
@@ -211,6 +213,7 @@ def main():
         idle = {n.name: (cpu_seconds(n.proc.pid) - cpu0[n.name]) / elapsed for n in nodes}
         rss = {n.name: rss_mb(n.proc.pid) for n in nodes}
         used = {n.name: (n.get("/api/v1/storage") or {}).get("used", 0) for n in nodes}
+        print(f"[progress] idle CPU {idle}, RSS MB {rss}, used {used}", flush=True)
 
         # Repair.
         victim = max(nodes, key=lambda n: (n.get("/api/v1/storage") or {}).get("used", 0))
@@ -227,7 +230,9 @@ def main():
                     started[n.name] = time.monotonic() - t_kill
             time.sleep(0.1)
         t_start = max(started.values()) if len(started) == len(nodes) else float("nan")
+        print(f"[progress] repair started on every survivor {t_start:.1f} s after the kill", flush=True)
         t_repair = wait_settled(nodes, root, "after the kill")
+        print(f"[progress] repaired {t_repair:.1f} s after the kill", flush=True)
         after_repair = {n.name: n.held() for n in nodes}
         # Only the victim's leaf copies should move (interior blocks are on every node already).
         everywhere = set.intersection(*before.values())

@@ -36,6 +36,15 @@ impl Compose {
         format!("{}_{service}_1", self.project)
     }
 
+    /// `XNODE_CLUSTER_SECRET=<secret>`: the secret the compose members made on first start (sealed gossip), for
+    /// nodes started beside them that must be members too.
+    fn secret_env(&self) -> String {
+        let out = docker(&["exec", &self.container("xnode-1"), "cat", "/secrets/cluster-secret"]);
+        assert!(out.status.success(), "reading the cluster secret: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        format!("XNODE_CLUSTER_SECRET={}", text.lines().next().unwrap_or_default().trim())
+    }
+
     fn network(&self) -> String {
         format!("{}_default", self.project)
     }
@@ -194,7 +203,9 @@ fn compose_cluster_join_kill_stop_and_late_join() {
         })
     });
 
-    // A second live node claiming a taken name is refused with a message that says what to do.
+    // A second live node claiming a taken name is refused with a message that says what to do. It has the cluster
+    // secret: without it, it would never hear of the cluster, and never of the name's owner.
+    let secret = c.secret_env();
     let dup = docker(&[
         "run",
         "--rm",
@@ -204,6 +215,8 @@ fn compose_cluster_join_kill_stop_and_late_join() {
         "XNODE_NAME=xnode-1",
         "-e",
         "XNODE_KNOWN_PEERS=xnode-1:9090",
+        "-e",
+        &secret,
         "xnode:latest",
     ]);
     let dup_err = String::from_utf8_lossy(&dup.stderr);
@@ -231,7 +244,7 @@ fn compose_cluster_join_kill_stop_and_late_join() {
     let seed_first = format!("{}-seed-first", c.project);
     let late = format!("{}-late", c.project);
     let run = |name: &str, node: &str, peers: &str| {
-        Launch { name, host: Some(node), network: &network, ip: None, peers, env: &[] }.run();
+        Launch { name, host: Some(node), network: &network, ip: None, peers, env: &[secret.as_str()] }.run();
     };
     run(&seed_first, "xnode-5", "xnode-4:9090");
     std::thread::sleep(Duration::from_secs(2));

@@ -47,25 +47,23 @@ fn cluster(n: usize, seed: u64) -> Vec<NodeInfo> {
         .collect()
 }
 
-/// Peak resident memory of this process so far, in MiB (VmHWM).
-fn peak_rss_mib() -> f64 {
+/// A memory figure of this process from /proc/self/status (`VmHWM`: peak resident; `VmRSS`: resident now), MiB.
+fn memory_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+fn peak_rss_mib() -> f64 {
+    memory_mib("VmHWM:")
+}
+
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    memory_mib("VmRSS:")
 }
 
 /// Blocks held by each node of `layout` (in its node order), given blocks per partition.

@@ -186,6 +186,14 @@ impl AllocCore {
         &self.incomplete
     }
 
+    /// How many leaves of our incomplete partitions we do not keep (from the digests' counts, no disk read).
+    pub fn missing(&self) -> u64 {
+        self.incomplete
+            .iter()
+            .map(|&p| self.expected[p as usize].count.saturating_sub(self.held[p as usize].count))
+            .sum()
+    }
+
     /// Partitions not given to us in which we still keep leaves: what to hand off.
     pub fn surplus(&self) -> &BTreeSet<u32> {
         &self.surplus
@@ -387,8 +395,10 @@ mod tests {
         for (name, core) in &cluster.cores {
             assert_eq!(core.incomplete().contains(&p), holders.contains(name), "{name}");
         }
+        let holder = &cluster.cores[&holders[0]];
+        assert_eq!(holder.missing(), 1);
         cluster.fetch_all(&[1]);
-        assert!(cluster.cores.values().all(|c| c.incomplete().is_empty()));
+        assert!(cluster.cores.values().all(|c| c.incomplete().is_empty() && c.missing() == 0));
     }
 
     #[test]

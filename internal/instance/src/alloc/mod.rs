@@ -50,6 +50,8 @@ const LEAF_TIMEOUT: Duration = Duration::from_secs(20);
 const FETCH_CONCURRENCY: usize = 48;
 /// Most leaves fetched in one round, so a change of view is noticed within a few seconds even mid-repair.
 const FETCH_PER_ROUND: usize = 4096;
+/// Most leaves already stored (a read cache, an add) kept in one round.
+const KEEP_PER_ROUND: usize = 65_536;
 /// Most surplus partitions asked about in one round.
 const HANDOFF_PER_ROUND: usize = 8192;
 /// Most partitions or blocks in one question to a member (the holdings protocol's bound).
@@ -183,6 +185,8 @@ struct Allocator {
     /// Members' shares found incomplete by the last health sweep: member -> partitions.
     incomplete_members: BTreeMap<String, BTreeSet<u32>>,
     last_health: Option<Instant>,
+    /// The partition the next fetch scan starts from.
+    fetch_cursor: u32,
     /// How long the last health sweep took.
     last_sweep_took: Duration,
     /// Something that health depends on changed since the last sweep.
@@ -261,6 +265,7 @@ impl Allocator {
             incomplete_members: BTreeMap::new(),
             last_health: None,
             last_sweep_took: Duration::ZERO,
+            fetch_cursor: 0,
             health_dirty: true,
             report: Report::default(),
         })
@@ -511,14 +516,21 @@ impl Allocator {
         if self.core.incomplete().is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let partitions: Vec<u32> = self.core.incomplete().iter().copied().collect();
+        // From where the last round stopped, so partitions whose blocks cannot be fetched now do not starve the rest.
+        let cursor = self.fetch_cursor;
+        let partitions: Vec<u32> =
+            self.core.incomplete().range(cursor..).chain(self.core.incomplete().range(..cursor)).copied().collect();
         let index = self.index.clone();
         let store = node.repo().store().clone();
-        // Per partition: leaves stored but not kept yet (a read cache, an add), and leaves to fetch (at most a round's
-        // worth listed, the rest only counted, so memory does not grow with the share).
-        let (present, absent, absent_count) = blocking(move || -> Result<_, InstanceError> {
-            let (mut present, mut absent, mut absent_count) = (Vec::new(), Vec::new(), 0u64);
-            for p in partitions {
+        // Per partition: leaves stored but not kept yet (a read cache, an add), and leaves to fetch. The scan stops
+        // once a round's worth is found: a round's disk work follows what it fetches, not the size of the share.
+        let (present, absent, scanned_all, next) = blocking(move || -> Result<_, InstanceError> {
+            let (mut present, mut absent) = (Vec::new(), Vec::new());
+            for &p in &partitions {
+                if absent.len() >= FETCH_PER_ROUND || present.len() >= KEEP_PER_ROUND {
+                    store.keep(&present)?;
+                    return Ok((present, absent, false, p));
+                }
                 for (cid, size) in index.leaves_in(p).map_err(index_error)? {
                     if store.is_kept(&cid)? {
                         continue;
@@ -526,21 +538,19 @@ impl Allocator {
                     if store.has(&cid)? {
                         present.push(cid);
                     } else {
-                        absent_count += 1;
-                        if absent.len() < FETCH_PER_ROUND {
-                            absent.push((cid, size));
-                        }
+                        absent.push((cid, size));
                     }
                 }
             }
             store.keep(&present)?;
-            Ok((present, absent, absent_count))
+            Ok((present, absent, true, 0))
         })
         .await?;
+        self.fetch_cursor = next;
         for cid in &present {
             self.kept(cid);
         }
-        if absent.is_empty() {
+        if absent.is_empty() && scanned_all {
             // Every listed leaf is kept, yet some partition is not complete: our digests drifted from the store
             // (a crash between a keep and its record). Recount those partitions from the index and the store.
             self.recount_incomplete(node).await?;
@@ -550,11 +560,10 @@ impl Allocator {
         for cid in &fetched {
             self.kept(cid);
         }
-        let fetched_now = fetched.len() as u64;
         let fetched: HashSet<Cid> = fetched.into_iter().collect();
         let missing: Vec<Cid> =
             absent.iter().map(|(c, _)| *c).filter(|c| !fetched.contains(c)).take(WANTED_LISTED).collect();
-        Ok((missing, absent_count - fetched_now))
+        Ok((missing, self.core.missing()))
     }
 
     async fn recount_incomplete(&mut self, node: &Arc<Node>) -> Result<(), InstanceError> {

@@ -10,8 +10,9 @@ use super::core::SetDigest;
 use crate::node::Node;
 use crate::InstanceError;
 
-/// How long a member has to answer (the protocol's own timeout is longer; the loop must not wait on one member).
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a member has to answer: its answer is a memory lookup, so a member silent this long is likely dead,
+/// and the loop must not wait on it (a round stuck here delays noticing a new view).
+const ASK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn unanswered(peer: PeerId) -> InstanceError {
     InstanceError::P2p(xnode_p2p::P2pError::Dial { peer, reason: format!("no answer within {ASK_TIMEOUT:?}") })

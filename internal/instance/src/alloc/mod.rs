@@ -802,8 +802,12 @@ impl Allocator {
             for (_, cid, root) in &pairs {
                 let n = copies.get(cid).copied().unwrap_or(0);
                 let entry = per_file.entry(*root).or_default();
-                if n == 0 {
+                // Missing only when every live member answered that it does not have it: a member that did not
+                // answer may hold it, so the block is then counted under-replicated, not missing.
+                if n == 0 && unreachable.is_empty() {
                     entry.1 += 1;
+                } else if n == 0 {
+                    entry.0 += 1;
                 } else if n < rf {
                     entry.0 += 1;
                 }

@@ -806,8 +806,6 @@ impl Allocator {
                 // answer may hold it, so the block is then counted under-replicated, not missing.
                 if n == 0 && unreachable.is_empty() {
                     entry.1 += 1;
-                } else if n == 0 {
-                    entry.0 += 1;
                 } else if n < rf {
                     entry.0 += 1;
                 }

@@ -214,17 +214,6 @@ impl AllocCore {
         self.held[partition as usize]
     }
 
-    /// The combined digest of what we keep in every partition whose bit is set in `bitmap` (bit `p % 8` of byte
-    /// `p / 8`): what a peer asks to check a whole share in one answer.
-    pub fn held_summary(&self, bitmap: &[u8]) -> SetDigest {
-        summary(&self.held, bitmap)
-    }
-
-    /// The combined digest of the catalog's leaves over the partitions set in `bitmap`.
-    pub fn expected_summary(&self, bitmap: &[u8]) -> SetDigest {
-        summary(&self.expected, bitmap)
-    }
-
     /// The combined digest of the catalog's leaves over `partitions`.
     pub fn expected_over(&self, partitions: &[u32]) -> SetDigest {
         let mut out = SetDigest::default();
@@ -270,22 +259,6 @@ impl AllocCore {
         shown.insert(holder.to_string());
         layout.holder_count(partition) >= self.replication && layout.holders(partition).all(|h| shown.contains(h))
     }
-}
-
-fn summary(digests: &[SetDigest], bitmap: &[u8]) -> SetDigest {
-    let mut out = SetDigest::default();
-    for (byte_at, &byte) in bitmap.iter().enumerate() {
-        if byte == 0 {
-            continue;
-        }
-        for bit in 0..8 {
-            let p = byte_at * 8 + bit;
-            if byte >> bit & 1 == 1 && p < digests.len() {
-                out.add(&digests[p]);
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

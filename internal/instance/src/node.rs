@@ -165,6 +165,9 @@ pub struct Node {
     replication: usize,
     /// Bumped whenever the catalog grows.
     catalog_version: tokio::sync::watch::Sender<u64>,
+    /// Copies this node no longer has though the allocation task counts them (found corrupt and dropped by a scrub
+    /// or a read): the task drains this at once and fetches them again. See [`Node::copy_lost`].
+    lost: tokio::sync::mpsc::UnboundedSender<cid::Cid>,
 }
 
 impl std::fmt::Debug for Node {
@@ -217,6 +220,7 @@ impl Node {
             share: String::new(),
         };
         let starts_alone = config.gossip.seeds.is_empty();
+        let (lost, lost_rx) = tokio::sync::mpsc::unbounded_channel();
         // Membership gets its own token: it must outlive `shutdown` long enough to announce the leave in `stop`.
         let membership = Membership::start(config.gossip, meta.clone(), CancellationToken::new()).await?;
         let node = Arc::new(Node {
@@ -235,9 +239,10 @@ impl Node {
             key,
             replication: config.replication.max(1),
             catalog_version: tokio::sync::watch::Sender::new(0),
+            lost,
         });
         let alloc_config = crate::alloc::AllocConfig { replication: node.replication, partitions: config.partitions };
-        tokio::spawn(crate::alloc::run(Arc::downgrade(&node), alloc_config, held, node.stop.clone()));
+        tokio::spawn(crate::alloc::run(Arc::downgrade(&node), alloc_config, held, lost_rx, node.stop.clone()));
         if let Some(dir) = config.watch_dir.clone() {
             tokio::spawn(crate::watch::run(Arc::downgrade(&node), dir, WATCH_INTERVAL, node.stop.clone()));
         }
@@ -254,6 +259,12 @@ impl Node {
 
     fn view(&self) -> Vec<Member> {
         self.membership.read().expect("not poisoned").as_ref().map(Membership::members).unwrap_or_default()
+    }
+
+    /// A receiver of the membership view that changes whenever a member's state or metadata does (`None` once the
+    /// node has left the cluster).
+    pub(crate) fn members_watch(&self) -> Option<tokio::sync::watch::Receiver<Arc<Vec<Member>>>> {
+        self.membership.read().expect("not poisoned").as_ref().map(Membership::watch)
     }
 
     /// The local store.
@@ -384,6 +395,15 @@ impl Node {
         // sled's flush is an fsync: never under the catalog lock, never on the async threads.
         let tree = self.catalog.lock().expect("not poisoned").flush_handle();
         let _ = tokio::task::spawn_blocking(move || tree.flush()).await;
+    }
+
+    /// Tells the allocation task that this node's copy of `cid` is gone (it was found corrupt and removed from the
+    /// store): the task stops counting it as held, so the partition is incomplete again and the block is fetched
+    /// from a member that holds a good copy, and health shows the missing copy until then. Call it once per copy, and
+    /// only for a block the store kept (not a read-cache copy) and has now removed.
+    pub fn copy_lost(&self, cid: cid::Cid) {
+        // The task is gone only when the node stops; nothing is left to repair then.
+        let _ = self.lost.send(cid);
     }
 
     pub(crate) fn set_report(&self, report: crate::alloc::Report) {

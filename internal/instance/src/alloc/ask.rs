@@ -18,23 +18,51 @@ fn unanswered(peer: PeerId) -> InstanceError {
     InstanceError::P2p(xnode_p2p::P2pError::Dial { peer, reason: format!("no answer within {ASK_TIMEOUT:?}") })
 }
 
+/// Runs `question` to `peer` until it answers, `ASK_TIMEOUT` passes, or membership stops listing `peer` as a live
+/// member: a question to a member that has just died must not hold the round (and with it the new layout) for the
+/// rest of the timeout.
+async fn ask<T>(
+    node: &Arc<Node>,
+    peer: PeerId,
+    question: impl std::future::Future<Output = Result<T, xnode_p2p::P2pError>>,
+) -> Result<T, InstanceError> {
+    let gone = async {
+        let Some(mut members) = node.members_watch() else { return };
+        let id = peer.to_string();
+        loop {
+            let alive = members
+                .borrow_and_update()
+                .iter()
+                .any(|m| m.state == xnode_gossip::MemberState::Alive && m.meta.peer_id == id);
+            if !alive || members.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        answer = tokio::time::timeout(ASK_TIMEOUT, question) => Ok(answer.map_err(|_| unanswered(peer))??),
+        () = gone => Err(InstanceError::P2p(xnode_p2p::P2pError::Dial {
+            peer,
+            reason: "no longer a live member".into(),
+        })),
+    }
+}
+
 /// The digest of what `peer` keeps in each of `partitions`.
 pub(super) async fn digests(
     node: &Arc<Node>,
     peer: PeerId,
     partitions: Vec<u32>,
 ) -> Result<Vec<SetDigest>, InstanceError> {
-    Ok(tokio::time::timeout(ASK_TIMEOUT, node.net().digests(peer, partitions))
-        .await
-        .map_err(|_| unanswered(peer))??)
+    ask(node, peer, node.net().digests(peer, partitions)).await
 }
 
 /// The combined digest of what `peer` keeps in the partitions of `bitmap`.
 pub(super) async fn summary(node: &Arc<Node>, peer: PeerId, bitmap: Vec<u8>) -> Result<SetDigest, InstanceError> {
-    Ok(tokio::time::timeout(ASK_TIMEOUT, node.net().summary(peer, bitmap)).await.map_err(|_| unanswered(peer))??)
+    ask(node, peer, node.net().summary(peer, bitmap)).await
 }
 
 /// Whether `peer` stores each of `cids`.
 pub(super) async fn have(node: &Arc<Node>, peer: PeerId, cids: Vec<Cid>) -> Result<Vec<bool>, InstanceError> {
-    Ok(tokio::time::timeout(ASK_TIMEOUT, node.net().have(peer, cids)).await.map_err(|_| unanswered(peer))??)
+    ask(node, peer, node.net().have(peer, cids)).await
 }

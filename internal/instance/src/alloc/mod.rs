@@ -191,6 +191,8 @@ struct Allocator {
     last_sweep_took: Duration,
     /// Something that health depends on changed since the last sweep.
     health_dirty: bool,
+    /// The view the current layout was computed from.
+    view_key: ViewKey,
     report: Report,
 }
 
@@ -199,6 +201,7 @@ pub(crate) async fn run(
     node: std::sync::Weak<Node>,
     config: AllocConfig,
     held: Arc<HeldDigests>,
+    mut lost: tokio::sync::mpsc::UnboundedReceiver<Cid>,
     stop: CancellationToken,
 ) {
     let Some(first) = node.upgrade() else { return };
@@ -209,11 +212,20 @@ pub(crate) async fn run(
             return;
         }
     };
+    let mut members = first.members_watch();
     drop(first);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(ROUND) => {}
+            // A death, a join or a resize starts a round at once rather than at the next tick: repair must not wait.
+            () = view_changed(&mut members, &alloc.view_key) => {}
+            Some(cid) = lost.recv() => {
+                alloc.lost(&cid);
+                while let Ok(cid) = lost.try_recv() {
+                    alloc.lost(&cid);
+                }
+            }
         }
         let Some(node) = node.upgrade() else { return };
         if let Err(e) = alloc.round(&node).await {
@@ -221,6 +233,33 @@ pub(crate) async fn run(
         }
         node.set_report(alloc.report.clone());
         node.publish_meta().await;
+    }
+}
+
+/// What the layout depends on in a membership view: names, whether alive, capacities.
+type ViewKey = Vec<(String, bool, u64)>;
+
+fn view_key(members: &[Member]) -> ViewKey {
+    let mut key: ViewKey =
+        members.iter().map(|m| (m.name.clone(), m.state == MemberState::Alive, m.meta.capacity)).collect();
+    key.sort();
+    key
+}
+
+/// Resolves when the membership view differs from `last` in what the layout depends on (metadata the members
+/// republish every round does not count). Never resolves once the node has left.
+async fn view_changed(
+    members: &mut Option<tokio::sync::watch::Receiver<Arc<Vec<Member>>>>,
+    last: &ViewKey,
+) {
+    let Some(rx) = members else { return std::future::pending().await };
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if view_key(&rx.borrow_and_update()) != *last {
+            return;
+        }
     }
 }
 
@@ -267,6 +306,7 @@ impl Allocator {
             last_sweep_took: Duration::ZERO,
             fetch_cursor: 0,
             health_dirty: true,
+            view_key: ViewKey::new(),
             report: Report::default(),
         })
     }
@@ -285,28 +325,27 @@ impl Allocator {
         self.held.set(p, self.core.held(p));
     }
 
+    /// A copy this node counted is gone (found corrupt): count it as not held, if it is a leaf we kept, so its
+    /// partition is fetched again; and let health look again.
+    fn lost(&mut self, cid: &Cid) {
+        if self.index.is_leaf(cid).unwrap_or(false) {
+            self.released(cid);
+        }
+        self.health_dirty = true;
+    }
+
     async fn round(&mut self, node: &Arc<Node>) -> Result<(), InstanceError> {
         let members = node.members();
         let alive: Vec<&Member> = members.iter().filter(|m| m.state == MemberState::Alive).collect();
+        self.view_key = view_key(&members);
         if !node.joined() && !node.starts_alone() {
             self.report.phase = Some(Phase::LookingForPeers);
             return Ok(());
         }
 
-        // 1. The catalog.
-        let synced = sync_catalog(node, &alive).await;
-        publish_pins(node).await?;
-
-        // 2. Index what the catalog added and removed, if it changed.
-        let version = *node.catalog_changes().borrow();
-        if self.indexed_version != Some(version) || !self.unwalked.is_empty() {
-            self.index_catalog(node).await?;
-            self.indexed_version = Some(version);
-            self.health_dirty = true;
-        }
-
-        // 3. The view. Members that died or left stay in it, marked departed, until membership forgets them: their
-        //    partitions go to the next node of each ranking and nothing else moves (docs/placement.md).
+        // 1. The view, first: a new layout is what repair waits on. Members that died or left stay in it, marked
+        //    departed, until membership forgets them: their partitions go to the next node of each ranking and
+        //    nothing else moves (docs/placement.md).
         let departed: Vec<&str> = members
             .iter()
             .filter(|m| m.state != MemberState::Alive && !alive.iter().any(|a| a.name == m.name))
@@ -333,6 +372,21 @@ impl Allocator {
                 self.shares = layout.nodes().iter().cloned().zip(by_node).collect();
             }
             self.incomplete_members.clear();
+            self.health_dirty = true;
+            self.report_layout(node.name());
+            // Show the new share now: the rest of the round may take a while.
+            node.set_report(self.report.clone());
+        }
+
+        // 2. The catalog.
+        let synced = sync_catalog(node, &alive).await;
+        publish_pins(node).await?;
+
+        // 3. Index what the catalog added and removed, if it changed.
+        let version = *node.catalog_changes().borrow();
+        if self.indexed_version != Some(version) || !self.unwalked.is_empty() {
+            self.index_catalog(node).await?;
+            self.indexed_version = Some(version);
             self.health_dirty = true;
         }
 
@@ -370,15 +424,20 @@ impl Allocator {
         self.report.wanted_count = missing_count;
         self.report.wanted = missing;
         self.report.under_replicated = missing_count;
-        self.report.partitions_surplus = self.core.surplus().len() as u64;
+        self.report_layout(node.name());
+        Ok(())
+    }
+
+    /// Puts this node's share of the current layout in the report.
+    fn report_layout(&mut self, me: &str) {
         if let Some(layout) = self.core.layout() {
             let mine = layout
-                .index_of(node.name())
+                .index_of(me)
                 .map_or(0, |i| (0..layout.partitions()).filter(|&p| layout.holds(i, p)).count() as u64);
             self.report.partitions_mine = mine;
             self.report.partitions_complete = mine - self.core.incomplete().len() as u64;
         }
-        Ok(())
+        self.report.partitions_surplus = self.core.surplus().len() as u64;
     }
 
     /// Indexes catalog files not indexed yet and unindexes removed ones; keeps the blocks of files this node added

@@ -56,6 +56,13 @@ pub struct AllocCore {
     surplus: BTreeSet<u32>,
     /// Per surplus partition: the holders that showed they keep `expected` of it.
     evidence: BTreeMap<u32, BTreeSet<String>>,
+    /// What we keep in our share, kept up to date leaf by leaf (it is gossiped every round; summing tens of
+    /// thousands of partitions each time was most of an idle node's work).
+    held_share: SetDigest,
+    /// How many partitions are ours.
+    mine_count: u64,
+    /// Bumped whenever a partition's catalog digest changes, so derived sums can be cached.
+    expected_version: u64,
 }
 
 impl AllocCore {
@@ -80,6 +87,9 @@ impl AllocCore {
             incomplete: BTreeSet::new(),
             surplus: BTreeSet::new(),
             evidence: BTreeMap::new(),
+            held_share: SetDigest::default(),
+            mine_count: 0,
+            expected_version: 0,
         })
     }
 
@@ -124,6 +134,16 @@ impl AllocCore {
             }
             self.mine[p as usize] = now;
         }
+        if !change.gained.is_empty() || !change.lost.is_empty() {
+            let mut share = SetDigest::default();
+            let mut count = 0;
+            for (i, _) in self.mine.iter().enumerate().filter(|(_, &m)| m) {
+                share.add(&self.held[i]);
+                count += 1;
+            }
+            self.held_share = share;
+            self.mine_count = count;
+        }
         self.inputs = inputs;
         self.layout = Some(layout);
         // Evidence was given under the old layout: the holders may have changed.
@@ -137,6 +157,7 @@ impl AllocCore {
     /// A leaf the catalog did not list before (in any file) now is.
     pub fn leaf_listed(&mut self, partition: u32, digest: &SetDigest) {
         self.expected[partition as usize].add(digest);
+        self.expected_version += 1;
         self.evidence.remove(&partition);
         self.classify(partition);
     }
@@ -144,6 +165,7 @@ impl AllocCore {
     /// A leaf no catalog file lists any more.
     pub fn leaf_unlisted(&mut self, partition: u32, digest: &SetDigest) {
         self.expected[partition as usize].remove(digest);
+        self.expected_version += 1;
         self.evidence.remove(&partition);
         self.classify(partition);
     }
@@ -151,18 +173,25 @@ impl AllocCore {
     /// This node now keeps a leaf (fetched, or kept from an add).
     pub fn kept(&mut self, partition: u32, digest: &SetDigest) {
         self.held[partition as usize].add(digest);
+        if self.mine[partition as usize] {
+            self.held_share.add(digest);
+        }
         self.classify(partition);
     }
 
     /// This node released a leaf.
     pub fn released(&mut self, partition: u32, digest: &SetDigest) {
         self.held[partition as usize].remove(digest);
+        if self.mine[partition as usize] {
+            self.held_share.remove(digest);
+        }
         self.classify(partition);
     }
 
     /// Sets the catalog digest of a partition as loaded from disk at start.
     pub fn load_expected(&mut self, partition: u32, digest: SetDigest) {
         self.expected[partition as usize] = digest;
+        self.expected_version += 1;
         self.classify(partition);
     }
 
@@ -179,6 +208,21 @@ impl AllocCore {
             self.surplus.remove(&p);
             self.evidence.remove(&p);
         }
+    }
+
+    /// What we keep in the partitions the layout gives us (what members gossip as their `share`).
+    pub fn held_share(&self) -> SetDigest {
+        self.held_share
+    }
+
+    /// How many partitions the layout gives us.
+    pub fn mine_count(&self) -> u64 {
+        self.mine_count
+    }
+
+    /// A number that changes whenever any partition's catalog digest does.
+    pub fn expected_version(&self) -> u64 {
+        self.expected_version
     }
 
     /// Partitions given to us whose leaves we do not all keep: what to fetch, in order.
@@ -355,6 +399,44 @@ mod tests {
         assert!(core.incomplete().is_empty() && core.surplus().is_empty());
         let again = core.set_view(&view(&["c", "b", "a"]), &[]).unwrap();
         assert_eq!(again, ViewChange::default());
+    }
+
+    #[test]
+    fn the_gossiped_share_follows_keeps_releases_and_view_changes() {
+        // Independently: the share is the XOR of the hashes of the leaves we keep in partitions the layout gives us.
+        let share_of = |core: &AllocCore, kept: &[u32]| {
+            let mut xor = [0u8; 32];
+            let mut count = 0;
+            for &b in kept {
+                let c = cid(b);
+                if core.is_mine(core.partition_of(&c)) {
+                    let h: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), &c))
+                        .into();
+                    xor.iter_mut().zip(h).for_each(|(a, b)| *a ^= b);
+                    count += 1;
+                }
+            }
+            SetDigest { count, xor }
+        };
+        let mut core = AllocCore::new("a", PARTS, 1).unwrap();
+        core.set_view(&view(&["a", "b"]), &[]).unwrap();
+        let blocks: Vec<u32> = (0..200).collect();
+        for &b in &blocks {
+            let c = cid(b);
+            core.kept(core.partition_of(&c), &SetDigest::of_cid_bytes(&c));
+        }
+        assert_eq!(core.held_share(), share_of(&core, &blocks));
+        assert!(core.held_share().count > 0 && core.held_share().count < 200);
+        for &b in &blocks[..50] {
+            let c = cid(b);
+            core.released(core.partition_of(&c), &SetDigest::of_cid_bytes(&c));
+        }
+        assert_eq!(core.held_share(), share_of(&core, &blocks[50..]));
+        // b leaves: every partition is ours, and the share is everything we keep.
+        core.set_view(&view(&["a", "b"]), &["b"]).unwrap();
+        assert_eq!(core.mine_count(), u64::from(PARTS));
+        assert_eq!(core.held_share(), share_of(&core, &blocks[50..]));
+        assert_eq!(core.held_share().count, 150);
     }
 
     #[test]

@@ -182,6 +182,9 @@ struct Allocator {
     unwalked: BTreeSet<Cid>,
     /// Every node's share under the current layout, in the layout's node order (computed once per layout).
     shares: Vec<(String, Vec<u32>)>,
+    /// What the catalog expects in each of `shares`, as of a catalog digest version (recomputed only when the
+    /// catalog or the layout changed, not every sweep).
+    expected_shares: Option<(u64, Vec<SetDigest>)>,
     /// Members' shares found incomplete by the last health sweep: member -> partitions.
     incomplete_members: BTreeMap<String, BTreeSet<u32>>,
     last_health: Option<Instant>,
@@ -301,6 +304,7 @@ impl Allocator {
             indexed_version: None,
             unwalked: BTreeSet::new(),
             shares: Vec::new(),
+            expected_shares: None,
             incomplete_members: BTreeMap::new(),
             last_health: None,
             last_sweep_took: Duration::ZERO,
@@ -371,9 +375,10 @@ impl Allocator {
                 let by_node = layout.partitions_by_node();
                 self.shares = layout.nodes().iter().cloned().zip(by_node).collect();
             }
+            self.expected_shares = None;
             self.incomplete_members.clear();
             self.health_dirty = true;
-            self.report_layout(node.name());
+            self.report_layout();
             // Show the new share now: the rest of the round may take a while.
             node.set_report(self.report.clone());
         }
@@ -424,18 +429,17 @@ impl Allocator {
         self.report.wanted_count = missing_count;
         self.report.wanted = missing;
         self.report.under_replicated = missing_count;
-        self.report_layout(node.name());
+        self.report_layout();
         Ok(())
     }
 
     /// Puts this node's share of the current layout in the report.
-    fn report_layout(&mut self, me: &str) {
-        if let Some(layout) = self.core.layout() {
-            let mine = layout
-                .index_of(me)
-                .map_or(0, |i| (0..layout.partitions()).filter(|&p| layout.holds(i, p)).count() as u64);
+    fn report_layout(&mut self) {
+        if self.core.layout().is_some() {
+            let mine = self.core.mine_count();
             self.report.partitions_mine = mine;
             self.report.partitions_complete = mine - self.core.incomplete().len() as u64;
+            self.report.share = self.core.held_share().to_gossip();
         }
         self.report.partitions_surplus = self.core.surplus().len() as u64;
     }
@@ -718,7 +722,13 @@ impl Allocator {
         // declared dead) would otherwise cost a timeout per question.
         let mut unreachable: HashSet<String> = HashSet::new();
         let mut incomplete: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
-        for (name, mine) in &self.shares {
+        let version = self.core.expected_version();
+        if self.expected_shares.as_ref().is_none_or(|(v, _)| *v != version) {
+            let sums = self.shares.iter().map(|(_, mine)| self.core.expected_over(mine)).collect();
+            self.expected_shares = Some((version, sums));
+        }
+        let expected_shares = self.expected_shares.as_ref().map(|(_, sums)| sums.clone()).unwrap_or_default();
+        for ((name, mine), expected) in self.shares.iter().zip(expected_shares) {
             if name == node.name() {
                 let inc: BTreeSet<u32> = mine.iter().copied().filter(|p| self.core.incomplete().contains(p)).collect();
                 if !inc.is_empty() {
@@ -726,7 +736,6 @@ impl Allocator {
                 }
                 continue;
             }
-            let expected = self.core.expected_over(mine);
             let Some(member) = alive.iter().find(|m| &m.name == name) else {
                 incomplete.insert(name.clone(), mine.iter().copied().collect());
                 continue;

@@ -410,8 +410,8 @@ mod tests {
             for &b in kept {
                 let c = cid(b);
                 if core.is_mine(core.partition_of(&c)) {
-                    let h: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), &c))
-                        .into();
+                    let h: [u8; 32] =
+                        sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), &c)).into();
                     xor.iter_mut().zip(h).for_each(|(a, b)| *a ^= b);
                     count += 1;
                 }

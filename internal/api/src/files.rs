@@ -584,7 +584,10 @@ impl ByteRange {
         if self.partial {
             let (offset, size) = (self.offset, self.size);
             let end = offset + self.length.saturating_sub(1);
-            h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {offset}-{end}/{size}")).expect("ASCII"));
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {offset}-{end}/{size}")).expect("ASCII"),
+            );
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
         }
     }

@@ -90,7 +90,7 @@ def uploads(nodes, count, clients, size):
                          headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream"})
             resp = conn.getresponse()
             text = resp.read()
-            if resp.status != 200:
+            if resp.status not in (200, 201):
                 errors.append(f"upload {i}: {resp.status} {text[:200]!r}")
         for c in conns.values():
             c.close()
@@ -119,8 +119,8 @@ def main():
     args = ap.parse_args()
     xnode = os.path.abspath(args.xnode)
     venv = os.environ.get("XNODE_VENV", ".venv")
-    kubo_python = args.kubo_python or (os.path.join(venv, "bin", "python") if os.path.exists(
-        os.path.join(venv, "bin", "python")) else sys.executable)
+    kubo_python = os.path.abspath(args.kubo_python) if args.kubo_python else os.path.abspath(
+        os.path.join(venv, "bin", "python") if os.path.exists(os.path.join(venv, "bin", "python")) else sys.executable)
 
     work = args.dir or tempfile.mkdtemp(prefix="xnode-smallfiles-")
     os.makedirs(work, exist_ok=True)
@@ -158,12 +158,13 @@ def main():
 
         def replicated():
             f = file_entry(first, cid)
-            return f is not None and f["blocks"] > 0 and f["at_rf"] == f["blocks"]
+            h = (f or {}).get("health") or {}
+            return h.get("blocks", 0) > 0 and h["at_rf"] == h["blocks"]
 
         wait_until(replicated, 1800, f"every block of {cid} at RF {args.rf}")
         rows.append(("xnode add -r: every block at RF", n, time.perf_counter() - t0))
         entry = file_entry(first, cid)
-        print(f"xnode root {cid}: {entry['blocks']} blocks in one catalog file", flush=True)
+        print(f"xnode root {cid}: {entry['health']['blocks']} blocks in one catalog file", flush=True)
 
         if args.uploads:
             secs, errors = uploads(nodes, args.uploads, args.clients, args.size)

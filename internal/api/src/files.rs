@@ -468,17 +468,11 @@ pub(crate) async fn download(
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        None => None,
-        Some(r) => match parse_range(r, size) {
-            Some(range) => Some(range),
-            None => {
-                return Ok((StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{size}"))])
-                    .into_response())
-            }
-        },
+    let range = match ByteRange::requested(&headers, size) {
+        Ok(range) => range,
+        Err(unsatisfiable) => return Ok(unsatisfiable),
     };
-    let (offset, length) = range.unwrap_or((0, size));
+    let (offset, length) = (range.offset, range.length);
 
     // The permits go with the body: the reading thread is held until the last byte is handed over.
     let body = stream_file(source, cid, offset, length, (open, stream));
@@ -489,19 +483,10 @@ pub(crate) async fn download(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(name.as_deref())));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("a CID is a valid header value"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
     h.insert(header::CONTENT_DISPOSITION, content_disposition(name.as_deref()));
-    if range.is_some() {
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let end = offset + length.saturating_sub(1);
-        response.headers_mut().insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_str(&format!("bytes {offset}-{end}/{size}")).expect("ASCII"),
-        );
-    }
+    range.describe(&mut response);
     Ok(response)
 }
 
@@ -564,8 +549,52 @@ fn content_disposition(name: Option<&str>) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
+/// The bytes of a file a read answers with: all of it, or the one range its `Range` header asks for. Shared by
+/// `GET /api/v1/files/{cid}` and the gateway's deserialized files, so both answer ranges alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ByteRange {
+    /// First byte.
+    pub(crate) offset: u64,
+    /// How many bytes.
+    pub(crate) length: u64,
+    /// The file's whole size.
+    size: u64,
+    /// Whether the request had a `Range` (the answer is then a 206 with `Content-Range`).
+    partial: bool,
+}
+
+impl ByteRange {
+    /// The range `headers` ask for in a file of `size` bytes; `Err` is the 416 answer to send when it lies outside.
+    pub(crate) fn requested(headers: &HeaderMap, size: u64) -> Result<Self, Response> {
+        let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+            return Ok(Self { offset: 0, length: size, size, partial: false });
+        };
+        match parse_range(value, size) {
+            Some((offset, length)) => Ok(Self { offset, length, size, partial: true }),
+            None => Err((StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{size}"))])
+                .into_response()),
+        }
+    }
+
+    /// Sets `Content-Length` and `Accept-Ranges` and, for a range, the 206 status and `Content-Range`.
+    pub(crate) fn describe(&self, response: &mut Response) {
+        let h = response.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(self.length));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if self.partial {
+            let (offset, size) = (self.offset, self.size);
+            let end = offset + self.length.saturating_sub(1);
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes {offset}-{end}/{size}")).expect("ASCII"),
+            );
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        }
+    }
+}
+
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` (one range) to (offset, length); `None` if unsatisfiable.
-pub(crate) fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
+fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
     let spec = header.strip_prefix("bytes=")?.split(',').next()?.trim();
     let (a, b) = spec.split_once('-')?;
     let (start, end) = if a.is_empty() {
@@ -694,7 +723,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_range, ReadBounds};
+    use super::{parse_range, ByteRange, ReadBounds};
+    use axum::http::{header, HeaderMap, HeaderValue};
     use axum::response::IntoResponse;
 
     #[test]
@@ -721,5 +751,30 @@ mod tests {
         assert_eq!(parse_range("bytes=5-1", 100), None);
         assert_eq!(parse_range("items=0-1", 100), None);
         assert_eq!(parse_range("bytes=0-0", 0), None);
+    }
+
+    #[test]
+    fn a_byte_range_describes_whole_files_ranges_and_416s() {
+        let body = || axum::response::Response::new(axum::body::Body::empty());
+        let whole = ByteRange::requested(&HeaderMap::new(), 100).unwrap();
+        let mut response = body();
+        whole.describe(&mut response);
+        assert_eq!((whole.offset, whole.length, response.status().as_u16()), (0, 100, 200));
+        assert_eq!(response.headers()[header::CONTENT_LENGTH], "100");
+        assert!(response.headers().get(header::CONTENT_RANGE).is_none());
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=10-19"));
+        let part = ByteRange::requested(&headers, 100).unwrap();
+        let mut response = body();
+        part.describe(&mut response);
+        assert_eq!((part.offset, part.length, response.status().as_u16()), (10, 10, 206));
+        assert_eq!(response.headers()[header::CONTENT_RANGE], "bytes 10-19/100");
+        assert_eq!(response.headers()[header::CONTENT_LENGTH], "10");
+
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=200-"));
+        let refused = ByteRange::requested(&headers, 100).unwrap_err();
+        assert_eq!(refused.status().as_u16(), 416);
+        assert_eq!(refused.headers()[header::CONTENT_RANGE], "bytes */100");
     }
 }

@@ -24,7 +24,7 @@ use xnode_instance::InstanceError;
 use xnode_p2p::{Client, P2pError};
 use xnode_storage::Store;
 
-use crate::files::{content_type, parse_cid, parse_range, stream_file};
+use crate::files::{content_type, parse_cid, stream_file, ByteRange};
 use crate::{ApiError, AppState, ErrorBody};
 
 /// `Cache-Control` of everything under `/ipfs/`: content addressed, so it never changes.
@@ -505,35 +505,22 @@ async fn file(
     if if_none_match(headers, &etag) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        None => None,
-        Some(r) => match parse_range(r, size) {
-            Some(range) => Some(range),
-            None => {
-                return Ok((StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{size}"))])
-                    .into_response())
-            }
-        },
+    let range = match ByteRange::requested(headers, size) {
+        Ok(range) => range,
+        Err(unsatisfiable) => return Ok(unsatisfiable),
     };
-    let (offset, length) = range.unwrap_or((0, size));
     let body = if head {
         Body::empty()
     } else {
         let (source, _) = app.node.open_streaming(cid, timeout).await.map_err(instance_error)?;
-        stream_file(source, cid, offset, length, ())
+        stream_file(source, cid, range.offset, range.length, ())
     };
     let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(name)));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, header_value(&etag));
     common_headers(h, ipfs_path, &resolved.roots);
-    if range.is_some() {
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let end = offset + length.saturating_sub(1);
-        response.headers_mut().insert(header::CONTENT_RANGE, header_value(&format!("bytes {offset}-{end}/{size}")));
-    }
+    range.describe(&mut response);
     Ok(response)
 }
 

@@ -143,6 +143,9 @@ pub enum PinningError {
     Corrupt(#[from] serde_json::Error),
 }
 
+/// The request database's page cache (sled's default is 1 GiB).
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The pin requests of one node. Cheap to share (`Arc`); all methods are short blocking sled calls.
 #[derive(Debug)]
 pub struct Pinning {
@@ -158,7 +161,9 @@ pub struct Pinning {
 impl Pinning {
     /// Opens (or creates) the request database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, PinningError> {
-        let db = sled::open(dir)?;
+        // sled caches up to 1 GiB by default: a listing that walks every request (to count the matches) would keep
+        // them all in memory. A small cache keeps the node's memory the same whatever the number of pins.
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open()?;
         let by_created = db.open_tree("by-created")?;
         let last = by_created.last()?.map_or(0, |(k, _)| u64::from_be_bytes(k[..8].try_into().unwrap_or_default()));
         Ok(Self { requests: db.open_tree("requests")?, by_created, last_created: std::sync::Mutex::new(last), _db: db })

@@ -370,13 +370,9 @@ fn outsiders_without_the_secret_or_with_another_stay_out_of_a_cluster_with_data(
     let a = RunningNode::start(tmp.path(), "sealed-a", &shared);
     let secret = std::fs::read_to_string(&secret_file).unwrap();
     assert_eq!(secret.trim().len(), 64, "the first node made a 64-hex-digit secret");
-    let seeded = |seeds: &str| {
-        let mut env: Vec<(&str, &str)> = shared.to_vec();
-        env.push(("XNODE_KNOWN_PEERS", seeds));
-        env
-    };
-    let b = RunningNode::start(tmp.path(), "sealed-b", &seeded(&a.gossip));
-    let c = RunningNode::start(tmp.path(), "sealed-c", &seeded(&a.gossip));
+    let seeded = [&shared[..], &[("XNODE_KNOWN_PEERS", a.gossip.as_str())]].concat();
+    let b = RunningNode::start(tmp.path(), "sealed-b", &seeded);
+    let c = RunningNode::start(tmp.path(), "sealed-c", &seeded);
     let members = [&a, &b, &c];
     let alive = |n: &RunningNode| -> Vec<String> {
         let v: serde_json::Value =

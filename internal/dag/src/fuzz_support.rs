@@ -60,7 +60,8 @@ pub(crate) fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
             2 => v.truncate(rng.below(len + 1)),
             3 => {
                 let i = rng.below(len + 1);
-                let extra = rng.bytes(1 + rng.below(16));
+                let n = 1 + rng.below(16);
+                let extra = rng.bytes(n);
                 v.splice(i..i, extra);
             }
             4 if len > 0 => {

@@ -263,6 +263,7 @@ impl Node {
             under_replicated: 0,
             catalog: String::new(),
             share: String::new(),
+            stuck: String::new(),
         };
         let starts_alone = config.gossip.seeds.is_empty();
         let (lost, lost_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -865,7 +866,7 @@ mod tests {
             assert_eq!(verdict.is_some(), s >= ALLOCATION_STALL.as_secs(), "{s} s without a report: {verdict:?}");
         }
         let v = live.verdict(t1 + Duration::from_secs(299)).unwrap();
-        assert!(v.contains("allocation") && v.contains("295"), "{v}");
+        assert!(v.contains("allocation") && v.contains("299 s"), "{v}");
         // Blocking work wedges while allocation still reports (it reports from its own task).
         let t2 = t1 + Duration::from_secs(1000);
         live.report_at = t2;

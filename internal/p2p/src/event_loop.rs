@@ -785,16 +785,21 @@ impl EventLoop {
     fn on_kad_progress(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
         match result {
             kad::QueryResult::GetProviders(result) => {
-                let Some(query) = self.pending_providers.get_mut(&id) else { return };
+                if !self.pending_providers.contains_key(&id) {
+                    return;
+                }
                 if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
                     let local = *self.swarm.local_peer_id();
-                    let fresh: Vec<PeerId> = providers
+                    let providers: Vec<PeerId> = providers
                         .into_iter()
                         .filter(|p| *p != local && !self.other_group.contains(p) && !self.bans.contains_key(p))
-                        .filter(|p| self.may_swap(p))
-                        .filter(|p| query.found.insert(*p))
                         .collect();
+                    // Retrieval asks only peers it may swap blocks with (members, unless Bitswap is public).
+                    let swappable: HashSet<PeerId> = providers.iter().filter(|p| self.may_swap(p)).copied().collect();
+                    let query = self.pending_providers.get_mut(&id).expect("checked above");
+                    let fresh: Vec<PeerId> = providers.into_iter().filter(|p| query.found.insert(*p)).collect();
                     if query.reply.is_none() {
+                        let fresh: Vec<PeerId> = fresh.into_iter().filter(|p| swappable.contains(p)).collect();
                         for peer in self.retriever.on_providers(fresh) {
                             self.start_dial(peer, Vec::new(), None);
                         }

@@ -412,12 +412,7 @@ fn outsiders_without_the_secret_or_with_another_stay_out_of_a_cluster_with_data(
 
     // Member a's libp2p addresses, as it gossips them.
     let me: serde_json::Value = ureq::get(&a.url("/api/v1/members")).call().unwrap().into_json().unwrap();
-    let addrs: Vec<String> = me
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["is_self"] == true)
-        .unwrap()["meta"]["p2p_addrs"]
+    let addrs: Vec<String> = me.as_array().unwrap().iter().find(|m| m["is_self"] == true).unwrap()["meta"]["p2p_addrs"]
         .as_array()
         .unwrap()
         .iter()
@@ -430,7 +425,8 @@ fn outsiders_without_the_secret_or_with_another_stay_out_of_a_cluster_with_data(
     let wrong = "c0".repeat(32);
     let base = [group, ("XNODE_KNOWN_PEERS", all_seeds.as_str()), ("XNODE_ADMIN_TOKEN", TOKEN)];
     let open_env = [&base[..], &[("XNODE_BOOTSTRAP", tcp.as_str())]].concat();
-    let other_env = [&base[..], &[("XNODE_BOOTSTRAP", quic.as_str()), ("XNODE_CLUSTER_SECRET", wrong.as_str())]].concat();
+    let other_env =
+        [&base[..], &[("XNODE_BOOTSTRAP", quic.as_str()), ("XNODE_CLUSTER_SECRET", wrong.as_str())]].concat();
     let open = RunningNode::start(tmp.path(), "outsider-open", &open_env);
     let other = RunningNode::start(tmp.path(), "outsider-other", &other_env);
     let outsiders = [&open, &other];

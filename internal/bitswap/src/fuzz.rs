@@ -38,7 +38,11 @@ fn seeds() -> Vec<Vec<u8>> {
     let (b, db) = raw(&[7u8; 300]);
     let want = |cid, want_type, cancel| Want { cid, want_type, send_dont_have: true, cancel, priority: 1 };
     let messages = [
-        Message { full: true, wants: vec![want(a, WantType::Block, false), want(b, WantType::Have, false)], ..Default::default() },
+        Message {
+            full: true,
+            wants: vec![want(a, WantType::Block, false), want(b, WantType::Have, false)],
+            ..Default::default()
+        },
         Message { wants: vec![want(a, WantType::Block, true)], ..Default::default() },
         Message { blocks: vec![BlockData { cid: a, data: da }, BlockData { cid: b, data: db }], ..Default::default() },
         Message { presences: vec![(a, Presence::Have), (b, Presence::DontHave)], ..Default::default() },

@@ -11,8 +11,8 @@ use cid::Cid;
 use crate::fuzz_support::fuzz;
 use crate::pb::{PbNode, UnixFsData};
 use crate::{
-    block_links, import_file, import_symlink, list_directory, stat, Block, BlockSource, DirectoryBuilder,
-    FileReader, ImportOptions, ReadError, DAG_PB,
+    block_links, import_file, import_symlink, list_directory, stat, Block, BlockSource, DirectoryBuilder, FileReader,
+    ImportOptions, ReadError, DAG_PB,
 };
 
 struct Blocks(HashMap<Cid, Bytes>);
@@ -25,7 +25,8 @@ impl BlockSource for Blocks {
 
 /// Blocks of a multi-level file, a plain directory, a HAMT-sharded directory and a symlink.
 fn corpus() -> Vec<Block> {
-    let opts = ImportOptions { chunk_size: 512, max_links: 4, hamt_threshold: 256, hamt_fanout: 8, ..Default::default() };
+    let opts =
+        ImportOptions { chunk_size: 512, max_links: 4, hamt_threshold: 256, hamt_fanout: 8, ..Default::default() };
     let mut blocks: Vec<Block> = Vec::new();
     let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let file = import_file(&opts, &data[..], &mut blocks).unwrap();

@@ -504,7 +504,9 @@ mod tests {
         let requests = vec![
             encode_request(Request::Digests { partitions: vec![0, 3, 9, u32::MAX] }),
             encode_request(Request::Summary { bitmap: vec![0b1010_1010; 40] }),
-            encode_request(Request::Have { cids: vec![ByteBuf::from(cid(1).to_bytes()), ByteBuf::from(cid(7).to_bytes())] }),
+            encode_request(Request::Have {
+                cids: vec![ByteBuf::from(cid(1).to_bytes()), ByteBuf::from(cid(7).to_bytes())],
+            }),
         ];
         let responses = vec![
             encode_response(Response::Digests(vec![SetDigest::of_cid(&cid(3)), SetDigest::default()])),

@@ -39,6 +39,8 @@ pub(crate) const KNOWN: &[&str] = &[
     "XNODE_CLUSTER_SECRET",
     "XNODE_CLUSTER_SECRET_FILE",
     "XNODE_CLUSTER_SECRET_OLD",
+    "XNODE_MDNS",
+    "XNODE_PUBLIC_BITSWAP",
 ];
 
 /// Variables of the test and benchmark scripts (not read by the binary, but often in its environment): no warning.
@@ -143,6 +145,12 @@ pub(crate) struct Env {
     cluster_secret_file: Option<String>,
     /// XNODE_CLUSTER_SECRET_OLD: the previous secret, still accepted on receipt while a rotation rolls out.
     cluster_secret_old: Option<String>,
+    /// XNODE_MDNS: `true` or `false`, whether to find libp2p peers on the LAN by mDNS (default `true`, except
+    /// `false` when XNODE_BIND_ADDR is a loopback address: such a node cannot be reached by what it would find).
+    mdns: Option<String>,
+    /// XNODE_PUBLIC_BITSWAP: `true` or `false`, whether peers outside the cluster (Kubo) may swap blocks with this
+    /// node over Bitswap (default: `true` without a cluster secret, `false` with one).
+    public_bitswap: Option<String>,
 }
 
 /// What `xnode run` needs beyond the store, every value checked.
@@ -167,6 +175,10 @@ pub(crate) struct NodeSettings {
     pub(crate) admin_token: Option<String>,
     pub(crate) admin_token_file: Option<PathBuf>,
     pub(crate) cluster_secret: SecretSource,
+    /// XNODE_MDNS, resolved against the bind address.
+    pub(crate) mdns: bool,
+    /// XNODE_PUBLIC_BITSWAP, resolved against the cluster secret.
+    pub(crate) public_bitswap: bool,
 }
 
 /// Where the cluster secret comes from.
@@ -405,6 +417,14 @@ impl Env {
             }
             (None, None) => SecretSource::None,
         };
+        let mdns = match set(&self.mdns) {
+            None => !bind.is_loopback(),
+            Some(v) => flag("XNODE_MDNS", v, "true (find peers on the LAN) or false")?,
+        };
+        let public_bitswap = match set(&self.public_bitswap) {
+            None => cluster_secret == SecretSource::None,
+            Some(v) => flag("XNODE_PUBLIC_BITSWAP", v, "true (Kubo and other IPFS peers may fetch) or false")?,
+        };
         Ok(NodeSettings {
             name,
             gossip_port,
@@ -423,6 +443,8 @@ impl Env {
             admin_token,
             admin_token_file: set(&self.admin_token_file).map(PathBuf::from),
             cluster_secret,
+            mdns,
+            public_bitswap,
         })
     }
 }
@@ -472,6 +494,15 @@ pub(crate) fn check_name<'a>(var: &'static str, name: &'a str) -> Result<&'a str
                  use e.g. xnode-1"
             ),
         ))
+    }
+}
+
+/// A `true`/`false` variable (also `1`/`0`, `yes`/`no`, `on`/`off`, any case).
+fn flag(var: &'static str, v: &str, meaning: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(var, v, format!("not true or false; use {meaning}"))),
     }
 }
 
@@ -661,6 +692,30 @@ mod tests {
         let e = env(&[("XNODE_API", "localhost:8080")]).api_url(None).unwrap_err().to_string();
         assert!(e.contains("XNODE_API"), "{e}");
         assert_eq!(env(&[("XNODE_API_PORT", "9000")]).api_url(None).unwrap(), "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn mdns_is_on_for_a_lan_off_on_loopback_and_a_flag() {
+        assert!(env(&[]).node().unwrap().mdns, "on by default (0.0.0.0)");
+        assert!(env(&[("XNODE_BIND_ADDR", "10.0.0.5")]).node().unwrap().mdns);
+        assert!(!env(&[("XNODE_BIND_ADDR", "127.0.0.1")]).node().unwrap().mdns, "loopback finds nothing it can reach");
+        assert!(env(&[("XNODE_BIND_ADDR", "127.0.0.1"), ("XNODE_MDNS", "true")]).node().unwrap().mdns);
+        for (v, want) in [("false", false), ("0", false), ("OFF", false), ("yes", true), ("True", true)] {
+            assert_eq!(env(&[("XNODE_MDNS", v)]).node().unwrap().mdns, want, "{v}");
+        }
+        let e = node_err("XNODE_MDNS", "maybe");
+        assert!(e.contains("true") && e.contains("false"), "{e}");
+    }
+
+    #[test]
+    fn public_bitswap_is_closed_with_a_secret_unless_opened() {
+        let key = "ab".repeat(32);
+        assert!(env(&[]).node().unwrap().public_bitswap, "an open cluster interoperates with Kubo");
+        assert!(!env(&[("XNODE_CLUSTER_SECRET", &key)]).node().unwrap().public_bitswap, "a sealed one is closed");
+        let open = env(&[("XNODE_CLUSTER_SECRET", &key), ("XNODE_PUBLIC_BITSWAP", "true")]).node().unwrap();
+        assert!(open.public_bitswap);
+        assert!(!env(&[("XNODE_PUBLIC_BITSWAP", "false")]).node().unwrap().public_bitswap);
+        node_err("XNODE_PUBLIC_BITSWAP", "kubo");
     }
 
     #[test]

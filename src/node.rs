@@ -52,6 +52,8 @@ pub(crate) fn run(settings: NodeSettings, data_dir: PathBuf, store: StoreConfig)
         ];
     }
     p2p.bootstrap = settings.bootstrap;
+    p2p.mdns = settings.mdns;
+    p2p.public_bitswap = settings.public_bitswap;
     let config = NodeConfig {
         replication: settings.replication,
         partitions: settings.partitions,

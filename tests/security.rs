@@ -355,10 +355,13 @@ fn the_admin_token_never_leaves_the_node() {
     assert!(head.to_lowercase().contains("x-xnode-signature: t="), "{head}");
 }
 
-/// Members sharing a secret file (made by the first to start) form a cluster holding a file; a node with another
-/// secret, seeded with every member, stays out: never listed, nothing placed on it, nothing fetched from it.
+/// Members sharing a secret file (made by the first to start) form a cluster holding a file. Two outsiders of the
+/// same group name, one without a secret and one with another secret, seeded with every member's gossip and
+/// connected by libp2p to a member (one over TCP, one over QUIC), stay out for a minute: never listed, nothing
+/// placed on them, no catalog entry of theirs accepted, no copy released by a member because of them, and no block
+/// fetched by Bitswap (sealed members do not serve non-members unless `XNODE_PUBLIC_BITSWAP` opens it).
 #[test]
-fn an_outsider_with_another_secret_stays_out_of_a_cluster_with_data() {
+fn outsiders_without_the_secret_or_with_another_stay_out_of_a_cluster_with_data() {
     let tmp = tempfile::tempdir().unwrap();
     let secret_file = tmp.path().join("secrets/cluster-secret");
     let secret_env = secret_file.to_str().unwrap();
@@ -367,50 +370,98 @@ fn an_outsider_with_another_secret_stays_out_of_a_cluster_with_data() {
     let a = RunningNode::start(tmp.path(), "sealed-a", &shared);
     let secret = std::fs::read_to_string(&secret_file).unwrap();
     assert_eq!(secret.trim().len(), 64, "the first node made a 64-hex-digit secret");
-    let seeds = a.gossip.clone();
-    let with_seed = |extra: &[(&'static str, &str)]| {
-        let mut env = shared.to_vec();
-        env.push(("XNODE_KNOWN_PEERS", seeds.as_str()));
-        env.extend_from_slice(extra);
-        env.into_iter().map(|(k, v)| (k, v.to_string())).collect::<Vec<_>>()
-    };
-    let env_b = with_seed(&[]);
-    let b =
-        RunningNode::start(tmp.path(), "sealed-b", &env_b.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
-    let env_c = with_seed(&[]);
-    let c =
-        RunningNode::start(tmp.path(), "sealed-c", &env_c.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
-    let names = |n: &RunningNode| -> Vec<String> {
+    let seeded = [&shared[..], &[("XNODE_KNOWN_PEERS", a.gossip.as_str())]].concat();
+    let b = RunningNode::start(tmp.path(), "sealed-b", &seeded);
+    let c = RunningNode::start(tmp.path(), "sealed-c", &seeded);
+    let members = [&a, &b, &c];
+    let alive = |n: &RunningNode| -> Vec<String> {
         let v: serde_json::Value =
             ureq::get(&n.url("/api/v1/members")).call().ok().and_then(|r| r.into_json().ok()).unwrap_or_default();
-        v.as_array().into_iter().flatten().filter(|m| m["state"] == "Alive").map(|m| m["name"].to_string()).collect()
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["state"] == "Alive")
+            .map(|m| m["name"].as_str().unwrap_or_default().to_string())
+            .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while [&a, &b, &c].iter().any(|n| names(n).len() < 3) {
-        assert!(Instant::now() < deadline, "the sealed members did not meet: {:?}", names(&a));
+    while members.iter().any(|n| alive(n).len() < 3) {
+        assert!(Instant::now() < deadline, "the sealed members did not meet: {:?}", alive(&a));
         std::thread::sleep(Duration::from_millis(200));
     }
-    upload(&a, "held.bin", &random_bytes(3 << 20, 3));
+    let file = upload(&a, "held.bin", &random_bytes(3 << 20, 3));
+    let root = file["cid"].as_str().unwrap().to_string();
+    // Health: every block of the file at the replication factor, as every member sees it.
+    let health = |n: &RunningNode| -> serde_json::Value {
+        let files: serde_json::Value = ureq::get(&n.url("/api/v1/files")).call().unwrap().into_json().unwrap();
+        files.as_array().unwrap().iter().find(|f| f["root"] == root.as_str()).cloned().unwrap_or_default()
+    };
+    let held = |n: &RunningNode| -> u64 {
+        let v: serde_json::Value = ureq::get(&n.url("/api/v1/blocks")).call().unwrap().into_json().unwrap();
+        v["held"]["count"].as_u64().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while members.iter().any(|n| {
+        let h = health(n);
+        h["blocks"].as_u64().is_none() || h["at_rf"] != h["blocks"]
+    }) {
+        assert!(Instant::now() < deadline, "the file did not reach its replication factor: {}", health(&a));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let held_before: Vec<u64> = members.iter().map(|n| held(n)).collect();
 
-    let wrong = "c0".repeat(32);
+    // Member a's libp2p addresses, as it gossips them.
+    let me: serde_json::Value = ureq::get(&a.url("/api/v1/members")).call().unwrap().into_json().unwrap();
+    let addrs: Vec<String> = me.as_array().unwrap().iter().find(|m| m["is_self"] == true).unwrap()["meta"]["p2p_addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let tcp = addrs.iter().find(|a| a.contains("/tcp/")).expect("a TCP address").clone();
+    let quic = addrs.iter().find(|a| a.contains("/quic-v1/")).expect("a QUIC address").clone();
+
     let all_seeds = format!("{},{},{}", a.gossip, b.gossip, c.gossip);
-    let outsider = RunningNode::start(
-        tmp.path(),
-        "outsider",
-        &[group, ("XNODE_CLUSTER_SECRET", &wrong), ("XNODE_KNOWN_PEERS", &all_seeds), ("XNODE_ADMIN_TOKEN", TOKEN)],
-    );
-    let until = Instant::now() + Duration::from_secs(15);
+    let wrong = "c0".repeat(32);
+    let base = [group, ("XNODE_KNOWN_PEERS", all_seeds.as_str()), ("XNODE_ADMIN_TOKEN", TOKEN)];
+    let open_env = [&base[..], &[("XNODE_BOOTSTRAP", tcp.as_str())]].concat();
+    let other_env =
+        [&base[..], &[("XNODE_BOOTSTRAP", quic.as_str()), ("XNODE_CLUSTER_SECRET", wrong.as_str())]].concat();
+    let open = RunningNode::start(tmp.path(), "outsider-open", &open_env);
+    let other = RunningNode::start(tmp.path(), "outsider-other", &other_env);
+    let outsiders = [&open, &other];
+    // Each outsider adds a file of its own: its catalog entry must never reach the members.
+    for (o, name) in outsiders.iter().zip(["outsider-open.bin", "outsider-other.bin"]) {
+        upload(o, name, &random_bytes(300_000, 9));
+    }
+
+    let until = Instant::now() + Duration::from_secs(60);
     while Instant::now() < until {
-        for n in [&a, &b, &c] {
-            assert!(!names(n).iter().any(|m| m.contains("outsider")), "the outsider became a member");
+        for n in members {
+            let names = alive(n);
+            assert!(!names.iter().any(|m| m.starts_with("outsider")), "an outsider became a member: {names:?}");
         }
-        assert_eq!(names(&outsider), ["\"outsider\""], "the outsider learned nothing of the cluster");
+        for o in outsiders {
+            assert_eq!(alive(o).len(), 1, "an outsider learned members: {:?}", alive(o));
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let held: serde_json::Value = ureq::get(&outsider.url("/api/v1/blocks")).call().unwrap().into_json().unwrap();
-    assert_eq!(held["held"]["count"], 0, "no block was placed on the outsider: {held}");
-    let files: serde_json::Value = ureq::get(&outsider.url("/api/v1/files")).call().unwrap().into_json().unwrap();
-    assert_eq!(files.as_array().unwrap().len(), 0, "no catalog entry reached the outsider: {files}");
+    for o in outsiders {
+        assert_eq!(held(o), 0, "no block was placed on an outsider");
+        // Bitswap: the root is provided in the DHT the outsider joined through a member, and the member does
+        // not serve it to a non-member.
+        let (code, body) = status_of(ureq::get(&o.url(&format!("/api/v1/files/{root}?timeout=5"))).call());
+        assert_eq!(code, 504, "an outsider read the cluster's file: {body}");
+    }
+    for n in members {
+        let files: serde_json::Value = ureq::get(&n.url("/api/v1/files")).call().unwrap().into_json().unwrap();
+        let names: Vec<&str> = files.as_array().unwrap().iter().filter_map(|f| f["name"].as_str()).collect();
+        assert_eq!(names, ["held.bin"], "no catalog entry of an outsider was accepted");
+        let h = health(n);
+        assert_eq!((h["at_rf"].clone(), h["missing"].as_u64()), (h["blocks"].clone(), Some(0)), "{h}");
+    }
+    let held_after: Vec<u64> = members.iter().map(|n| held(n)).collect();
+    assert_eq!(held_after, held_before, "no member released copies because of the outsiders");
 }
 
 /// `SIGHUP` re-reads `XNODE_CLUSTER_SECRET_FILE` (the rotation of docs/security.md); a file that does not parse

@@ -34,6 +34,8 @@ impl RunningNode {
             .env("XNODE_KNOWN_PEERS", "")
             // One group per test directory: clusters of tests running side by side never meet (mDNS included).
             .env("XNODE_GROUP_NAME", group_of(dir))
+            // Never find another cluster on this machine or its LAN (loopback already defaults it off; say so).
+            .env("XNODE_MDNS", "false")
             .env_remove("XNODE_STORAGE_MAX")
             .stderr(Stdio::piped());
         for (k, v) in env {

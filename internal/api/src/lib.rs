@@ -432,7 +432,8 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     let node = &app.node;
     let store = node.store_stats().is_ok();
     let joined = node.joined() || node.starts_alone();
-    let fatal = node.fatal_error();
+    // A stuck node (allocation loop or blocking work not moving) is not ready, so orchestrators see it.
+    let fatal = node.fatal_error().or_else(|| node.stuck());
     let ready = store && joined && fatal.is_none();
     let reason = fatal.or_else(|| {
         (!store)

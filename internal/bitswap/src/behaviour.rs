@@ -36,6 +36,9 @@ pub struct Behaviour {
     expecting: HashSet<PeerId>,
     pending: VecDeque<ToSwarm<Event, HandlerIn>>,
     waker: Option<Waker>,
+    /// `Some`: only these peers' wants are served (a closed cluster's members); `None`: anyone's (see
+    /// [`Behaviour::serve_only`]).
+    serve_only: Option<HashSet<PeerId>>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -68,6 +71,7 @@ impl Behaviour {
             expecting: HashSet::new(),
             pending: VecDeque::new(),
             waker: None,
+            serve_only: None,
         }
     }
 
@@ -97,6 +101,22 @@ impl Behaviour {
     pub fn notify_new_blocks(&mut self, cids: &[Cid]) {
         self.engine.notify_new_blocks(cids, self.store.as_ref());
         self.flush();
+    }
+
+    /// Server: serve only the wants of `peers` (`None`: of anyone). The wantlists of peers left out are dropped at
+    /// once, and their later wants ignored (no answer, not even DONT_HAVE: an outsider learns nothing of what is
+    /// held). Blocks and presences they send in answer to our own wants are still taken.
+    pub fn serve_only(&mut self, peers: Option<HashSet<PeerId>>) {
+        if let Some(allowed) = &peers {
+            for peer in self.connections.keys().filter(|p| !allowed.contains(p)) {
+                self.engine.forget_ledger(peer);
+            }
+        }
+        self.serve_only = peers;
+    }
+
+    fn serves(&self, peer: &PeerId) -> bool {
+        self.serve_only.as_ref().is_none_or(|allowed| allowed.contains(peer))
     }
 
     /// Whether we are still waiting on `peer` for a block or an answer.
@@ -232,7 +252,12 @@ impl NetworkBehaviour for Behaviour {
     fn on_connection_handler_event(&mut self, peer: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
         let HandlerOut(event) = event;
         match event {
-            ToBehaviour::Message(msg) => {
+            ToBehaviour::Message(mut msg) => {
+                if !self.serves(&peer) && !msg.wants.is_empty() {
+                    tracing::debug!(%peer, wants = msg.wants.len(), "ignoring the wants of a peer outside the cluster");
+                    msg.wants.clear();
+                    msg.full = false;
+                }
                 self.engine.on_message(peer, msg, self.store.as_ref());
                 self.flush();
             }

@@ -150,6 +150,12 @@ impl Engine {
         }
     }
 
+    /// Forgets what `peer` wanted from us (it may no longer be served), keeping our own wants to it.
+    pub(crate) fn forget_ledger(&mut self, peer: &PeerId) {
+        self.ledgers.remove(peer);
+        self.serving.remove(peer);
+    }
+
     /// Handles one message from `peer`: blocks and presences answer our wants, its wantlist updates its ledger and
     /// is answered from `store`.
     pub(crate) fn on_message(&mut self, peer: PeerId, msg: Message, store: &dyn BlockStore) {

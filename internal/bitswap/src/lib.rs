@@ -133,3 +133,10 @@ pub enum Event {
         bytes: usize,
     },
 }
+
+#[cfg(test)]
+#[path = "../../dag/src/fuzz_support.rs"]
+mod fuzz_support;
+
+#[cfg(test)]
+mod fuzz;

@@ -33,11 +33,16 @@ pub struct FileRecord {
 pub enum Op {
     /// A file joins the catalog.
     Add(FileRecord),
-    /// A file leaves the catalog (every earlier add of this root, by any author).
+    /// A file leaves the catalog: the author's own earlier adds of this root, or, with `admin`, every earlier add
+    /// of it by any author.
     Remove {
         /// The file's root CID.
         #[serde(with = "cid_str")]
         root: Cid,
+        /// An admin removal (made through the API with the admin token): it removes other members' adds too,
+        /// and the log records who made it. Absent from the bytes when false, so plain removals sign as before.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        admin: bool,
     },
 }
 
@@ -46,7 +51,7 @@ impl Op {
     pub fn root(&self) -> Cid {
         match self {
             Op::Add(f) => f.root,
-            Op::Remove { root } => *root,
+            Op::Remove { root, .. } => *root,
         }
     }
 }

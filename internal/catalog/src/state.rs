@@ -79,7 +79,21 @@ impl CatalogState {
     /// the author, numbered one past the log's length, and chained to the log's last entry. An entry the log
     /// already holds is [`Applied::Known`]; anything else is an error and changes nothing.
     pub fn apply(&mut self, cid: &Cid, bytes: &[u8]) -> Result<(Entry, Applied), ApplyError> {
+        self.apply_by(cid, bytes, |_| true)
+    }
+
+    /// [`CatalogState::apply`], admitting only entries whose author `may_author` accepts (a member of the cluster):
+    /// an entry signed by anyone else is [`ApplyError::NotAMember`], even if its signature checks out.
+    pub fn apply_by(
+        &mut self,
+        cid: &Cid,
+        bytes: &[u8],
+        may_author: impl Fn(&PeerId) -> bool,
+    ) -> Result<(Entry, Applied), ApplyError> {
         let entry = Entry::verify(cid, bytes)?;
+        if !self.logs.contains_key(&entry.author) && !may_author(&entry.author) {
+            return Err(ApplyError::NotAMember { author: entry.author });
+        }
         let log = self.logs.entry(entry.author).or_default();
         if let Some((known, _)) = log.get(entry.seq as usize) {
             return if known == cid {
@@ -100,28 +114,36 @@ impl CatalogState {
 
     /// The files in the catalog: for each root, its latest add unless a removal came at or after it. Sorted by
     /// when they were added, then by root.
+    ///
+    /// A removal takes its author's own earlier adds of the root; an admin removal takes every earlier add of it,
+    /// whoever made them. A member cannot take another member's file out of the catalog except as an admin.
     pub fn files(&self) -> Vec<FileRecord> {
-        let mut added: HashMap<Cid, (u64, &FileRecord)> = HashMap::new();
-        let mut removed: HashMap<Cid, u64> = HashMap::new();
+        // Latest removal per root by anyone as admin, and per (author, root) by that author.
+        let mut by_admin: HashMap<Cid, u64> = HashMap::new();
+        let mut by_author: HashMap<(PeerId, Cid), u64> = HashMap::new();
         for (_, e) in self.logs.values().flatten() {
-            match &e.op {
-                Op::Add(f) => {
-                    let slot = added.entry(f.root).or_insert((e.at_ms, f));
-                    if e.at_ms > slot.0 {
-                        *slot = (e.at_ms, f);
-                    }
-                }
-                Op::Remove { root } => {
-                    let t = removed.entry(*root).or_insert(e.at_ms);
-                    *t = (*t).max(e.at_ms);
-                }
+            if let Op::Remove { root, admin } = &e.op {
+                let t = if *admin {
+                    by_admin.entry(*root).or_insert(e.at_ms)
+                } else {
+                    by_author.entry((e.author, *root)).or_insert(e.at_ms)
+                };
+                *t = (*t).max(e.at_ms);
             }
         }
-        let mut files: Vec<FileRecord> = added
-            .into_iter()
-            .filter(|(root, (at, _))| removed.get(root).is_none_or(|r| r < at))
-            .map(|(_, (_, f))| f.clone())
-            .collect();
+        let mut added: HashMap<Cid, (u64, &FileRecord)> = HashMap::new();
+        for (_, e) in self.logs.values().flatten() {
+            let Op::Add(f) = &e.op else { continue };
+            let removed = by_admin.get(&f.root).into_iter().chain(by_author.get(&(e.author, f.root))).max();
+            if removed.is_some_and(|r| *r >= e.at_ms) {
+                continue;
+            }
+            let slot = added.entry(f.root).or_insert((e.at_ms, f));
+            if e.at_ms > slot.0 {
+                *slot = (e.at_ms, f);
+            }
+        }
+        let mut files: Vec<FileRecord> = added.into_values().map(|(_, f)| f.clone()).collect();
         files.sort_by_key(|f| (f.added_at, f.root.to_bytes()));
         files
     }
@@ -132,10 +154,17 @@ impl CatalogState {
             .values()
             .flatten()
             .filter_map(|(_, e)| match e.op {
-                Op::Remove { root: r } if r == *root => Some(e.at_ms),
+                Op::Remove { root: r, .. } if r == *root => Some(e.at_ms),
                 _ => None,
             })
             .max()
+    }
+
+    /// Whether anyone but `me` has a live add of `root` (removing it then takes an admin removal).
+    pub fn added_by_others(&self, root: &Cid, me: &PeerId) -> bool {
+        let mut state = self.clone();
+        state.logs.remove(me);
+        state.files().iter().any(|f| f.root == *root)
     }
 
     /// Whether any log has ever mentioned `root`.
@@ -163,6 +192,12 @@ pub enum ApplyError {
         author: PeerId,
         /// The position.
         seq: u64,
+    },
+    /// Its author is not a member of the cluster (and no member's log it already holds is its).
+    #[error("entry by {author}, who is not a member of the cluster")]
+    NotAMember {
+        /// The author.
+        author: PeerId,
     },
     /// Entries before it are missing; fetch them first.
     #[error("entry {seq} of {author} arrived before entry {have}")]
@@ -198,7 +233,7 @@ mod tests {
         let mut author = CatalogState::new();
         let (c0, b0) = author.append(&key, Op::Add(file("a")), 10);
         let (c1, b1) = author.append(&key, Op::Add(file("b")), 20);
-        let (c2, b2) = author.append(&key, Op::Remove { root: file("a").root }, 30);
+        let (c2, b2) = author.append(&key, Op::Remove { root: file("a").root, admin: false }, 30);
 
         let mut reader = CatalogState::new();
         assert!(matches!(reader.apply(&c1, &b1), Err(ApplyError::Gap { seq: 1, have: 0, .. })));
@@ -230,11 +265,92 @@ mod tests {
         let mut s = CatalogState::new();
         let mut other = CatalogState::new();
         s.append(&k1, Op::Add(file("a")), 10);
-        let (c, b) = other.append(&k2, Op::Remove { root: file("a").root }, 20);
+        let (c, b) = other.append(&k2, Op::Remove { root: file("a").root, admin: true }, 20);
         s.apply(&c, &b).unwrap();
         assert!(s.files().is_empty(), "removed after it was added");
         s.append(&k1, Op::Add(file("a")), 30);
         assert_eq!(s.files().len(), 1, "added again after the removal");
         assert_eq!(s.removed_at(&file("a").root), Some(20));
+    }
+
+    #[test]
+    fn a_members_removal_takes_only_its_own_adds_and_an_admin_removal_any() {
+        let (k1, k2) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let mut s = CatalogState::new();
+        let mut other = CatalogState::new();
+        s.append(&k1, Op::Add(file("a")), 10);
+        assert!(s.added_by_others(&file("a").root, &k2.public().to_peer_id()));
+        assert!(!s.added_by_others(&file("a").root, &k1.public().to_peer_id()));
+        let (c, b) = other.append(&k2, Op::Remove { root: file("a").root, admin: false }, 20);
+        s.apply(&c, &b).unwrap();
+        assert_eq!(s.files().len(), 1, "k2 cannot remove k1's file without being an admin");
+        // k2 adds it too, then removes its own add: k1's stays.
+        let (c, b) = other.append(&k2, Op::Add(file("a")), 30);
+        s.apply(&c, &b).unwrap();
+        let (c, b) = other.append(&k2, Op::Remove { root: file("a").root, admin: false }, 40);
+        s.apply(&c, &b).unwrap();
+        assert_eq!(s.files().len(), 1);
+        // k1 removes its own add: gone.
+        s.append(&k1, Op::Remove { root: file("a").root, admin: false }, 50);
+        assert!(s.files().is_empty());
+        // k1 adds it again; an admin removal by k2 takes it, and the log says who did it.
+        s.append(&k1, Op::Add(file("a")), 60);
+        let (c, b) = other.append(&k2, Op::Remove { root: file("a").root, admin: true }, 70);
+        let (entry, _) = s.apply(&c, &b).unwrap();
+        assert!(s.files().is_empty());
+        assert_eq!(entry.author, k2.public().to_peer_id());
+        assert_eq!(entry.op, Op::Remove { root: file("a").root, admin: true });
+    }
+
+    #[test]
+    fn a_plain_removal_signs_the_same_bytes_as_before_the_admin_flag() {
+        let key = Keypair::generate_ed25519();
+        let mut s = CatalogState::new();
+        let (_, plain) = s.append(&key, Op::Remove { root: file("a").root, admin: false }, 10);
+        let (_, admin) = s.append(&key, Op::Remove { root: file("a").root, admin: true }, 20);
+        let (plain, admin) = (String::from_utf8_lossy(&plain), String::from_utf8_lossy(&admin));
+        assert!(!plain.contains("admin"), "{plain}");
+        assert!(admin.contains(r#"\"admin\":true"#), "{admin}");
+    }
+
+    #[test]
+    fn entries_of_non_members_and_forged_entries_are_refused() {
+        let (member, outsider) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let member_id = member.public().to_peer_id();
+        let is_member = |p: &PeerId| *p == member_id;
+        let mut theirs = CatalogState::new();
+        let (oc, ob) = theirs.append(&outsider, Op::Add(file("x")), 10);
+        let mut reader = CatalogState::new();
+        let refused = reader.apply_by(&oc, &ob, is_member);
+        assert!(matches!(refused, Err(ApplyError::NotAMember { author }) if author == outsider.public().to_peer_id()));
+        assert!(reader.files().is_empty() && reader.heads().is_empty(), "nothing of it was kept");
+
+        let mut ours = CatalogState::new();
+        let (mc, mb) = ours.append(&member, Op::Add(file("a")), 10);
+        // Forged: the member's entry with its op changed after signing (under the CID of the new bytes, so only
+        // the signature can catch it), and the same bytes under the original CID.
+        let forged = edit_entry(&mb, r#""name":"a""#, r#""name":"z""#);
+        let forged_cid = crate::entry::cid_of(&forged);
+        assert!(matches!(reader.apply_by(&forged_cid, &forged, is_member), Err(ApplyError::Invalid(_))));
+        assert!(matches!(reader.apply_by(&mc, &forged, is_member), Err(ApplyError::Invalid(_))));
+        // An outsider's entry rewritten to name the member as its author does not verify either.
+        let mut claim = CatalogState::new();
+        let (_, cb) = claim.append(&outsider, Op::Add(file("y")), 10);
+        let claimed = edit_entry(&cb, &outsider.public().to_peer_id().to_string(), &member_id.to_string());
+        let claimed_cid = crate::entry::cid_of(&claimed);
+        assert!(matches!(reader.apply_by(&claimed_cid, &claimed, is_member), Err(ApplyError::Invalid(_))));
+        assert!(reader.files().is_empty());
+        // The genuine entry goes in.
+        reader.apply_by(&mc, &mb, is_member).unwrap();
+        assert_eq!(reader.files()[0].name, "a");
+    }
+
+    /// The entry block `bytes` with `from` replaced by `to` inside the signed entry text, the signature kept.
+    fn edit_entry(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+        let mut wire: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let text = wire["entry"].as_str().unwrap().to_string();
+        assert!(text.contains(from), "{text}");
+        wire["entry"] = serde_json::Value::String(text.replace(from, to));
+        serde_json::to_vec(&wire).unwrap()
     }
 }

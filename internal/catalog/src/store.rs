@@ -75,7 +75,17 @@ impl Catalog {
 
     /// Admits a fetched entry (see [`CatalogState::apply`]) and stores it.
     pub fn apply(&mut self, cid: &Cid, bytes: &[u8]) -> Result<Applied, CatalogError> {
-        let (entry, applied) = self.state.apply(cid, bytes)?;
+        self.apply_by(cid, bytes, |_| true)
+    }
+
+    /// [`Catalog::apply`] admitting only authors `may_author` accepts ([`CatalogState::apply_by`]).
+    pub fn apply_by(
+        &mut self,
+        cid: &Cid,
+        bytes: &[u8],
+        may_author: impl Fn(&PeerId) -> bool,
+    ) -> Result<Applied, CatalogError> {
+        let (entry, applied) = self.state.apply_by(cid, bytes, may_author)?;
         if applied == Applied::Appended {
             self.db.insert(key_of(&entry.author, entry.seq), bytes)?;
         }

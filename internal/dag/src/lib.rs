@@ -84,3 +84,9 @@ pub enum ImportError {
     #[error("{0}")]
     Sink(#[source] SinkError),
 }
+
+#[cfg(test)]
+mod fuzz_support;
+
+#[cfg(test)]
+mod fuzz;

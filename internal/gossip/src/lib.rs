@@ -23,7 +23,7 @@ pub use error::GossipError;
 pub use membership::{Membership, MetaSetter};
 pub use meta::MemberMeta;
 pub use network::{Network, Traffic};
-pub use seal::{Keyring, OVERHEAD as SEAL_OVERHEAD};
+pub use seal::{Keyring, Refused as SealRefused, OVERHEAD as SEAL_OVERHEAD, REPLAY_WINDOW};
 pub use view::{Member, MemberState, MembershipEvent};
 
 /// Longest member name, in bytes (a DNS label's limit, so every hostname fits).
@@ -38,3 +38,7 @@ pub fn valid_name(name: &str) -> bool {
         && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
+
+#[cfg(test)]
+#[path = "../../dag/src/fuzz_support.rs"]
+mod fuzz_support;

@@ -48,6 +48,9 @@ pub struct MemberMeta {
     /// summary, whatever the node stores). Members whose catalog gives the same expected summary for that share
     /// know it is complete without asking; any other answer makes them ask the node directly.
     pub share: String,
+    /// Empty while the node makes progress; else why it is stuck (its allocation loop or the blocking work its
+    /// API needs has not moved for a while), so the other members and their dashboards see it.
+    pub stuck: String,
 }
 
 impl MemberMeta {
@@ -67,6 +70,7 @@ impl MemberMeta {
             ("meta.under_replicated", self.under_replicated.to_string()),
             ("meta.catalog", self.catalog.clone()),
             ("meta.share", self.share.clone()),
+            ("meta.stuck", self.stuck.clone()),
         ]
     }
 
@@ -89,6 +93,7 @@ impl MemberMeta {
             under_replicated: num("meta.under_replicated"),
             catalog: text("meta.catalog"),
             share: text("meta.share"),
+            stuck: text("meta.stuck"),
         }
     }
 }
@@ -113,6 +118,7 @@ mod tests {
             under_replicated: 1,
             catalog: "{}".into(),
             share: "3:ab12".into(),
+            stuck: "allocation has not finished a round for 130 s".into(),
         };
         let kv = meta.to_key_values().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(MemberMeta::from_key_values(&kv), meta);

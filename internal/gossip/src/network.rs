@@ -88,6 +88,9 @@ pub struct Traffic {
     /// Datagrams dropped because they did not open with the cluster secret (outsiders, another secret, tampering)
     /// or were not valid gossip once opened.
     pub messages_rejected: u64,
+    /// Of those, datagrams that opened with the secret but were replays: already received, or stamped outside
+    /// the replay window.
+    pub messages_replayed: u64,
 }
 
 #[derive(Default)]
@@ -97,6 +100,7 @@ pub(crate) struct TrafficCounters {
     messages_sent: AtomicU64,
     messages_received: AtomicU64,
     messages_rejected: AtomicU64,
+    messages_replayed: AtomicU64,
 }
 
 impl TrafficCounters {
@@ -107,6 +111,7 @@ impl TrafficCounters {
             messages_sent: self.messages_sent.load(Ordering::Relaxed),
             messages_received: self.messages_received.load(Ordering::Relaxed),
             messages_rejected: self.messages_rejected.load(Ordering::Relaxed),
+            messages_replayed: self.messages_replayed.load(Ordering::Relaxed),
         }
     }
 }
@@ -291,9 +296,20 @@ impl Socket for SealedSocket {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let Some(plain) = self.keyring.open(&self.buf[..len]) else {
-                self.reject(from, len, "does not open with the cluster secret");
-                continue;
+            let plain = match self.keyring.open(&self.buf[..len]) {
+                Ok(plain) => plain,
+                Err(refused) => {
+                    if refused != crate::seal::Refused::Unreadable {
+                        self.counters.messages_replayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let why = match refused {
+                        crate::seal::Refused::Unreadable => "does not open with the cluster secret",
+                        crate::seal::Refused::Stale => "stamped outside the replay window (an old capture?)",
+                        crate::seal::Refused::Replayed => "a datagram already received (replayed)",
+                    };
+                    self.reject(from, len, why);
+                    continue;
+                }
             };
             match self.decode(&plain).await? {
                 Some(envelope) => return Ok(RecvOutcome { from_addr: from, envelope, num_bytes_received: len }),

@@ -28,6 +28,46 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the node re-reads its store figures and gossips them if they changed.
 const META_REFRESH: Duration = Duration::from_secs(1);
 
+/// The allocation loop reports every round (about a second) and during long rounds; this long without a report,
+/// it is stuck. Generous: a round that fetches a large share still reports as it goes.
+const ALLOCATION_STALL: Duration = Duration::from_secs(120);
+
+/// How often a no-op is run on a blocking thread to see that blocking work (every store read and write of the
+/// API, the allocation loop's disk work) still runs.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// No probe finished for this long: the blocking pool is wedged, and the API cannot make progress.
+const BLOCKING_STALL: Duration = Duration::from_secs(15);
+
+/// When the node last showed progress, to tell a stuck node from a busy one ([`Liveness::verdict`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Liveness {
+    /// The allocation loop's last report ([`Node::set_report`]), or the start.
+    pub(crate) report_at: std::time::Instant,
+    /// The last probe that ran on a blocking thread, or the start.
+    pub(crate) probe_at: std::time::Instant,
+}
+
+impl Liveness {
+    fn new(now: std::time::Instant) -> Self {
+        Liveness { report_at: now, probe_at: now }
+    }
+
+    /// Why the node is stuck at `now`, if it is.
+    pub(crate) fn verdict(&self, now: std::time::Instant) -> Option<String> {
+        let blocked = now.saturating_duration_since(self.probe_at);
+        if blocked >= BLOCKING_STALL {
+            return Some(format!(
+                "blocking work has not run for {} s (store reads and writes, so the API, cannot make progress)",
+                blocked.as_secs()
+            ));
+        }
+        let quiet = now.saturating_duration_since(self.report_at);
+        (quiet >= ALLOCATION_STALL)
+            .then(|| format!("the allocation loop has not finished a round for {} s", quiet.as_secs()))
+    }
+}
+
 /// What the node is busy with, as the prototype's TODO asked (shown on the dashboard and gossiped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -168,6 +208,8 @@ pub struct Node {
     /// Copies this node no longer has though the allocation task counts them (found corrupt and dropped by a scrub
     /// or a read): the task drains this at once and fetches them again. See [`Node::copy_lost`].
     lost: tokio::sync::mpsc::UnboundedSender<cid::Cid>,
+    /// When the allocation loop and the blocking pool last showed progress (`/readyz`, the gossiped `stuck`).
+    liveness: std::sync::Mutex<Liveness>,
 }
 
 impl std::fmt::Debug for Node {
@@ -193,8 +235,11 @@ impl Node {
             .expect("opening the catalog does not panic")?;
         let net_sink = Arc::new(NetSink::new(repo.store().clone()));
         let held = Arc::new(crate::alloc::HeldDigests::new(config.partitions, repo.store().clone()));
+        // Cluster protocols answer only members by authenticated gossip (see `bind_members`), never a peer that
+        // merely announces our group.
+        let p2p_config = xnode_p2p::P2pConfig { bind_to_membership: true, ..config.p2p.clone() };
         let p2p = xnode_p2p::Node::spawn(
-            config.p2p.clone(),
+            p2p_config,
             xnode_bitswap::Config::default(),
             Arc::new(StoreBlocks(repo.store().clone())),
             // Placeholder until the allocation side answers placement evidence (issue 12).
@@ -218,6 +263,7 @@ impl Node {
             under_replicated: 0,
             catalog: String::new(),
             share: String::new(),
+            stuck: String::new(),
         };
         let starts_alone = config.gossip.seeds.is_empty();
         let (lost, lost_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -240,6 +286,7 @@ impl Node {
             replication: config.replication.max(1),
             catalog_version: tokio::sync::watch::Sender::new(0),
             lost,
+            liveness: std::sync::Mutex::new(Liveness::new(std::time::Instant::now())),
         });
         let alloc_config = crate::alloc::AllocConfig { replication: node.replication, partitions: config.partitions };
         tokio::spawn(crate::alloc::run(Arc::downgrade(&node), alloc_config, held, lost_rx, node.stop.clone()));
@@ -247,6 +294,8 @@ impl Node {
             tokio::spawn(crate::watch::run(Arc::downgrade(&node), dir, WATCH_INTERVAL, node.stop.clone()));
         }
         tokio::spawn(dial_members(Arc::downgrade(&node), node.stop.clone()));
+        tokio::spawn(bind_members(Arc::downgrade(&node), node.stop.clone()));
+        tokio::spawn(probe_blocking(Arc::downgrade(&node), node.stop.clone()));
         let task = tokio::spawn(refresh_meta(Arc::downgrade(&node), node.stop.clone()));
         *node.refresher.lock().expect("not poisoned") = Some(task);
         Ok(node)
@@ -370,10 +419,11 @@ impl Node {
     pub(crate) async fn apply_catalog(&self, chain: Vec<(Cid, Bytes)>) -> (Vec<(Cid, Bytes)>, bool) {
         let mut applied = Vec::new();
         let mut complete = true;
+        let authors = self.catalog_authors();
         {
             let mut catalog = self.catalog.lock().expect("not poisoned");
             for (cid, data) in chain {
-                match catalog.apply(&cid, &data) {
+                match catalog.apply_by(&cid, &data, |author| authors.contains(author)) {
                     Ok(_) => applied.push((cid, data)),
                     Err(e) => {
                         tracing::warn!(error = %e, "catalog entry refused");
@@ -389,6 +439,24 @@ impl Node {
             self.catalog_grew();
         }
         (applied, complete)
+    }
+
+    /// Who may author catalog entries we take in: members of the cluster by authenticated gossip (in any state:
+    /// a dead member's files stay listed) and the authors whose logs live members gossip heads of (a member that
+    /// died before this node joined, vouched for by members that hold its log). An outsider is neither, so its
+    /// entries are refused ([`xnode_catalog::CatalogState::apply_by`]); logs already held stay accepted.
+    fn catalog_authors(&self) -> std::collections::HashSet<PeerId> {
+        let mut authors = std::collections::HashSet::from([self.key.public().to_peer_id()]);
+        for m in self.view() {
+            authors.extend(m.meta.peer_id.parse::<PeerId>().ok());
+            if m.state != MemberState::Alive || m.is_self {
+                continue;
+            }
+            let heads: std::collections::BTreeMap<String, serde_json::Value> =
+                serde_json::from_str(&m.meta.catalog).unwrap_or_default();
+            authors.extend(heads.keys().filter_map(|k| k.parse::<PeerId>().ok()));
+        }
+        authors
     }
 
     async fn flush_catalog(&self) {
@@ -407,7 +475,15 @@ impl Node {
     }
 
     pub(crate) fn set_report(&self, report: crate::alloc::Report) {
+        self.liveness.lock().expect("not poisoned").report_at = std::time::Instant::now();
         self.report.send_replace(report);
+    }
+
+    /// Why this node is stuck (its allocation loop has not reported for [`ALLOCATION_STALL`], or blocking work,
+    /// which the API's reads and writes need, has not run for [`BLOCKING_STALL`]); `None` while it makes
+    /// progress. `/readyz` answers 503 with it, and it is gossiped (`MemberMeta::stuck`).
+    pub fn stuck(&self) -> Option<String> {
+        self.liveness.lock().expect("not poisoned").verdict(std::time::Instant::now())
     }
 
     fn heads_json(&self) -> String {
@@ -444,15 +520,24 @@ impl Node {
     }
 
     /// Removes a file from the cluster: a removal entry in the catalog (every node then drops its copies) and the
-    /// local pin, if any.
+    /// local pin, if any. Callers hold the admin token (the API's `DELETE`): when another member added the file,
+    /// the entry is an admin removal, which takes every member's add and which the log records as such; a plain
+    /// removal takes only this node's own adds (docs/security.md, "Catalog authorship").
     pub async fn remove_file(self: &Arc<Self>, root: Cid) -> Result<xnode_storage::UnpinStats, InstanceError> {
         let listed = self.catalog_files().iter().any(|f| f.root == root);
+        let admin = {
+            let me = self.key.public().to_peer_id();
+            self.catalog.lock().expect("not poisoned").state().added_by_others(&root, &me)
+        };
         let repo = self.repo.clone();
         let pinned = tokio::task::spawn_blocking(move || repo.store().pin(&root)).await.expect("no panic")?.is_some();
         if !listed && !pinned {
             return Err(InstanceError::Store(xnode_storage::StoreError::NotPinned { root }));
         }
-        self.append_catalog(xnode_catalog::Op::Remove { root }).await?;
+        if admin {
+            tracing::info!(%root, "admin removal of a file other members added");
+        }
+        self.append_catalog(xnode_catalog::Op::Remove { root, admin }).await?;
         if !pinned {
             return Ok(xnode_storage::UnpinStats::default());
         }
@@ -463,12 +548,22 @@ impl Node {
     /// Gossips the node's current figures now (the refresher also does so every second).
     pub(crate) async fn publish_meta(&self) {
         let repo = self.repo.clone();
-        let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || repo.stats()).await else { return };
+        // A wedged blocking pool must not keep the node from saying it is stuck: past a short wait the figures
+        // stay as last gossiped.
+        let stats = tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(move || repo.stats()));
+        let stats = match stats.await {
+            Ok(Ok(Ok(stats))) => Some(stats),
+            Ok(_) => return,
+            Err(_) => None,
+        };
         let mut meta = self.meta.lock().await;
         let mut next = meta.clone();
-        next.capacity = stats.capacity;
-        next.used = stats.bytes_held;
-        next.blocks = stats.blocks;
+        if let Some(stats) = stats {
+            next.capacity = stats.capacity;
+            next.used = stats.bytes_held;
+            next.blocks = stats.blocks;
+        }
+        next.stuck = self.stuck().unwrap_or_default();
         next.phase = self.phase().as_str().to_string();
         {
             let report = self.report.borrow();
@@ -676,6 +771,50 @@ async fn advertised_addrs(client: &Client, ip: std::net::IpAddr) -> Vec<String> 
 
 use xnode_p2p::multiaddr::Protocol as libp2p_proto;
 
+/// Runs a no-op on a blocking thread every [`PROBE_EVERY`] and records when one finished ([`Liveness`]). At most
+/// one probe waits at a time, so a wedged pool does not pile them up.
+async fn probe_blocking(node: std::sync::Weak<Node>, stop: CancellationToken) {
+    loop {
+        let probe = tokio::task::spawn_blocking(std::time::Instant::now);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            ran = probe => {
+                let Ok(at) = ran else { return };
+                let Some(node) = node.upgrade() else { return };
+                node.liveness.lock().expect("not poisoned").probe_at = at;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+    }
+}
+
+/// Tells the swarm who the cluster's live members are, by peer id from their sealed gossip metadata, whenever the
+/// view changes: the swarm answers holdings requests (and, without public Bitswap, swaps blocks) only with them.
+async fn bind_members(node: std::sync::Weak<Node>, stop: CancellationToken) {
+    let Some(mut view) = node.upgrade().and_then(|n| n.members_watch()) else { return };
+    loop {
+        let peers: std::collections::HashSet<PeerId> = view
+            .borrow_and_update()
+            .iter()
+            .filter(|m| !m.is_self && m.state == MemberState::Alive)
+            .filter_map(|m| m.meta.peer_id.parse().ok())
+            .collect();
+        {
+            let Some(node) = node.upgrade() else { return };
+            if node.client.set_members(peers).await.is_err() {
+                return; // the swarm stopped
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = view.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Connects to members learned through gossip, so blocks can flow between every pair of live members.
 async fn dial_members(node: std::sync::Weak<Node>, stop: CancellationToken) {
     loop {
@@ -698,5 +837,82 @@ async fn dial_members(node: std::sync::Weak<Node>, stop: CancellationToken) {
                 tracing::debug!(member = %m.name, error = %e, "could not dial member");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_node_is_stuck_when_allocation_or_blocking_work_stops_moving() {
+        let t0 = Instant::now();
+        let mut live = Liveness::new(t0);
+        assert_eq!(live.verdict(t0), None);
+        // Busy but moving: reports and probes keep coming.
+        for s in (2..600).step_by(2) {
+            let now = t0 + Duration::from_secs(s);
+            live.report_at = now;
+            live.probe_at = now;
+            assert_eq!(live.verdict(now + Duration::from_secs(1)), None, "at {s} s");
+        }
+        let t1 = t0 + Duration::from_secs(600);
+        // The allocation loop stops reporting; blocking work still runs.
+        live.report_at = t1;
+        for s in (0..300).step_by(5) {
+            live.probe_at = t1 + Duration::from_secs(s);
+            let verdict = live.verdict(t1 + Duration::from_secs(s));
+            assert_eq!(verdict.is_some(), s >= ALLOCATION_STALL.as_secs(), "{s} s without a report: {verdict:?}");
+        }
+        let v = live.verdict(t1 + Duration::from_secs(299)).unwrap();
+        assert!(v.contains("allocation") && v.contains("299 s"), "{v}");
+        // Blocking work wedges while allocation still reports (it reports from its own task).
+        let t2 = t1 + Duration::from_secs(1000);
+        live.report_at = t2;
+        live.probe_at = t2;
+        assert_eq!(live.verdict(t2 + BLOCKING_STALL - Duration::from_millis(1)), None);
+        let v = live.verdict(t2 + BLOCKING_STALL).unwrap();
+        assert!(v.contains("blocking work") && v.contains("API"), "{v}");
+        // A clock reading older than the last report (another thread recorded after `now` was read) is not stuck.
+        assert_eq!(live.verdict(t2 - Duration::from_secs(5)), None);
+    }
+
+    /// The probe task moves `probe_at` while the pool runs, and stops moving it once every blocking thread is
+    /// taken: the verdict then names blocking work.
+    #[test]
+    fn the_probe_sees_a_wedged_blocking_pool() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let live = Arc::new(std::sync::Mutex::new(Liveness::new(Instant::now() - Duration::from_secs(60))));
+            let probe = |live: Arc<std::sync::Mutex<Liveness>>| async move {
+                let at = tokio::task::spawn_blocking(Instant::now).await.unwrap();
+                live.lock().unwrap().probe_at = at;
+            };
+            tokio::time::timeout(Duration::from_secs(5), probe(live.clone())).await.expect("a free pool runs it");
+            assert!(live.lock().unwrap().probe_at.elapsed() < Duration::from_secs(5));
+            // Wedge both blocking threads.
+            let (release, wait) = std::sync::mpsc::channel::<()>();
+            let wait = Arc::new(std::sync::Mutex::new(wait));
+            for _ in 0..2 {
+                let wait = wait.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = wait.lock().unwrap().recv_timeout(Duration::from_secs(30));
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let before = live.lock().unwrap().probe_at;
+            let wedged = tokio::time::timeout(Duration::from_millis(500), probe(live.clone())).await;
+            assert!(wedged.is_err(), "the probe cannot run while every blocking thread is taken");
+            assert_eq!(live.lock().unwrap().probe_at, before);
+            let v = live.lock().unwrap().verdict(before + BLOCKING_STALL).unwrap();
+            assert!(v.contains("blocking work"), "{v}");
+            drop(release);
+        });
     }
 }

@@ -53,6 +53,15 @@ impl Client {
         self.ask(|reply| Command::ConnectedPeers { reply }).await
     }
 
+    /// Binds the swarm to membership: `peers` are the peer ids of the cluster's live members, as authenticated
+    /// gossip lists them. From the first call on, holdings requests are answered only for these peers (others get
+    /// [`holdings::Refusal::NotMember`]), and with `public_bitswap` off Bitswap serves and asks only them. Call it
+    /// whenever the membership view changes. Until the first call the swarm trusts identify's group tag (tests of
+    /// this crate alone).
+    pub async fn set_members(&self, peers: HashSet<PeerId>) -> Result<(), P2pError> {
+        self.commands.send(Command::SetMembers { peers }).await.map_err(|_| P2pError::Stopped)
+    }
+
     /// Adds a DHT bootstrap peer (`…/p2p/<peer id>`) and dials it; returns without waiting for the connection.
     pub async fn add_bootstrap(&self, addr: Multiaddr) -> Result<(), P2pError> {
         self.ask(|reply| Command::AddBootstrap { addr, reply }).await?

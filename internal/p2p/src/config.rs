@@ -20,6 +20,14 @@ pub struct P2pConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Whether to discover peers of the LAN with mDNS. Default: true.
     pub mdns: bool,
+    /// Whether peers outside the cluster may swap blocks over Bitswap (`XNODE_PUBLIC_BITSWAP`): Kubo interop, both
+    /// ways. When false, once [`crate::Client::set_members`] has bound the swarm to membership, Bitswap serves only
+    /// members and fetches only from members. Default: true (the binary turns it off for a sealed cluster).
+    pub public_bitswap: bool,
+    /// Whether cluster protocols wait for [`crate::Client::set_members`] (no peer is a member until it names it)
+    /// rather than trusting identify's group tag, which anyone can announce. The node sets it; this crate's own
+    /// tests, which run no gossip, leave it off. Default: false.
+    pub bind_to_membership: bool,
     /// Blocks in flight per fetch (wanted and not yet received, or received and not yet stored). Default: 128
     /// (32 MiB of 256 KiB blocks), so every holder can have a full pipeline of requests.
     pub fetch_window: usize,
@@ -63,6 +71,8 @@ impl P2pConfig {
             listen,
             bootstrap: Vec::new(),
             mdns: true,
+            public_bitswap: true,
+            bind_to_membership: false,
             fetch_window: 128,
             max_inflight_per_peer: 64,
             block_request_timeout: Duration::from_secs(10),

@@ -40,6 +40,7 @@ pub(crate) enum Command {
     Fetch { root: Cid, kind: FetchKind, timeout: Duration, reply: oneshot::Sender<Result<Outcome, P2pError>> },
     Dial { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<(), P2pError>> },
     Holdings { peer: PeerId, request: Request, reply: oneshot::Sender<Result<Response, P2pError>> },
+    SetMembers { peers: HashSet<PeerId> },
     Shutdown,
 }
 
@@ -109,8 +110,14 @@ pub(crate) struct EventLoop {
     next_reprovide: Instant,
     /// Peers identify has accepted (our group, or not an Xnode at all).
     admitted: HashSet<PeerId>,
-    /// The admitted peers that are Xnodes of our group: the only ones whose holdings requests are answered.
+    /// The admitted peers whose identify says they are Xnodes of our group. Trusted for cluster work only until
+    /// `cluster` is set: the group tag is a hash anyone can announce.
     members: HashSet<PeerId>,
+    /// The cluster's live members by authenticated gossip ([`crate::Client::set_members`]); once set, the only
+    /// peers whose holdings requests are answered (and, without public Bitswap, the only ones we swap blocks with).
+    cluster: Option<HashSet<PeerId>>,
+    /// The admitted peers the retriever may ask for blocks (`peer_up` given, `peer_down` not yet).
+    swapping: HashSet<PeerId>,
     /// Xnodes of another group: never dialled again, never in the routing table.
     other_group: HashSet<PeerId>,
     /// Banned peers and when their ban ends.
@@ -136,6 +143,11 @@ impl EventLoop {
     ) -> Self {
         let (stored_tx, stored_rx) = mpsc::unbounded_channel();
         let (answered_tx, answered_rx) = mpsc::unbounded_channel();
+        let mut swarm = swarm;
+        let cluster = config.bind_to_membership.then(HashSet::new);
+        if cluster.is_some() && !config.public_bitswap {
+            swarm.behaviour_mut().bitswap.serve_only(cluster.clone());
+        }
         let retriever =
             Retriever::new(local, config.fetch_window, config.max_inflight_per_peer, config.block_request_timeout);
         EventLoop {
@@ -163,6 +175,8 @@ impl EventLoop {
             provide_queue: VecDeque::new(),
             admitted: HashSet::new(),
             members: HashSet::new(),
+            cluster,
+            swapping: HashSet::new(),
             other_group: HashSet::new(),
             bans: HashMap::new(),
             relays: HashMap::new(),
@@ -245,7 +259,54 @@ impl EventLoop {
                 self.outbound.entry(peer).or_default().waiting.push_back((request, reply));
                 self.send_holdings(peer);
             }
+            Command::SetMembers { peers } => self.set_members(peers),
             Command::Shutdown => {}
+        }
+    }
+
+    /// Whether `peer` takes part in cluster protocols: a live member by gossip once the swarm is bound to
+    /// membership, else (this crate's own tests) a peer identify says is of our group.
+    fn is_member(&self, peer: &PeerId) -> bool {
+        match &self.cluster {
+            Some(cluster) => cluster.contains(peer),
+            None => self.members.contains(peer),
+        }
+    }
+
+    /// Whether we swap blocks with `peer` over Bitswap.
+    fn may_swap(&self, peer: &PeerId) -> bool {
+        self.config.public_bitswap || self.is_member(peer)
+    }
+
+    /// Tells the retriever about `peer` coming into or going out of the set of peers it may ask.
+    fn refresh_swap(&mut self, peer: PeerId) {
+        let wanted = self.admitted.contains(&peer) && self.may_swap(&peer);
+        let mut out = Vec::new();
+        if wanted && self.swapping.insert(peer) {
+            self.retriever.peer_up(peer, Instant::now(), &mut out);
+        } else if !wanted && self.swapping.remove(&peer) {
+            self.retriever.peer_down(peer, Instant::now(), &mut out);
+        }
+        self.apply(out);
+    }
+
+    /// The cluster's live members changed (see [`crate::Client::set_members`]).
+    fn set_members(&mut self, peers: HashSet<PeerId>) {
+        let before = self.cluster.replace(peers);
+        if !self.config.public_bitswap {
+            self.swarm.behaviour_mut().bitswap.serve_only(self.cluster.clone());
+        }
+        let changed: Vec<PeerId> = match (&before, &self.cluster) {
+            (Some(b), Some(a)) => b.symmetric_difference(a).copied().collect(),
+            _ => self.admitted.iter().copied().collect(),
+        };
+        for peer in changed {
+            self.refresh_swap(peer);
+        }
+        // Requests parked before identify answered are decided by membership now.
+        let parked: Vec<PeerId> = self.parked.keys().copied().collect();
+        for peer in parked {
+            self.unpark(peer);
         }
     }
 
@@ -368,7 +429,13 @@ impl EventLoop {
 
     /// A holdings request from `peer`: answered only for members of our group, at most a few at a time per peer.
     fn on_holdings_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
-        if !self.members.contains(&peer) {
+        if self.cluster.is_some() && !self.is_member(&peer) {
+            // Bound to membership: whoever is not a live member by gossip gets nothing but the refusal.
+            tracing::debug!(%peer, "refusing a holdings request of a peer that is not a live member");
+            let _ = self.swarm.behaviour_mut().holdings.send_response(channel, Response::Refused(Refusal::NotMember));
+            return;
+        }
+        if !self.is_member(&peer) {
             if self.admitted.contains(&peer) || self.other_group.contains(&peer) || !self.swarm.is_connected(&peer) {
                 // Not an Xnode of our group: no answer (dropping the channel closes the stream).
                 tracing::debug!(%peer, "refusing a holdings request of a peer outside the group");
@@ -400,7 +467,7 @@ impl EventLoop {
     /// Identify classified `peer` (or it went away): serves or drops the requests it sent before.
     fn unpark(&mut self, peer: PeerId) {
         let Some(requests) = self.parked.remove(&peer) else { return };
-        let member = self.members.contains(&peer);
+        let member = self.is_member(&peer);
         for (request, channel) in requests {
             if member {
                 self.serve_holdings(peer, request, channel);
@@ -479,6 +546,7 @@ impl EventLoop {
         self.members.remove(&peer);
         self.relays.remove(&peer);
         self.unpark(peer);
+        self.refresh_swap(peer);
         let _ = self.events.send(NetEvent::PeerBanned { peer, reason });
     }
 
@@ -605,6 +673,7 @@ impl EventLoop {
                 self.members.remove(&peer_id);
                 self.unpark(peer_id);
                 self.dialed.remove(&peer_id);
+                self.swapping.remove(&peer_id);
                 let mut out = Vec::new();
                 self.retriever.peer_down(peer_id, Instant::now(), &mut out);
                 self.apply(out);
@@ -668,6 +737,7 @@ impl EventLoop {
                 self.relays.remove(&peer);
                 self.unpark(peer);
                 let _ = self.swarm.disconnect_peer_id(peer);
+                self.swapping.remove(&peer);
                 let mut out = Vec::new();
                 self.retriever.peer_down(peer, Instant::now(), &mut out);
                 self.apply(out);
@@ -680,19 +750,17 @@ impl EventLoop {
                         self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
                     }
                 }
+                if kind == PeerKind::SameGroup {
+                    self.members.insert(peer);
+                }
+                // Circuits are end-to-end encrypted and authenticated, so a relay needs no trust beyond identify's.
                 if kind == PeerKind::SameGroup && info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
                     self.relays.insert(peer, addrs.clone());
                     self.maybe_reserve(peer, &addrs);
                 }
-                if kind == PeerKind::SameGroup {
-                    self.members.insert(peer);
-                }
                 self.unpark(peer);
-                if self.admitted.insert(peer) {
-                    let mut out = Vec::new();
-                    self.retriever.peer_up(peer, Instant::now(), &mut out);
-                    self.apply(out);
-                }
+                self.admitted.insert(peer);
+                self.refresh_swap(peer);
             }
         }
     }
@@ -717,15 +785,21 @@ impl EventLoop {
     fn on_kad_progress(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
         match result {
             kad::QueryResult::GetProviders(result) => {
-                let Some(query) = self.pending_providers.get_mut(&id) else { return };
+                if !self.pending_providers.contains_key(&id) {
+                    return;
+                }
                 if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
                     let local = *self.swarm.local_peer_id();
-                    let fresh: Vec<PeerId> = providers
+                    let providers: Vec<PeerId> = providers
                         .into_iter()
                         .filter(|p| *p != local && !self.other_group.contains(p) && !self.bans.contains_key(p))
-                        .filter(|p| query.found.insert(*p))
                         .collect();
+                    // Retrieval asks only peers it may swap blocks with (members, unless Bitswap is public).
+                    let swappable: HashSet<PeerId> = providers.iter().filter(|p| self.may_swap(p)).copied().collect();
+                    let query = self.pending_providers.get_mut(&id).expect("checked above");
+                    let fresh: Vec<PeerId> = providers.into_iter().filter(|p| query.found.insert(*p)).collect();
                     if query.reply.is_none() {
+                        let fresh: Vec<PeerId> = fresh.into_iter().filter(|p| swappable.contains(p)).collect();
                         for peer in self.retriever.on_providers(fresh) {
                             self.start_dial(peer, Vec::new(), None);
                         }

@@ -171,3 +171,7 @@ impl Node {
         let _ = self.task.await;
     }
 }
+
+#[cfg(test)]
+#[path = "../../dag/src/fuzz_support.rs"]
+mod fuzz_support;

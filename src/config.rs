@@ -323,7 +323,11 @@ impl Env {
                 0
             } else {
                 parse_size(v).ok_or_else(|| {
-                    invalid("XNODE_SCRUB_RATE", v, "not a rate in bytes per second; use e.g. 16MiB, or 0 for full speed")
+                    invalid(
+                        "XNODE_SCRUB_RATE",
+                        v,
+                        "not a rate in bytes per second; use e.g. 16MiB, or 0 for full speed",
+                    )
                 })?
             };
         }

@@ -214,7 +214,8 @@ fn cluster(dir: PathBuf, extra: &[(&str, &str)], size: usize, seed: u64) -> Clus
     let blocks = dag_of(&data);
     assert_eq!(blocks.last().map(|b| b.0.as_str()), Some(root.as_str()));
     let refs: Vec<&RunningNode> = nodes.iter().collect();
-    let took = wait_until(Duration::from_secs(60), "the file at RF 2 on every member", || healthy(&refs, &NAMES, &root));
+    let took =
+        wait_until(Duration::from_secs(60), "the file at RF 2 on every member", || healthy(&refs, &NAMES, &root));
     eprintln!("settled at RF 2 in {took:?}");
     Cluster { dir, nodes, data, root, blocks }
 }
@@ -365,8 +366,10 @@ fn reads_that_cannot_complete_fail_visibly() {
         }
         other => panic!("a corrupted root must fail before the headers: {other:?}"),
     }
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_xnode")).args(["--api", &n.api, "cat", "--timeout", "2", &root]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xnode"))
+        .args(["--api", &n.api, "cat", "--timeout", "2", &root])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&root));
 }
@@ -399,7 +402,8 @@ fn two_members_killed_one_after_the_other_at_rf_2() {
     let mut d = nodes.pop().unwrap();
     kill(&mut d);
     let refs: Vec<&RunningNode> = nodes.iter().collect();
-    let first = wait_until(Duration::from_secs(60), "RF 2 on three after d died", || healthy(&refs, &names[..3], &root));
+    let first =
+        wait_until(Duration::from_secs(60), "RF 2 on three after d died", || healthy(&refs, &names[..3], &root));
     let mut c = nodes.pop().unwrap();
     kill(&mut c);
     let refs: Vec<&RunningNode> = nodes.iter().collect();
@@ -440,9 +444,13 @@ fn kill_9_of_a_member_during_an_upload_to_another() {
     c.child.wait().unwrap();
     let killed = Instant::now();
     let root = uploader.join().unwrap().expect("the upload to a survivor completes");
-    let took = wait_until(Duration::from_secs(60), "RF 2 on the two survivors", || healthy(&[&a, &b], &names[..2], &root));
+    let took =
+        wait_until(Duration::from_secs(60), "RF 2 on the two survivors", || healthy(&[&a, &b], &names[..2], &root));
     for n in [&a, &b] {
         assert_eq!(sha(&download(n, &root).unwrap()), sha(&data));
     }
-    eprintln!("kill -9 during an upload: RF 2 on the survivors {:?} after the kill ({took:?} after the upload)", killed.elapsed());
+    eprintln!(
+        "kill -9 during an upload: RF 2 on the survivors {:?} after the kill ({took:?} after the upload)",
+        killed.elapsed()
+    );
 }

@@ -164,7 +164,10 @@ impl From<InstanceError> for ApiError {
             InstanceError::P2p(xnode_p2p::P2pError::NotFound { .. }) => StatusCode::GATEWAY_TIMEOUT,
             // A block nobody sent in time, met while reading (the root or the first chunk of a download).
             InstanceError::Read(ReadError::Source(inner))
-                if matches!(inner.downcast_ref::<xnode_p2p::P2pError>(), Some(xnode_p2p::P2pError::NotFound { .. })) =>
+                if matches!(
+                    inner.downcast_ref::<xnode_p2p::P2pError>(),
+                    Some(xnode_p2p::P2pError::NotFound { .. })
+                ) =>
             {
                 StatusCode::GATEWAY_TIMEOUT
             }

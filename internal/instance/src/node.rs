@@ -570,7 +570,11 @@ impl Node {
                 if free < READ_ROOM {
                     if let Ok(gc) = store.gc() {
                         if gc.blocks_deleted > 0 {
-                            tracing::info!(blocks = gc.blocks_deleted, bytes = gc.bytes_freed, "evicted read cache to make room for a read");
+                            tracing::info!(
+                                blocks = gc.blocks_deleted,
+                                bytes = gc.bytes_freed,
+                                "evicted read cache to make room for a read"
+                            );
                         }
                     }
                 }

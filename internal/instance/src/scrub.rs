@@ -304,7 +304,9 @@ async fn scrub_loop(
     };
     let mut next = Instant::now() + first_wait;
     loop {
-        progress.send_modify(|p| p.next_pass_at = Some(unix_now() + next.saturating_duration_since(Instant::now()).as_secs()));
+        progress.send_modify(|p| {
+            p.next_pass_at = Some(unix_now() + next.saturating_duration_since(Instant::now()).as_secs())
+        });
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep_until(next.into()) => {}

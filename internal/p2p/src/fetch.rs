@@ -732,7 +732,9 @@ mod tests {
         r.on_have(holder, cid, later, &mut out);
         assert!(requests(&out).contains(&(holder, cid)));
         r.on_block(holder, cid, data.clone(), later, &mut out);
-        assert!(out.iter().any(|a| matches!(a, Action::Finish { fetch, result: Ok(Outcome::Block(d)) } if *fetch == id && *d == data)));
+        assert!(out.iter().any(
+            |a| matches!(a, Action::Finish { fetch, result: Ok(Outcome::Block(d)) } if *fetch == id && *d == data)
+        ));
 
         // With no other peer connected at all, likewise.
         let mut r = Retriever::new(Arc::new(Mem::default()), 32, 16, Duration::from_secs(10));

@@ -248,10 +248,7 @@ fn view_key(members: &[Member]) -> ViewKey {
 
 /// Resolves when the membership view differs from `last` in what the layout depends on (metadata the members
 /// republish every round does not count). Never resolves once the node has left.
-async fn view_changed(
-    members: &mut Option<tokio::sync::watch::Receiver<Arc<Vec<Member>>>>,
-    last: &ViewKey,
-) {
+async fn view_changed(members: &mut Option<tokio::sync::watch::Receiver<Arc<Vec<Member>>>>, last: &ViewKey) {
     let Some(rx) = members else { return std::future::pending().await };
     loop {
         if rx.changed().await.is_err() {

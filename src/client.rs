@@ -161,8 +161,11 @@ impl Api {
             .request("GET", &format!("/api/v1/dag/export/{cid}{}", self.read_query()))
             .call()
             .map_err(|e| self.explain(e))?;
-        io::copy(&mut response.into_reader(), out)
-            .context("the CAR ended early (a block did not arrive in time; the node's log names it)")?;
+        io::copy(&mut response.into_reader(), out).with_context(|| {
+            format!(
+                "the CAR of {cid} ended early: a block of it is missing or corrupted and no member sent a good copy                  in time (the node's log names the block)"
+            )
+        })?;
         Ok(())
     }
 
@@ -190,9 +193,33 @@ impl Api {
         let response = match req.call() {
             Ok(r) => r,
             Err(ureq::Error::Status(416, _)) => return Ok(()),
-            Err(e) => return Err(self.explain(e)),
+            Err(e) => return Err(self.explain(e).context(format!("cannot read {cid}"))),
         };
-        io::copy(&mut response.into_reader(), out)?;
+        let expected = response.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
+        let mut reader = response.into_reader();
+        let mut copied = 0u64;
+        let mut buf = vec![0; 256 << 10];
+        // A download the node could not finish is cut short of its Content-Length: that is a failure (exit 1) naming
+        // the file, never a quietly short output.
+        let short = |copied: u64| {
+            let of = expected.map(|e| format!(" of {e}")).unwrap_or_default();
+            anyhow::anyhow!(
+                "reading {cid} failed after {copied}{of} bytes: a block of it is missing or corrupted and no member                  sent a good copy in time (the node's log names the block); retry, or raise --timeout"
+            )
+        };
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(anyhow::Error::new(e).context(short(copied))),
+            };
+            out.write_all(&buf[..n]).context("writing the output")?;
+            copied += n as u64;
+        }
+        if expected.is_some_and(|e| copied < e) {
+            bail!(short(copied));
+        }
         Ok(())
     }
 

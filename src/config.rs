@@ -41,6 +41,8 @@ pub(crate) const KNOWN: &[&str] = &[
     "XNODE_CLUSTER_SECRET_OLD",
     "XNODE_MDNS",
     "XNODE_PUBLIC_BITSWAP",
+    "XNODE_SCRUB_INTERVAL",
+    "XNODE_SCRUB_RATE",
 ];
 
 /// Variables of the test and benchmark scripts (not read by the binary, but often in its environment): no warning.
@@ -64,6 +66,9 @@ pub(crate) const MAX_NAME_LEN: usize = 63;
 /// Most copies of each block `XNODE_REPLICATION` may ask for: more is a typo, not a policy (every member holding
 /// every block is reached long before, and the placement rule's work grows with it).
 pub(crate) const MAX_REPLICATION: usize = 16;
+/// `XNODE_SCRUB_INTERVAL` bounds: shorter is a busy loop, longer lets corruption sit for over a year.
+pub(crate) const SCRUB_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(365 * 86_400));
 /// `XNODE_FETCH_TIMEOUT` bounds: shorter cannot reach any peer, longer only holds requests open.
 pub(crate) const FETCH_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(86_400));
 
@@ -151,6 +156,12 @@ pub(crate) struct Env {
     /// XNODE_PUBLIC_BITSWAP: `true` or `false`, whether peers outside the cluster (Kubo) may swap blocks with this
     /// node over Bitswap (default: `true` without a cluster secret, `false` with one).
     public_bitswap: Option<String>,
+    /// XNODE_SCRUB_INTERVAL: a scrub pass (re-hashing every stored block) starts this often and finishes within it
+    /// (default `30d`, 1s to 365d).
+    scrub_interval: Option<String>,
+    /// XNODE_SCRUB_RATE: bytes per second the scrub reads, e.g. `16MiB`; `0` or `unlimited` for full speed (default
+    /// `16MiB`). A store too large for the rate to finish within the interval is scrubbed faster.
+    scrub_rate: Option<String>,
 }
 
 /// What `xnode run` needs beyond the store, every value checked.
@@ -179,6 +190,7 @@ pub(crate) struct NodeSettings {
     pub(crate) mdns: bool,
     /// XNODE_PUBLIC_BITSWAP, resolved against the cluster secret.
     pub(crate) public_bitswap: bool,
+    pub(crate) scrub: xnode_instance::ScrubConfig,
 }
 
 /// Where the cluster secret comes from.
@@ -302,6 +314,38 @@ impl Env {
         port(&self.api_port, "XNODE_API_PORT", 8080, true)
     }
 
+    /// XNODE_SCRUB_INTERVAL and XNODE_SCRUB_RATE, checked.
+    fn scrub(&self) -> Result<xnode_instance::ScrubConfig, ConfigError> {
+        let mut scrub = xnode_instance::ScrubConfig::default();
+        if let Some(v) = set(&self.scrub_interval) {
+            let (min, max) = SCRUB_INTERVAL_RANGE;
+            scrub.interval = match parse_duration(v) {
+                Some(d) if d >= min && d <= max => d,
+                _ => {
+                    return Err(invalid(
+                        "XNODE_SCRUB_INTERVAL",
+                        v,
+                        "not a duration from 1s to 365d; use e.g. 30d (a full pass of the store per interval)",
+                    ))
+                }
+            };
+        }
+        if let Some(v) = set(&self.scrub_rate) {
+            scrub.rate = if v.eq_ignore_ascii_case("unlimited") {
+                0
+            } else {
+                parse_size(v).ok_or_else(|| {
+                    invalid(
+                        "XNODE_SCRUB_RATE",
+                        v,
+                        "not a rate in bytes per second; use e.g. 16MiB, or 0 for full speed",
+                    )
+                })?
+            };
+        }
+        Ok(scrub)
+    }
+
     /// Everything `xnode run` needs, checked.
     pub(crate) fn node(&self) -> Result<NodeSettings, ConfigError> {
         let name = set(&self.name).map(|n| check_name("XNODE_NAME", n).map(str::to_string)).transpose()?;
@@ -386,6 +430,7 @@ impl Env {
                 }
             }
         };
+        let scrub = self.scrub()?;
         let admin_token = self.admin_token();
         if let Some(t) = &admin_token {
             if t.chars().any(|c| c.is_control()) {
@@ -445,6 +490,7 @@ impl Env {
             cluster_secret,
             mdns,
             public_bitswap,
+            scrub,
         })
     }
 }
@@ -556,7 +602,7 @@ pub(crate) fn parse_size(s: &str) -> Option<u64> {
     s.parse::<ByteSize>().ok().map(|b| b.as_u64())
 }
 
-/// `30s`, `2m`, `500ms`, `1h`, or plain seconds; `None` if malformed, negative or out of `Duration`'s range.
+/// `30s`, `2m`, `500ms`, `1h`, `30d`, or plain seconds; `None` if malformed, negative or out of `Duration`'s range.
 pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
@@ -566,6 +612,7 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
         "ms" => n / 1000.0,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         _ => return None,
     };
     Duration::try_from_secs_f64(secs).ok()
@@ -673,6 +720,24 @@ mod tests {
         assert_eq!(env(&[("XNODE_FETCH_TIMEOUT", "2m")]).node().unwrap().fetch_timeout, Duration::from_secs(120));
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("1e300"), None);
+    }
+
+    #[test]
+    fn scrub_interval_and_rate() {
+        let d = env(&[]).node().unwrap().scrub;
+        assert_eq!(d, xnode_instance::ScrubConfig::default());
+        assert_eq!(d.interval, Duration::from_secs(30 * 86_400), "a month by default, like Garage's 25-35 days");
+        let s = env(&[("XNODE_SCRUB_INTERVAL", "7d"), ("XNODE_SCRUB_RATE", "64MiB")]).node().unwrap().scrub;
+        assert_eq!((s.interval, s.rate), (Duration::from_secs(7 * 86_400), 64 << 20));
+        assert_eq!(env(&[("XNODE_SCRUB_INTERVAL", "90s")]).node().unwrap().scrub.interval, Duration::from_secs(90));
+        assert_eq!(env(&[("XNODE_SCRUB_RATE", "unlimited")]).node().unwrap().scrub.rate, 0);
+        assert_eq!(env(&[("XNODE_SCRUB_RATE", "0")]).node().unwrap().scrub.rate, 0);
+        for bad in ["0s", "500ms", "400d", "soon", "-1"] {
+            node_err("XNODE_SCRUB_INTERVAL", bad);
+        }
+        for bad in ["fast", "-5", "16 parsecs"] {
+            node_err("XNODE_SCRUB_RATE", bad);
+        }
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub(crate) fn run(settings: NodeSettings, data_dir: PathBuf, store: StoreConfig)
     let config = NodeConfig {
         replication: settings.replication,
         partitions: settings.partitions,
+        scrub: settings.scrub,
         watch_dir: settings.watch_dir,
         data_dir,
         store,

@@ -428,8 +428,9 @@ pub(crate) fn parse_cid(s: &str) -> Result<Cid, ApiError> {
 }
 
 /// `GET /api/v1/files/{cid}`: a file's bytes, streamed; `Range: bytes=a-b` gives 206 with that slice. Blocks this
-/// node lacks are fetched while the body streams, in file order as they arrive; a block that does not arrive within
-/// the timeout ends the body early, with an error, after the status was sent.
+/// node lacks are fetched while the body streams, in file order as they arrive. A root or first block that cannot be
+/// read fails before the status (JSON error naming the block); a later block that does not arrive within the timeout
+/// cuts the body short of its Content-Length, which clients report as a failed transfer.
 #[utoipa::path(get, path = "/api/v1/files/{cid}", tag = "files",
     params(("cid" = String, Path, description = "the file's root CID"), ReadParams,
         ("Range" = Option<String>, Header, description = "bytes=a-b, bytes=a- or bytes=-n"),
@@ -440,6 +441,7 @@ pub(crate) fn parse_cid(s: &str) -> Result<Cid, ApiError> {
         (status = 304, description = "unchanged (If-None-Match)"),
         (status = 400, description = "malformed CID, or not a file", body = ErrorBody),
         (status = 416, description = "range outside the file"),
+        (status = 502, description = "the block is corrupted here and no member sent a good copy", body = ErrorBody),
         (status = 504, description = "no member sent the root block before the timeout", body = ErrorBody)))]
 pub(crate) async fn download(
     State(app): State<AppState>,
@@ -475,7 +477,9 @@ pub(crate) async fn download(
     let (offset, length) = (range.offset, range.length);
 
     // The permits go with the body: the reading thread is held until the last byte is handed over.
-    let body = stream_file(source, cid, offset, length, (open, stream));
+    let body = stream_file(source, cid, offset, length, (open, stream))
+        .await
+        .map_err(|e| ApiError::from(xnode_instance::InstanceError::Read(e)))?;
     let mut response = Response::new(body);
     let h = response.headers_mut();
     // Downloads share the dashboard's origin: a stored `page.html` rendered as a page there could act with the
@@ -491,25 +495,38 @@ pub(crate) async fn download(
 }
 
 /// `length` bytes of the file at `cid` from `offset`, read on a blocking thread and streamed through a small
-/// channel (memory stays flat whatever the size). A block that does not arrive in time ends the body with an error,
-/// short of its Content-Length, rather than hanging. `permits` (read bounds) are held until the body ends.
-pub(crate) fn stream_file(
+/// channel (memory stays flat whatever the size). `permits` (read bounds) are held until the body ends.
+///
+/// Reads tell the truth: the file's first chunk is read before this returns, so a root or first block that is
+/// unavailable (nobody sent it in time, corrupted here with no good copy elsewhere) fails the request before any
+/// status is sent, with a JSON error naming the block. A block that fails later ends the body with an error: the
+/// connection is cut short of its Content-Length, which every HTTP client reports as a failed transfer (curl exits
+/// 18, reqwest and ureq return an error), never as a clean short 200.
+pub(crate) async fn stream_file(
     source: impl xnode_dag::BlockSource + Send + 'static,
     cid: Cid,
     offset: u64,
     length: u64,
     permits: impl Send + 'static,
-) -> Body {
+) -> Result<Body, xnode_dag::ReadError> {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let (opened_tx, opened) = tokio::sync::oneshot::channel::<Result<(), xnode_dag::ReadError>>();
     tokio::task::spawn_blocking(move || {
         let _permits = permits;
-        let mut reader = match xnode_dag::FileReader::open(&source, &cid, offset, length) {
-            Ok(r) => r,
+        let first = xnode_dag::FileReader::open(&source, &cid, offset, length)
+            .and_then(|mut reader| reader.next_chunk().map(|chunk| (reader, chunk)));
+        let (mut reader, first) = match first {
+            Ok(opened) => opened,
             Err(e) => {
-                let _ = tx.blocking_send(Err(io::Error::other(e)));
+                let _ = opened_tx.send(Err(e));
                 return;
             }
         };
+        let _ = opened_tx.send(Ok(()));
+        let Some(first) = first else { return };
+        if tx.blocking_send(Ok(first)).is_err() {
+            return; // the client went away
+        }
         loop {
             match reader.next_chunk() {
                 Ok(None) => return,
@@ -520,14 +537,18 @@ pub(crate) fn stream_file(
                 }
                 Err(e) => {
                     // The status and length are sent: all that is left is to cut the body short (and say why here).
-                    tracing::warn!(%cid, "download ended early: {e}");
+                    tracing::warn!(%cid, "download ended early, short of its Content-Length: {e}");
                     let _ = tx.blocking_send(Err(io::Error::other(e)));
                     return;
                 }
             }
         }
     });
-    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+    match opened.await {
+        Ok(Ok(())) => Ok(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(xnode_dag::ReadError::Source("the reading thread ended before the first chunk".into())),
+    }
 }
 
 /// `attachment`, with the file's name when it has one: an ASCII fallback (`filename=`, unsafe characters as `_`)

@@ -245,6 +245,11 @@ fn read_error(e: ReadError) -> ApiError {
         },
         _ => None,
     };
+    if let ReadError::Source(inner) = &e {
+        if inner.downcast_ref::<xnode_instance::RepairError>().is_some() {
+            return ApiError::new(StatusCode::BAD_GATEWAY, e);
+        }
+    }
     match (missing, e) {
         (Some(cid), _) => ApiError::new(
             StatusCode::NOT_FOUND,
@@ -513,7 +518,7 @@ async fn file(
         Body::empty()
     } else {
         let (source, _) = app.node.open_streaming(cid, timeout).await.map_err(instance_error)?;
-        stream_file(source, cid, range.offset, range.length, ())
+        stream_file(source, cid, range.offset, range.length, ()).await.map_err(read_error)?
     };
     let mut response = Response::new(body);
     let h = response.headers_mut();

@@ -162,6 +162,23 @@ impl From<InstanceError> for ApiError {
             }
             InstanceError::Import(xnode_dag::ImportError::Read(_)) => StatusCode::BAD_REQUEST,
             InstanceError::P2p(xnode_p2p::P2pError::NotFound { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            // A block nobody sent in time, met while reading (the root or the first chunk of a download).
+            InstanceError::Read(ReadError::Source(inner))
+                if matches!(
+                    inner.downcast_ref::<xnode_p2p::P2pError>(),
+                    Some(xnode_p2p::P2pError::NotFound { .. })
+                ) =>
+            {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            // Corrupted here and no good copy elsewhere: the cluster, not the request, is at fault.
+            InstanceError::Repair(_) => StatusCode::BAD_GATEWAY,
+            InstanceError::Read(ReadError::Source(inner))
+                if inner.downcast_ref::<xnode_instance::RepairError>().is_some() =>
+            {
+                StatusCode::BAD_GATEWAY
+            }
+            InstanceError::Store(StoreError::Corrupted { .. }) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e)

@@ -59,6 +59,8 @@ struct Metrics {
     disk_bytes: Gauge,
     peers: Gauge,
     members: Family<StateLabel, Gauge>,
+    /// The scrub's progress and the corrupted copies found and repaired, by figure (see [`ScrubLabel`]).
+    scrub: Family<ScrubLabel, Gauge>,
     received_bytes: Counter,
     sent_bytes: Counter,
     received_blocks: Counter,
@@ -69,6 +71,11 @@ struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScrubLabel {
+    figure: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +117,7 @@ impl Telemetry {
             disk_bytes: Gauge::default(),
             peers: Gauge::default(),
             members: Family::default(),
+            scrub: Family::default(),
             received_bytes: Counter::default(),
             sent_bytes: Counter::default(),
             received_blocks: Counter::default(),
@@ -139,6 +147,12 @@ impl Telemetry {
         r.register("disk_bytes", "Bytes the block store occupies on disk", metrics.disk_bytes.clone());
         r.register("peers", "libp2p peers connected", metrics.peers.clone());
         r.register("members", "Members by state as this node sees them, itself included", metrics.members.clone());
+        r.register(
+            "scrub",
+            "The scrub and repairs: blocks_checked, bytes_checked, corrupt_found (this pass), running (0/1), passes, \
+             pass_started_at and pass_finished_at (Unix seconds), corrupt_total, repaired_total, repair_failed_total",
+            metrics.scrub.clone(),
+        );
         r.register("bitswap_received_bytes", "Block bytes received over Bitswap", metrics.received_bytes.clone());
         r.register("bitswap_sent_bytes", "Block bytes sent over Bitswap", metrics.sent_bytes.clone());
         r.register("bitswap_received_blocks", "Blocks received over Bitswap", metrics.received_blocks.clone());
@@ -259,6 +273,21 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Result<Response, Api
     for (state, label) in [(MemberState::Alive, "alive"), (MemberState::Dead, "dead"), (MemberState::Left, "left")] {
         let count = members.iter().filter(|m| m.state == state).count();
         m.members.get_or_create(&StateLabel { state: label.into() }).set(count as i64);
+    }
+    let scrub = app.node.scrub_status();
+    for (figure, value) in [
+        ("blocks_checked", scrub.blocks_checked),
+        ("bytes_checked", scrub.bytes_checked),
+        ("corrupt_found", scrub.corrupt_found),
+        ("running", u64::from(scrub.running)),
+        ("passes", scrub.passes),
+        ("pass_started_at", scrub.pass_started_at.unwrap_or(0)),
+        ("pass_finished_at", scrub.pass_finished_at.unwrap_or(0)),
+        ("corrupt_total", scrub.corrupt_total),
+        ("repaired_total", scrub.repaired_total),
+        ("repair_failed_total", scrub.repair_failed_total),
+    ] {
+        m.scrub.get_or_create(&ScrubLabel { figure: figure.into() }).set(gauge(value));
     }
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &t.registry)

@@ -24,6 +24,14 @@ use crate::InstanceError;
 /// Fetched blocks are committed (made crash-safe) at least every this many bytes.
 const NET_COMMIT_BYTES: u64 = 64 << 20;
 
+/// A full store cannot keep what a download fetches: such blocks are held in memory for the reader instead, up to
+/// this many bytes not yet read (the fetch waits beyond it, so memory stays bounded however large the file).
+const TRANSIENT_MAX: u64 = 64 << 20;
+
+/// Blocks held in memory that the reader has read are kept this many more, for a second look (the root is read by
+/// `stat`, then again by the file reader).
+const TRANSIENT_READ_KEPT: usize = 16;
+
 /// A reader waiting for a block looks again at least this often, whatever it was told (a safety net: every put,
 /// commit and fetch end wakes it anyway).
 const RECHECK: Duration = Duration::from_secs(1);
@@ -41,6 +49,8 @@ pub(crate) struct NetSink {
     unsynced: Mutex<HashMap<Cid, (u64, Bytes)>>,
     /// Downloads streaming now ([`FetchingSource`]s alive); while there are none, puts keep no copy.
     streams: AtomicUsize,
+    /// Blocks fetched for a download while the store was full: verified, never stored, held for the reader.
+    transient: Mutex<Transient>,
     /// Bumped on every put, commit and fetch end; readers waiting for a block wait on `arrived` for it to change.
     generation: Mutex<u64>,
     arrived: Condvar,
@@ -54,6 +64,17 @@ struct Session {
     writer: BlockWriter,
 }
 
+/// See [`NetSink::transient`].
+#[derive(Default)]
+struct Transient {
+    blocks: HashMap<Cid, Bytes>,
+    /// Bytes of blocks no reader has read yet; puts wait while this is over [`TRANSIENT_MAX`].
+    unread: u64,
+    unread_set: std::collections::HashSet<Cid>,
+    /// Blocks read, oldest first; beyond [`TRANSIENT_READ_KEPT`] they are dropped.
+    read: std::collections::VecDeque<Cid>,
+}
+
 impl NetSink {
     pub(crate) fn new(store: Store) -> Self {
         NetSink {
@@ -62,6 +83,7 @@ impl NetSink {
             next_session: AtomicU64::new(0),
             unsynced: Mutex::new(HashMap::new()),
             streams: AtomicUsize::new(0),
+            transient: Mutex::new(Transient::default()),
             generation: Mutex::new(0),
             arrived: Condvar::new(),
             changes: tokio::sync::watch::Sender::new(0),
@@ -91,6 +113,52 @@ impl NetSink {
         self.unsynced.lock().expect("not poisoned").get(cid).map(|(_, b)| b.clone())
     }
 
+    /// Whether no download is streaming now.
+    pub(crate) fn idle(&self) -> bool {
+        self.streams.load(Ordering::Acquire) == 0
+    }
+
+    /// A block held in memory for a download on a full store; `take` marks it read.
+    fn transient(&self, cid: &Cid, take: bool) -> Option<Bytes> {
+        let mut t = self.transient.lock().expect("not poisoned");
+        let data = t.blocks.get(cid).cloned()?;
+        if take && t.unread_set.remove(cid) {
+            t.unread -= data.len() as u64;
+            t.read.push_back(*cid);
+            while t.read.len() > TRANSIENT_READ_KEPT {
+                let old = t.read.pop_front().expect("non-empty");
+                t.blocks.remove(&old);
+            }
+            drop(t);
+            self.wake();
+        }
+        Some(data)
+    }
+
+    /// Holds a block a full store refused, for the download streaming it: waits while the reader is more than
+    /// [`TRANSIENT_MAX`] behind (the fetch slows to the reader's pace), or gives up once no download streams.
+    fn hold_transient(&self, cid: &Cid, data: &Bytes) -> bool {
+        loop {
+            if self.streams.load(Ordering::Acquire) == 0 {
+                return false;
+            }
+            let seen = self.generation();
+            {
+                let mut t = self.transient.lock().expect("not poisoned");
+                if t.blocks.contains_key(cid) {
+                    return true;
+                }
+                if t.unread < TRANSIENT_MAX {
+                    t.unread += data.len() as u64;
+                    t.unread_set.insert(*cid);
+                    t.blocks.insert(*cid, data.clone());
+                    return true;
+                }
+            }
+            self.wait_past(seen);
+        }
+    }
+
     /// Tells waiting readers something changed.
     fn wake(&self) {
         *self.generation.lock().expect("not poisoned") += 1;
@@ -117,7 +185,18 @@ impl xnode_p2p::BlockSink for NetSink {
                 id: self.next_session.fetch_add(1, Ordering::Relaxed),
                 writer: self.store.writer(),
             });
-            session.writer.put(cid, data)?;
+            match session.writer.put(cid, data) {
+                // A download on a full store: the reader gets the block from memory, and nothing is kept.
+                Err(full @ xnode_storage::StoreError::Full { .. }) if self.streams.load(Ordering::Acquire) > 0 => {
+                    drop(guard);
+                    if self.hold_transient(cid, data) {
+                        self.wake();
+                        return Ok(());
+                    }
+                    return Err(Box::new(full));
+                }
+                put => put?,
+            }
             if self.streams.load(Ordering::Acquire) > 0 {
                 self.unsynced.lock().expect("not poisoned").insert(*cid, (session.id, data.clone()));
             }
@@ -174,6 +253,8 @@ pub struct FetchingSource {
     sink: Arc<NetSink>,
     runtime: tokio::runtime::Handle,
     fetch: Arc<Mutex<FetchState>>,
+    /// Repairs a block whose local copy is corrupted; without it (tests), corruption fails the read.
+    integrity: Option<crate::scrub::Integrity>,
 }
 
 impl FetchingSource {
@@ -184,7 +265,15 @@ impl FetchingSource {
             sink,
             runtime: tokio::runtime::Handle::current(),
             fetch: Arc::new(Mutex::new(FetchState::NotStarted(start))),
+            integrity: None,
         }
+    }
+
+    /// Treats a corrupted local copy like a missing one: it is quarantined and a good copy fetched (and stored)
+    /// before the read goes on, instead of failing the read.
+    pub(crate) fn with_repair(mut self, integrity: crate::scrub::Integrity) -> Self {
+        self.integrity = Some(integrity);
+        self
     }
 
     /// How the fetch failed, if it did.
@@ -228,7 +317,7 @@ impl FetchingSource {
         loop {
             // Subscribed before looking, so a block that arrives meanwhile ends the wait below at once.
             let mut changed = self.sink.changes.subscribe();
-            if self.sink.unsynced(cid).is_some() {
+            if self.sink.unsynced(cid).is_some() || self.sink.transient(cid, false).is_some() {
                 return Ok(());
             }
             // One index lookup (microseconds): fine on an async thread.
@@ -247,7 +336,11 @@ impl FetchingSource {
 
 impl Drop for FetchingSource {
     fn drop(&mut self) {
-        self.sink.streams.fetch_sub(1, Ordering::AcqRel);
+        if self.sink.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last download is done: what a full store could not keep is not needed any more.
+            *self.sink.transient.lock().expect("not poisoned") = Transient::default();
+            self.sink.wake();
+        }
     }
 }
 
@@ -256,12 +349,18 @@ impl BlockSource for FetchingSource {
         loop {
             // Read before looking, so a block that arrives meanwhile ends the wait below at once.
             let seen = self.sink.generation();
-            if let Some(data) = self.sink.unsynced(cid) {
+            if let Some(data) = self.sink.unsynced(cid).or_else(|| self.sink.transient(cid, true)) {
                 return Ok(data);
             }
             match self.store.get(cid) {
                 Ok(Some(data)) => return Ok(data),
                 Ok(None) => {}
+                Err(xnode_storage::StoreError::Corrupted { cid: bad }) if self.integrity.is_some() => {
+                    let integrity = self.integrity.as_ref().expect("checked");
+                    return integrity
+                        .blocking_repair(bad, crate::scrub::Finder::Read)
+                        .map_err(|e| ReadError::Source(Box::new(e)));
+                }
                 Err(e) => return Err(ReadError::Source(Box::new(e))),
             }
             match self.fetch_outcome() {

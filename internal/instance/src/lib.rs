@@ -10,6 +10,7 @@ mod car;
 mod fetched;
 mod node;
 pub mod pinning;
+mod scrub;
 mod tar_rules;
 mod watch;
 
@@ -20,6 +21,7 @@ pub use alloc::index as allocation_index;
 pub use car::{write_car, CarImport, ImportedRoot};
 pub use fetched::FetchingSource;
 pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
+pub use scrub::{RepairError, ScrubConfig, ScrubStatus};
 pub use tar_rules::{MAX_TAR_DEPTH, MAX_TAR_ENTRIES, MAX_TAR_METADATA, MAX_TAR_PATH};
 
 use std::fs;
@@ -67,6 +69,9 @@ pub enum InstanceError {
     /// An upload could not be read.
     #[error("{0}")]
     BadUpload(String),
+    /// A corrupted block could not be repaired.
+    #[error(transparent)]
+    Repair(scrub::RepairError),
     /// Writing output failed.
     #[error("writing {path} failed: {source}")]
     Write {

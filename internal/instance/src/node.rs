@@ -25,6 +25,9 @@ const DIAL_MEMBERS: Duration = Duration::from_secs(2);
 /// How often the watched folder is scanned; a file is added after two scans that saw it unchanged.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A read on a store with less free space than this evicts read caches first (see [`Node::open_streaming`]).
+const READ_ROOM: u64 = 256 << 20;
+
 /// How often the node re-reads its store figures and gossips them if they changed.
 const META_REFRESH: Duration = Duration::from_secs(1);
 
@@ -117,6 +120,8 @@ pub struct NodeConfig {
     pub watch_dir: Option<PathBuf>,
     /// Partitions blocks hash into (`XNODE_PARTITIONS`, default 65536, a power of two); the same on every member.
     pub partitions: u32,
+    /// How often and how fast the scrub re-hashes the store (`XNODE_SCRUB_INTERVAL`, `XNODE_SCRUB_RATE`).
+    pub scrub: crate::ScrubConfig,
 }
 
 /// A node's own summary, for `/api/v1/status`.
@@ -148,6 +153,8 @@ pub struct NodeStatus {
     pub partitions_complete: u64,
     /// Partitions it no longer must hold but still keeps copies of, until their holders show they have them.
     pub partitions_surplus: u64,
+    /// The scrub's progress and the corrupted copies found and repaired.
+    pub scrub: crate::ScrubStatus,
 }
 
 /// A catalog file and how well the cluster keeps it, for the API and the dashboard.
@@ -210,6 +217,8 @@ pub struct Node {
     lost: tokio::sync::mpsc::UnboundedSender<cid::Cid>,
     /// When the allocation loop and the blocking pool last showed progress (`/readyz`, the gossiped `stuck`).
     liveness: std::sync::Mutex<Liveness>,
+    /// The repair task's handle: reads and the Bitswap server report corrupted copies through it.
+    integrity: crate::scrub::Integrity,
 }
 
 impl std::fmt::Debug for Node {
@@ -238,10 +247,11 @@ impl Node {
         // Cluster protocols answer only members by authenticated gossip (see `bind_members`), never a peer that
         // merely announces our group.
         let p2p_config = xnode_p2p::P2pConfig { bind_to_membership: true, ..config.p2p.clone() };
+        let (integrity, repairs) = crate::scrub::channel(config.scrub);
         let p2p = xnode_p2p::Node::spawn(
             p2p_config,
             xnode_bitswap::Config::default(),
-            Arc::new(StoreBlocks(repo.store().clone())),
+            Arc::new(StoreBlocks { store: repo.store().clone(), integrity: integrity.clone() }),
             // Placeholder until the allocation side answers placement evidence (issue 12).
             held.clone(),
             net_sink.clone(),
@@ -287,7 +297,16 @@ impl Node {
             catalog_version: tokio::sync::watch::Sender::new(0),
             lost,
             liveness: std::sync::Mutex::new(Liveness::new(std::time::Instant::now())),
+            integrity,
         });
+        tokio::spawn(crate::scrub::run(
+            Arc::downgrade(&node),
+            node.repo.store().clone(),
+            node.integrity.clone(),
+            repairs,
+            config.scrub,
+            node.stop.clone(),
+        ));
         let alloc_config = crate::alloc::AllocConfig { replication: node.replication, partitions: config.partitions };
         tokio::spawn(crate::alloc::run(Arc::downgrade(&node), alloc_config, held, lost_rx, node.stop.clone()));
         if let Some(dir) = config.watch_dir.clone() {
@@ -373,7 +392,13 @@ impl Node {
             partitions,
             partitions_complete,
             partitions_surplus,
+            scrub: self.integrity.status(),
         })
+    }
+
+    /// The scrub's progress and the corrupted copies found and repaired since the start.
+    pub fn scrub_status(&self) -> crate::ScrubStatus {
+        self.integrity.status()
     }
 
     /// What the node is busy with: looking for peers until it joins (or was told to start alone), then what the
@@ -630,6 +655,27 @@ impl Node {
         root: Cid,
         timeout: Duration,
     ) -> Result<(FetchingSource, NodeKind), InstanceError> {
+        // A full store makes room for the read by evicting read caches (blocks kept from earlier reads, needed by
+        // no pin and no allocation) first; what still does not fit streams from memory and is not kept. Only while
+        // no other download streams: its fetched blocks are read cache too, and it still needs them.
+        if self.net_sink.idle() {
+            let store = self.repo.store().clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let free = store.stats().map(|s| s.free).unwrap_or(u64::MAX);
+                if free < READ_ROOM {
+                    if let Ok(gc) = store.gc() {
+                        if gc.blocks_deleted > 0 {
+                            tracing::info!(
+                                blocks = gc.blocks_deleted,
+                                bytes = gc.bytes_freed,
+                                "evicted read cache to make room for a read"
+                            );
+                        }
+                    }
+                }
+            })
+            .await;
+        }
         let (client, sink) = (self.client.clone(), self.net_sink.clone());
         let start: crate::fetched::StartFetch = Box::new(move || {
             Box::pin(async move {
@@ -644,7 +690,8 @@ impl Node {
                 }
             })
         });
-        let source = FetchingSource::new(self.repo.store().clone(), self.net_sink.clone(), start);
+        let source = FetchingSource::new(self.repo.store().clone(), self.net_sink.clone(), start)
+            .with_repair(self.integrity.clone());
         // Waiting for the root holds no thread (a CID that exists nowhere waits the whole timeout); once it is
         // here, or the fetch failed, reading it on a blocking thread takes no time.
         if let Err(e) = source.wait_for(&root).await {
@@ -725,21 +772,39 @@ async fn refresh_meta(node: std::sync::Weak<Node>, stop: CancellationToken) {
     }
 }
 
-/// The store as Bitswap sees it: index lookups, checked reads for retrieval's walk of blocks held here, and
-/// unchecked reads for the server (see [`Store::get_unchecked`]: every receiver hashes what it gets).
-struct StoreBlocks(Store);
+/// The store as Bitswap sees it: index lookups, and checked reads both for retrieval's walk of blocks held here
+/// and for the server. The server checks what it sends (one SHA-256 per block, about 1.5 GB/s per core with the
+/// CPU's SHA extensions) so that a copy corrupted on our disk is never sent: a receiver would take us for a liar.
+/// A corrupted copy is reported for repair instead and answered "don't have", so the asker goes to another holder.
+struct StoreBlocks {
+    store: Store,
+    integrity: crate::scrub::Integrity,
+}
+
+impl StoreBlocks {
+    fn checked(&self, cid: &Cid, finder: crate::scrub::Finder) -> Option<Bytes> {
+        match self.store.get(cid) {
+            Ok(data) => data,
+            Err(xnode_storage::StoreError::Corrupted { cid }) => {
+                self.integrity.corrupt(cid, finder);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
 
 impl xnode_bitswap::BlockStore for StoreBlocks {
     fn has(&self, cid: &Cid) -> bool {
-        self.0.has(cid).unwrap_or(false)
+        self.store.has(cid).unwrap_or(false)
     }
 
     fn get(&self, cid: &Cid) -> Option<Bytes> {
-        self.0.get(cid).ok().flatten()
+        self.checked(cid, crate::scrub::Finder::Read)
     }
 
     fn read_to_send(&self, cid: &Cid) -> Option<Bytes> {
-        self.0.get_unchecked(cid).ok().flatten()
+        self.checked(cid, crate::scrub::Finder::Serve)
     }
 }
 

@@ -7,7 +7,10 @@
 //! peer has answered for one block of a fetch (a HAVE or a block), it is taken to hold the rest of that DAG too:
 //! its next blocks are asked of it with want-block straight away, saving the want-have round trip per block (the
 //! other peers still get want-haves, so a fetch spreads over every holder, and a wrong guess costs one DONT_HAVE).
-//! A peer that sends bytes not matching the CID is banned; a peer that is slow loses the request to the next
+//! A peer that sends bytes not matching the CID loses that request to the next holder (it may only have a copy
+//! corrupted on its disk, which it repairs: it is not a liar at once); one that does so [`BAN_AFTER`] times within
+//! [`OFFENCE_WINDOW`] is banned, unless it is the only other holder of a block still wanted (a ban would then cut
+//! the fetch off from its only source, as two survivors of three once were). A peer that is slow loses the request to the next
 //! holder; when every peer said "don't have", the DHT is asked for providers and the search is repeated now and
 //! then until the fetch's own deadline, which ends it with an error naming the first block still missing.
 
@@ -28,6 +31,14 @@ pub(crate) type FetchId = u64;
 /// How often a block that nobody has is searched for again (want-have to every peer, DHT providers).
 const RESEARCH_INTERVAL: Duration = Duration::from_secs(3);
 
+/// Bad blocks (bytes not matching what was asked, or unasked blocks) a peer may send within [`OFFENCE_WINDOW`]
+/// before it is banned. One or two are what an honest member with a corrupted copy sends before its own check
+/// catches it (its server re-hashes what it sends, and reports the copy for repair); a liar keeps going.
+pub(crate) const BAN_AFTER: usize = 3;
+
+/// How long a bad block counts against its sender.
+pub(crate) const OFFENCE_WINDOW: Duration = Duration::from_secs(600);
+
 /// What a fetch returns when it ends well.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FetchStats {
@@ -39,7 +50,8 @@ pub struct FetchStats {
     pub blocks_local: u64,
     /// Blocks received per peer: shows a fetch spread over several holders.
     pub per_peer: HashMap<PeerId, u64>,
-    /// Blocks rejected because their bytes did not match their CID (their senders were banned).
+    /// Blocks rejected because their bytes did not match their CID (their senders lost the request; repeat
+    /// offenders are banned).
     pub rejected: u64,
 }
 
@@ -124,6 +136,8 @@ pub(crate) struct Retriever {
     wants: HashMap<Cid, Want>,
     fetches: HashMap<FetchId, Fetch>,
     next_id: FetchId,
+    /// When each peer sent bad blocks, within [`OFFENCE_WINDOW`].
+    offences: HashMap<PeerId, VecDeque<Instant>>,
 }
 
 impl Retriever {
@@ -138,6 +152,7 @@ impl Retriever {
             wants: HashMap::new(),
             fetches: HashMap::new(),
             next_id: 0,
+            offences: HashMap::new(),
         }
     }
 
@@ -273,7 +288,9 @@ impl Retriever {
         self.pump(now, out);
     }
 
-    /// The peer sent bytes that do not match a CID: it is banned, and what it was sending is asked of others.
+    /// The peer sent bytes that do not match a CID: what it was sending is asked of others (it counts as slow for
+    /// those blocks, asked again only if nobody else has them), and it is banned only as a repeat offender that is
+    /// not the only other holder of a block we still want (see the module docs).
     pub(crate) fn on_invalid(
         &mut self,
         peer: PeerId,
@@ -283,18 +300,58 @@ impl Retriever {
         out: &mut Vec<Action>,
     ) {
         // `cid` is what the bytes hash to, not what was asked: count against the blocks this peer was sending.
-        for want in self.wants.values() {
+        for want in self.wants.values_mut() {
             if want.requested.is_some_and(|(p, _)| p == peer) {
                 for id in &want.fetches {
                     if let Some(f) = self.fetches.get_mut(id) {
                         f.stats.rejected += 1;
                     }
                 }
+                want.requested = None;
+                want.slow.insert(peer);
+                want.haves.retain(|p| *p != peer);
+                release(&mut self.load, peer);
             }
         }
+        for fetch in self.fetches.values_mut() {
+            fetch.holders.retain(|p| *p != peer);
+        }
+        let offences = self.offences.entry(peer).or_default();
+        offences.push_back(now);
+        while offences.front().is_some_and(|t| now.duration_since(*t) > OFFENCE_WINDOW) {
+            offences.pop_front();
+        }
+        let strikes = offences.len();
         let what = cid.map(|c| format!(" for {c}")).unwrap_or_default();
-        out.push(Action::Ban { peer, reason: format!("sent an invalid block{what}: {reason}") });
+        if strikes < BAN_AFTER {
+            tracing::warn!(%peer, strikes, "a peer sent an invalid block{what}: {reason}; asking others for it");
+            self.pump(now, out);
+            return;
+        }
+        if self.sole_holder(peer) {
+            tracing::warn!(
+                %peer, strikes,
+                "a peer keeps sending invalid blocks{what} ({reason}) but is the only other holder of a block we want: \
+                 not banned, asked again only when nobody else has a block"
+            );
+            self.pump(now, out);
+            return;
+        }
+        self.offences.remove(&peer);
+        out.push(Action::Ban { peer, reason: format!("sent {strikes} invalid blocks, the last{what}: {reason}") });
         self.peer_down(peer, now, out);
+    }
+
+    /// Whether banning `peer` would leave a wanted block with no other peer to ask: no other peer is connected, or
+    /// every other one said it lacks a block that `peer` has (or was sending).
+    fn sole_holder(&self, peer: PeerId) -> bool {
+        let others: Vec<&PeerId> = self.peers.iter().filter(|p| **p != peer).collect();
+        if others.is_empty() {
+            return true;
+        }
+        self.wants.values().any(|w| {
+            (w.haves.contains(&peer) || w.slow.contains(&peer)) && others.iter().all(|p| w.dont_haves.contains(p))
+        })
     }
 
     /// The sink took (or refused) a block of a DAG fetch.
@@ -589,13 +646,14 @@ mod tests {
         assert_eq!(asked.len(), 2);
         assert_ne!(asked[0].0, asked[1].0);
 
-        // The peer asked for the first block sends garbage: banned, and the block goes to the other one.
+        // The peer asked for the first block sends garbage: not banned for one bad block (its copy may just be
+        // corrupted), but the block goes to the other one.
         let (liar, cid) = asked.iter().copied().find(|(_, c)| *c == blocks[0].0).unwrap();
         out.clear();
         // Bitswap hashes what arrives: bytes matching nothing we asked for come as an invalid block.
         let garbage = xnode_dag::cid_v1(xnode_dag::RAW, b"garbage");
         r.on_invalid(liar, Some(garbage), "bytes hash to a CID we did not ask for".into(), now, &mut out);
-        assert!(out.iter().any(|a| matches!(a, Action::Ban { peer, .. } if *peer == liar)));
+        assert!(!out.iter().any(|a| matches!(a, Action::Ban { .. })), "one bad block is not a ban");
         let honest = if liar == a { b } else { a };
         // The honest peer is busy with the other block until it delivers it.
         let other = blocks.iter().find(|(c, _)| *c != cid).unwrap().clone();
@@ -612,6 +670,80 @@ mod tests {
         assert_eq!(finished.len(), 2);
         assert!(ids.iter().all(|id| finished.contains(id)));
         assert_eq!(r.running(), 0);
+    }
+
+    fn bans(out: &[Action]) -> Vec<PeerId> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Ban { peer, .. } => Some(*peer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_repeat_offender_is_banned_and_old_offences_expire() {
+        let now = Instant::now();
+        let mut r = Retriever::new(Arc::new(Mem::default()), 32, 16, Duration::from_secs(10));
+        let (liar, honest) = (PeerId::random(), PeerId::random());
+        let mut out = Vec::new();
+        r.peer_up(liar, now, &mut out);
+        r.peer_up(honest, now, &mut out);
+        let garbage = xnode_dag::cid_v1(xnode_dag::RAW, b"garbage");
+        // Two bad blocks, then the window passes: they no longer count.
+        for _ in 0..BAN_AFTER - 1 {
+            r.on_invalid(liar, Some(garbage), "unasked".into(), now, &mut out);
+        }
+        assert!(bans(&out).is_empty());
+        let later = now + OFFENCE_WINDOW + Duration::from_secs(1);
+        r.on_invalid(liar, Some(garbage), "unasked".into(), later, &mut out);
+        assert!(bans(&out).is_empty(), "the old offences expired");
+        // Then BAN_AFTER within the window: banned, since another peer remains to ask.
+        for _ in 0..BAN_AFTER - 1 {
+            r.on_invalid(liar, Some(garbage), "unasked".into(), later, &mut out);
+        }
+        assert_eq!(bans(&out), vec![liar]);
+        assert!(!r.peers.contains(&liar), "a banned peer is down");
+    }
+
+    #[test]
+    fn the_only_other_holder_is_never_banned() {
+        let now = Instant::now();
+        let mut r = Retriever::new(Arc::new(Mem::default()), 32, 16, Duration::from_secs(10));
+        let (holder, other) = (PeerId::random(), PeerId::random());
+        let mut out = Vec::new();
+        r.peer_up(holder, now, &mut out);
+        r.peer_up(other, now, &mut out);
+        let (cid, data) = raw(7);
+        let id = r.start(cid, FetchKind::Block, Duration::from_secs(30), now, &mut out);
+        r.on_dont_have(other, cid, now, &mut out);
+        r.on_have(holder, cid, now, &mut out);
+        let garbage = xnode_dag::cid_v1(xnode_dag::RAW, b"garbage");
+        out.clear();
+        for _ in 0..BAN_AFTER + 2 {
+            r.on_invalid(holder, Some(garbage), "corrupted copy".into(), now, &mut out);
+        }
+        assert!(bans(&out).is_empty(), "banning it would leave nobody to ask for {cid}");
+        // Once the holder has repaired its copy, asking again (the next search) gets the block.
+        let later = now + RESEARCH_INTERVAL + Duration::from_millis(1);
+        out.clear();
+        r.tick(later, &mut out);
+        assert!(out.iter().any(|a| matches!(a, Action::WantHave { peer, .. } if *peer == holder)));
+        r.on_have(holder, cid, later, &mut out);
+        assert!(requests(&out).contains(&(holder, cid)));
+        r.on_block(holder, cid, data.clone(), later, &mut out);
+        assert!(out.iter().any(
+            |a| matches!(a, Action::Finish { fetch, result: Ok(Outcome::Block(d)) } if *fetch == id && *d == data)
+        ));
+
+        // With no other peer connected at all, likewise.
+        let mut r = Retriever::new(Arc::new(Mem::default()), 32, 16, Duration::from_secs(10));
+        let mut out = Vec::new();
+        r.peer_up(holder, now, &mut out);
+        for _ in 0..BAN_AFTER + 2 {
+            r.on_invalid(holder, Some(garbage), "corrupted copy".into(), now, &mut out);
+        }
+        assert!(bans(&out).is_empty());
     }
 
     #[test]

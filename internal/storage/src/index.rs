@@ -11,6 +11,7 @@
 //! | `k` ++ pack id (u32 BE) | [`PackRecord`]: committed length and live bytes of a pack (24 bytes) |
 //! | `m` ++ name | store metadata (`capacity`) |
 //! | `h` ++ cid | empty: "the node's allocation holds this block" (one reference, however often kept) |
+//! | `x` ++ cid | u32 LE: pin references of a block quarantined as corrupt, given back when it is stored again |
 
 use crate::StoreError;
 
@@ -20,6 +21,20 @@ const PIN_BLOCK: u8 = b'q';
 const PACK: u8 = b'k';
 const META: u8 = b'm';
 const HELD: u8 = b'h';
+const QUARANTINED: u8 = b'x';
+
+/// Key of the pin references saved for the quarantined block whose CID bytes are `cid`.
+pub(crate) fn quarantined_key(cid: &[u8]) -> Vec<u8> {
+    prefixed(QUARANTINED, cid)
+}
+
+/// Prefix of every quarantine record.
+pub(crate) const QUARANTINED_PREFIX: [u8; 1] = [QUARANTINED];
+
+/// The reference count a quarantine record saved.
+pub(crate) fn decode_refs(raw: &[u8]) -> u32 {
+    raw.get(..4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes)
+}
 
 /// Key of the allocation's mark on the block whose CID bytes are `cid`.
 pub(crate) fn held_key(cid: &[u8]) -> Vec<u8> {

@@ -5,7 +5,8 @@
 //! pinned. Pack data is written and read around the page cache (`O_DIRECT`) unless the config turns that
 //! off or the file system refuses it. Blocks become "stored" only when a [`BlockWriter`] commits; a crash at
 //! any point leaves every committed block readable and never serves a half-written one. Every read is checked against its CID, except
-//! [`Store::get_unchecked`]'s, which only the Bitswap server uses (its receivers check).
+//! [`Store::get_unchecked`]'s (for readers that hash anyway). A block found corrupt is taken out of service with
+//! [`Store::quarantine`] until a good copy is stored again.
 //!
 //! It never builds DAGs, talks to the network or reads the environment: callers hand it CIDs and bytes
 //! (from `xnode-dag` or from peers) and a [`StoreConfig`]. It does not check a body against its CID on
@@ -94,6 +95,15 @@ pub struct UnpinStats {
     pub blocks_deleted: u64,
     /// Bytes of the deleted blocks.
     pub bytes_freed: u64,
+}
+
+/// What a [`Store::quarantine`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quarantined {
+    /// The node's allocation held the block (so the allocation must be told its copy is gone).
+    pub kept: bool,
+    /// Bytes taken out of service.
+    pub bytes: u64,
 }
 
 /// What a `gc` did.

@@ -17,7 +17,7 @@ use crate::index::{self, Entry, PackRecord};
 use crate::pack;
 use crate::verify;
 use crate::writer::BlockWriter;
-use crate::{GcStats, Pin, StoreConfig, StoreError, StoreStats, UnpinStats};
+use crate::{GcStats, Pin, Quarantined, StoreConfig, StoreError, StoreStats, UnpinStats};
 
 /// A cheap-to-clone handle on one storage directory. All methods block on disk I/O.
 #[derive(Clone)]
@@ -168,11 +168,9 @@ impl Store {
 
     /// The block `cid` as stored, **not** checked against its hash; `None` if it is not stored.
     ///
-    /// Only for bytes that go to another node, whose receiver hashes every block anyway: the Bitswap server reads
-    /// with it (`xnode_bitswap::BlockStore::read_to_send`, implemented by the node), sparing a SHA-256 per block
-    /// sent, as Kubo does by default (`HashOnRead=false`). It is safe there because a corrupted block can only make
-    /// the receiver reject it (and drop us); it never enters another store. Everything read for local use (`cat`,
-    /// `get`, walking a DAG) goes through [`Store::get`], which checks, so corruption is still found here.
+    /// Only for bytes whose reader hashes them anyway, or for measuring the disk alone (the `direct_io` example).
+    /// The Bitswap server used it until corrupted copies needed finding before they are sent (a receiver takes a
+    /// bad block for a lie); it now reads with [`Store::get`] like everything else (docs/bitswap.md).
     ///
     /// A block deleted while it is read would read as a punched hole, which no hash check catches here; so the
     /// index is asked again after the read, and a block no longer listed at the same place is read again or
@@ -207,6 +205,83 @@ impl Store {
             };
         }
         Err(StoreError::Corrupted { cid: *cid })
+    }
+
+    /// Takes the block `cid` out of service because its bytes on disk no longer match its hash: it leaves the
+    /// index at once (reads then see it as absent, so every reader fetches it from a peer instead, and peers are
+    /// answered "don't have"), the allocation's mark on it goes, and its space is punched out. The pin references
+    /// it had are saved and given back when a writer stores the block again (see [`BlockWriter::commit`]), so a
+    /// pinned file stays whole once its block is re-fetched, and an unpin meanwhile still counts it down.
+    ///
+    /// Call it only after a checked read reported [`StoreError::Corrupted`] for `cid`; nothing here re-reads it.
+    /// A block an open writer is about to reference is left alone (that writer's commit needs its entry); the
+    /// next scrub or read finds it again. `None` if the block was not stored (or is protected).
+    pub fn quarantine(&self, cid: &Cid) -> Result<Option<Quarantined>, StoreError> {
+        let inner = &self.inner;
+        let bytes = cid.to_bytes();
+        let block_key = index::block_key(&bytes);
+        let held_key = index::held_key(&bytes);
+        let mut removal = Removal::default();
+        let kept;
+        {
+            let st = inner.lock();
+            if st.protected.contains_key(&bytes) {
+                return Ok(None);
+            }
+            let Some(raw) = inner.db.get(&block_key)? else { return Ok(None) };
+            let entry = Entry::decode(&raw)?;
+            kept = inner.db.contains_key(&held_key)?;
+            let pin_refs = entry.refcount.saturating_sub(u32::from(kept));
+            let mut next = st.counters.clone();
+            let mut batch = sled::Batch::default();
+            let mut touched = BTreeSet::new();
+            remove_block(&mut next, &mut batch, block_key, &entry, &mut removal, &mut touched);
+            batch.remove(held_key);
+            if pin_refs > 0 {
+                batch.insert(index::quarantined_key(&bytes), &pin_refs.to_le_bytes());
+            }
+            settle_packs(&mut next, &mut batch, &touched, &mut removal);
+            inner.db.apply_batch(batch)?;
+            inner.swap_counters(st, next);
+        }
+        inner.db.flush()?;
+        inner.reclaim(&removal);
+        warn!(%cid, kept, "quarantined a corrupted block: it is out of service until a good copy is stored");
+        Ok(Some(Quarantined { kept, bytes: removal.bytes }))
+    }
+
+    /// Blocks quarantined as corrupt that pins still need and that have not been stored again.
+    pub fn quarantined(&self) -> Result<Vec<Cid>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(index::QUARANTINED_PREFIX) {
+            let (key, _) = item?;
+            out.push(decode_cid(&key[1..])?);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` stored blocks with their sizes, in index order and after `after` if given: the scrub walks the
+    /// store with it a page at a time, so a pass needs no list of every block in memory and survives blocks
+    /// coming and going under it.
+    pub fn blocks_after(&self, after: Option<&Cid>, limit: usize) -> Result<Vec<(Cid, u64)>, StoreError> {
+        let start = match after {
+            Some(c) => {
+                let mut k = index::block_key(&c.to_bytes());
+                // The smallest key after `k`: skip `k` itself.
+                k.push(0);
+                k
+            }
+            None => index::BLOCK_PREFIX.to_vec(),
+        };
+        let mut out = Vec::with_capacity(limit);
+        for item in self.inner.db.range(start..) {
+            let (key, value) = item?;
+            if !key.starts_with(&index::BLOCK_PREFIX) || out.len() >= limit {
+                break;
+            }
+            out.push((decode_cid(&key[1..])?, u64::from(Entry::decode(&value)?.len)));
+        }
+        Ok(out)
     }
 
     /// Whether `cid` is stored (committed).
@@ -247,7 +322,8 @@ impl Store {
         for item in inner.db.scan_prefix(&prefix) {
             let (pair_key, _) = item?;
             unref.batch.remove(pair_key.clone());
-            if !unref.drop_one(inner, &st, &pair_key[prefix.len()..])? {
+            let block = &pair_key[prefix.len()..];
+            if !unref.drop_one(inner, &st, block)? && !unref.drop_quarantined(inner, block)? {
                 warn!(root = %root, "pinned block missing from the index; skipping it");
             }
         }
@@ -601,6 +677,17 @@ impl Unref {
             remove_block(&mut self.next, &mut self.batch, block_key, &entry, &mut self.removal, &mut self.touched);
         } else {
             self.batch.insert(block_key, &entry.encode());
+        }
+        Ok(true)
+    }
+
+    /// Drops one of the pin references saved for a quarantined block; false if it has none saved.
+    fn drop_quarantined(&mut self, inner: &Inner, block: &[u8]) -> Result<bool, StoreError> {
+        let key = index::quarantined_key(block);
+        let Some(raw) = inner.db.get(&key)? else { return Ok(false) };
+        match index::decode_refs(&raw) {
+            0 | 1 => self.batch.remove(key),
+            n => self.batch.insert(key, &(n - 1).to_le_bytes()),
         }
         Ok(true)
     }

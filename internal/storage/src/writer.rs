@@ -204,7 +204,16 @@ impl BlockWriter {
                     duplicates.push((b.pack, b.offset, u64::from(b.len)));
                     continue;
                 }
-                new_entries.insert(&b.cid, Entry { pack: b.pack, offset: b.offset, len: b.len, refcount: 0 });
+                // A block quarantined as corrupt gets back the pin references it had.
+                let quarantined = index::quarantined_key(&b.cid);
+                let refcount = match inner.db.get(&quarantined)? {
+                    Some(raw) => {
+                        batch.remove(quarantined);
+                        index::decode_refs(&raw)
+                    }
+                    None => 0,
+                };
+                new_entries.insert(&b.cid, Entry { pack: b.pack, offset: b.offset, len: b.len, refcount });
                 let ps = next.packs.get_mut(&b.pack).expect("a writer's packs stay known");
                 ps.record.live_bytes += u64::from(b.len);
                 ps.record.live_blocks += 1;
@@ -317,6 +326,13 @@ impl PackFile {
         };
         // Anything past the committed length is an earlier session's discarded data.
         file.set_len(base)?;
+        if base == 0 {
+            // A new pack's directory entry must be on disk before a commit's index records point into it: after a
+            // power cut, a synced file whose name was never synced is gone with every block in it.
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
         let mut out = PackFile { file, direct, path };
         buf.clear();
         let start = direct::align_down(base);

@@ -156,6 +156,93 @@ fn flipped_byte_reads_as_corrupted(config: StoreConfig) {
     assert_eq!(store.get(&data[2].0).unwrap().unwrap(), data[2].1.as_slice());
 }
 
+fn a_quarantined_block_leaves_service_and_gets_its_pins_back_when_stored_again(config: StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config);
+    let data = blocks(81, 3, 64 * KIB);
+    let mut w = store.writer();
+    for (cid, body) in &data {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(Some(pin(data[0].0, "f"))).unwrap();
+    store.keep(&[data[1].0]).unwrap();
+    let held_before = store.stats().unwrap().bytes_held;
+    let pack = std::fs::read_dir(dir.path().join("packs")).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[64 * KIB + 10] ^= 0x01; // inside the second block: pinned and kept
+    std::fs::write(&pack, bytes).unwrap();
+    let bad = data[1].0;
+    assert!(matches!(store.get(&bad), Err(StoreError::Corrupted { .. })));
+
+    let q = store.quarantine(&bad).unwrap().expect("it was stored");
+    assert!(q.kept, "the allocation held it");
+    assert_eq!(q.bytes, 64 * KIB as u64);
+    assert!(!store.has(&bad).unwrap(), "out of service: absent to readers and peers");
+    assert_eq!(store.get(&bad).unwrap(), None);
+    assert_eq!(store.get_unchecked(&bad).unwrap(), None, "never served");
+    assert!(!store.is_kept(&bad).unwrap());
+    assert_eq!(store.quarantined().unwrap(), vec![bad], "the pin still needs it");
+    assert_eq!(store.stats().unwrap().bytes_held, held_before - 64 * KIB as u64);
+    assert_eq!(store.quarantine(&bad).unwrap(), None, "twice is a no-op");
+
+    // A good copy arrives (fetched from a peer): the pin's reference comes back with it, so gc leaves it alone.
+    let mut w = store.writer();
+    w.put(&bad, &data[1].1).unwrap();
+    w.commit(None).unwrap();
+    assert_eq!(store.get(&bad).unwrap().unwrap(), data[1].1.as_slice());
+    assert!(store.quarantined().unwrap().is_empty());
+    store.gc().unwrap();
+    assert!(store.has(&bad).unwrap(), "pinned again, so not loose cache");
+    // And the unpin counts it down and deletes it like any other block of the file.
+    store.unpin(&data[0].0).unwrap();
+    assert!(!store.has(&bad).unwrap());
+    assert_eq!(store.stats().unwrap().blocks, 0);
+}
+
+fn an_unpin_while_quarantined_drops_the_saved_reference(config: StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config);
+    let data = blocks(82, 2, 16 * KIB);
+    let mut w = store.writer();
+    for (cid, body) in &data {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(Some(pin(data[0].0, "f"))).unwrap();
+    store.quarantine(&data[1].0).unwrap().unwrap();
+    store.unpin(&data[0].0).unwrap();
+    assert!(store.quarantined().unwrap().is_empty(), "nothing needs it any more");
+    let mut w = store.writer();
+    w.put(&data[1].0, &data[1].1).unwrap();
+    w.commit(None).unwrap();
+    assert_eq!(store.unpinned_blocks().unwrap(), vec![data[1].0], "stored again as loose cache only");
+}
+
+fn blocks_after_pages_through_every_block_once(config: StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config);
+    let data = blocks(83, 25, 4 * KIB);
+    let mut w = store.writer();
+    for (cid, body) in &data {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(None).unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.blocks_after(after.as_ref(), 7).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        assert!(page.iter().all(|(_, len)| *len == 4 * KIB as u64));
+        after = page.last().map(|(c, _)| *c);
+        seen.extend(page.into_iter().map(|(c, _)| c));
+    }
+    let mut want: Vec<Cid> = data.iter().map(|(c, _)| *c).collect();
+    want.sort_by_key(|c| c.to_bytes());
+    assert_eq!(seen, want);
+}
+
 fn unchecked_reads_skip_the_hash_but_not_the_index(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), config);
@@ -520,6 +607,9 @@ both_modes!(
     shared_block_survives_first_unpin_and_goes_with_the_second,
     put_over_capacity_fails_with_free_bytes_and_loses_nothing,
     flipped_byte_reads_as_corrupted,
+    a_quarantined_block_leaves_service_and_gets_its_pins_back_when_stored_again,
+    an_unpin_while_quarantined_drops_the_saved_reference,
+    blocks_after_pages_through_every_block_once,
     unchecked_reads_skip_the_hash_but_not_the_index,
     dropping_a_writer_discards_its_blocks,
     unpinned_blocks_are_listed_and_gc_removes_them,

@@ -6,17 +6,20 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{car, files, gateway, pins, telemetry};
+use crate::{car, cluster, files, gateway, pins, telemetry};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Xnode API", description = "Health, status, files, blocks, storage and lifecycle of one Xnode node. \
-        Routes that change something need `Authorization: Bearer <XNODE_ADMIN_TOKEN>` (or the dashboard's cookie)."),
+        Routes that change something need `Authorization: Bearer <XNODE_ADMIN_TOKEN>` (or the dashboard's cookie). \
+        Every error answer is JSON `{\"error\": \"what went wrong and what to do\"}`, unknown routes and wrong \
+        methods included. Sizes are bytes or strings with units (`\"10GiB\"`, `\"500MB\"`)."),
     paths(
         crate::healthz, crate::readyz, telemetry::metrics, document, crate::status, crate::members,
         files::list, files::upload, files::download, files::remove, files::ls, files::stat,
         crate::blocks, crate::storage, crate::set_storage, crate::shutdown_node, crate::kill_node, crate::auth,
         telemetry::transfers_json, gateway::serve, car::import, car::export,
+        cluster::kill, cluster::shutdown, cluster::resize, cluster::has, cluster::holders,
         pins::list, pins::add, pins::get, pins::replace, pins::remove,
     ),
     modifiers(&AdminToken),

@@ -511,7 +511,12 @@ fn kill_stops_without_leaving() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = node.inner.child.try_wait().unwrap() {
-            assert!(!status.success(), "a kill is not a graceful stop");
+            // Status 0 so that supervisors restarting on failure leave a killed node down; it did not leave.
+            assert!(status.success(), "a kill exits 0, got {status}");
+            std::thread::sleep(Duration::from_millis(200));
+            let log = std::fs::read_to_string(node._tmp.path().join("api-test.log")).unwrap_or_default();
+            assert!(log.contains("without leaving"), "{log}");
+            assert!(!log.contains("left the cluster"), "a kill is not a leave: {log}");
             break;
         }
         assert!(Instant::now() < deadline, "node did not stop");

@@ -317,7 +317,7 @@ fn operator_commands_status_ls_resize_kill_shutdown_peers_and_stats() {
     let err = fails(remote(&a.api).args(["resize", "op-b", "5MiB"]).current_dir(&cwd));
     assert!(err.contains("--token"), "{err}");
     let out = ok(remote(&a.api).args(["resize", "op-b", "5MiB", "--token", "op-token"]));
-    assert!(out.contains("op-b") && out.contains("5 MiB"), "{out}");
+    assert!(out.contains("op-b") && out.contains("5.0 MiB"), "{out}");
     let storage: serde_json::Value = ureq::get(&b.url("/api/v1/storage")).call().unwrap().into_json().unwrap();
     assert_eq!(storage["capacity"], 5 << 20);
 

@@ -268,13 +268,19 @@ async fn json_errors(request: Request, next: Next) -> Response {
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, SMALL_BODY).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
     let text = text.unwrap_or_default();
-    let allow = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let allow = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .or_else(|| (status == StatusCode::METHOD_NOT_ALLOWED).then(|| openapi::allowed_methods(&path)).flatten());
     let message = error_message(status, &method, &path, &text, allow.as_deref());
     let mut error = ApiError::new(status, message);
     error.retry_after = parts.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse().ok());
     let mut out = error.into_response();
-    if let Some(allow) = parts.headers.get(header::ALLOW) {
-        out.headers_mut().insert(header::ALLOW, allow.clone());
+    if let Some(allow) = allow.and_then(|a| axum::http::HeaderValue::from_str(&a).ok()) {
+        out.headers_mut().insert(header::ALLOW, allow);
     }
     out
 }

@@ -59,3 +59,46 @@ pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     Json(doc)
 }
+
+/// The methods the API document lists for `path` (a concrete request path, matched against the documented
+/// templates, `{param}` standing for one segment and `{*rest}` for the rest), e.g. `"GET, PUT"`; for 405 answers.
+pub(crate) fn allowed_methods(path: &str) -> Option<String> {
+    let doc = ApiDoc::openapi();
+    let asked: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let matches = |template: &str| {
+        let t: Vec<&str> = template.trim_end_matches('/').split('/').collect();
+        for (i, seg) in t.iter().enumerate() {
+            if seg.starts_with("{*") {
+                return asked.len() > i;
+            }
+            match asked.get(i) {
+                Some(a) if seg.starts_with('{') || a == seg => {}
+                _ => return false,
+            }
+        }
+        t.len() == asked.len()
+    };
+    let (_, item) = doc.paths.paths.iter().find(|(template, _)| matches(template))?;
+    let methods: Vec<&str> = [
+        ("GET", item.get.is_some()),
+        ("HEAD", item.get.is_some() || item.head.is_some()),
+        ("POST", item.post.is_some()),
+        ("PUT", item.put.is_some()),
+        ("DELETE", item.delete.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(m, on)| on.then_some(m))
+    .collect();
+    (!methods.is_empty()).then(|| methods.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn allowed_methods_come_from_the_document() {
+        assert_eq!(super::allowed_methods("/api/v1/storage").as_deref(), Some("GET, HEAD, PUT"));
+        assert_eq!(super::allowed_methods("/api/v1/members/a/kill").as_deref(), Some("POST"));
+        assert_eq!(super::allowed_methods("/api/v1/files/Qm1/holders").as_deref(), Some("GET, HEAD"));
+        assert_eq!(super::allowed_methods("/api/v1/nothing"), None);
+    }
+}

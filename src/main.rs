@@ -333,7 +333,7 @@ impl Ctx {
     /// The local store for --offline `stats` and `ls`: an existing data dir only (a look never creates one).
     fn open_existing(&self) -> Result<Repo> {
         self.store_config()?;
-        if !self.data_dir.join("index").exists() {
+        if !self.data_dir.exists() {
             bail!(
                 "no store in {} (--offline works on a node's data dir); pass --data-dir or XNODE_DATA_DIR, or drop \
                  --offline to ask a running node (--api URL)",

@@ -277,7 +277,7 @@ fn operator_commands_status_ls_resize_kill_shutdown_peers_and_stats() {
     let ls = ok(remote(&a.api).args(["ls", &root]));
     let names: Vec<&str> = ls.lines().map(|l| l.rsplit('\t').next().unwrap()).collect();
     assert_eq!(names, ["one.bin", "two.txt"], "{ls}");
-    assert!(ok(remote(&a.api).arg("ls")).contains(&root), "the cluster's files include it");
+    wait_until("the cluster's files include it", 10, || ok(remote(&a.api).arg("ls")).contains(&root));
 
     // one.bin: 3 leaves and a root; two.txt: 1 block; the directory: 1. Replication factor 2 over 3 members, so
     // at least 12 copies once placed (interior blocks may be kept by every member), none beyond 6 per member.

@@ -97,7 +97,8 @@ pub struct NodeStatus {
     pub blocks: u64,
     /// Blocks held besides as read cache (fetched for a read, dropped by the next collection); `used` counts them.
     pub cached_blocks: u64,
-    /// Files in the cluster's catalog (what `GET /api/v1/files` lists), whichever members hold them.
+    /// Files `GET /api/v1/files` lists: the cluster's catalog, whichever members hold them, and files pinned here
+    /// that it does not list yet.
     pub files: u64,
     /// Bytes the store occupies on disk.
     pub disk_bytes: u64,
@@ -309,12 +310,15 @@ impl Node {
         let repo = self.repo.clone();
         // One truth with `/api/v1/blocks`: the blocks kept for the cluster, counted the same way (a scan of the
         // index, on a blocking thread).
-        let (stats, held) = tokio::task::spawn_blocking(move || -> Result<_, InstanceError> {
-            Ok((repo.stats()?, repo.store().needed_blocks(0, None)?.0))
+        let (stats, held, pins) = tokio::task::spawn_blocking(move || -> Result<_, InstanceError> {
+            Ok((repo.stats()?, repo.store().needed_blocks(0, None)?.0, repo.pins()?))
         })
         .await
         .expect("stats does not panic")?;
-        let files = self.catalog_files().len() as u64;
+        // As `GET /api/v1/files` lists them: the catalog's files, and files pinned here it does not list yet.
+        let mut roots: std::collections::HashSet<Cid> = self.catalog_files().into_iter().map(|f| f.root).collect();
+        roots.extend(pins.into_iter().map(|p| p.root));
+        let files = roots.len() as u64;
         let members = self.view();
         let count = |s| members.iter().filter(|m| m.state == s).count();
         let phase = self.phase();

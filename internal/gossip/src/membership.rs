@@ -507,6 +507,18 @@ async fn resolve(seeds: Vec<String>, tx: mpsc::Sender<Vec<SocketAddr>>) {
     let _ = tx.send(addrs).await;
 }
 
+/// One log line per membership change, by member name, for the operator reading the log at `info`.
+fn log_change(event: &MembershipEvent) {
+    match event {
+        MembershipEvent::Joined(m) => info!(member = %m.name, addr = %m.gossip_addr, "member {} joined", m.name),
+        MembershipEvent::Restarted(m) => info!(member = %m.name, "member {} restarted", m.name),
+        MembershipEvent::Left(m) => info!(member = %m.name, "member {} left the cluster", m.name),
+        MembershipEvent::Dead(m) => info!(member = %m.name, "member {} is dead (stopped heartbeating)", m.name),
+        MembershipEvent::Removed { name } => info!(member = %name, "member {name} forgotten after the grace period"),
+        other => debug!(event = ?other, "membership event"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,17 +545,5 @@ mod tests {
         let mut config = GossipConfig::new("n", "127.0.0.1:0".parse().unwrap());
         config.advertise_addr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(advertised(&config, "127.0.0.1:4000".parse().unwrap()).unwrap(), "127.0.0.1:4000".parse().unwrap());
-    }
-}
-
-/// One log line per membership change, by member name, for the operator reading the log at `info`.
-fn log_change(event: &MembershipEvent) {
-    match event {
-        MembershipEvent::Joined(m) => info!(member = %m.name, addr = %m.gossip_addr, "member {} joined", m.name),
-        MembershipEvent::Restarted(m) => info!(member = %m.name, "member {} restarted", m.name),
-        MembershipEvent::Left(m) => info!(member = %m.name, "member {} left the cluster", m.name),
-        MembershipEvent::Dead(m) => info!(member = %m.name, "member {} is dead (stopped heartbeating)", m.name),
-        MembershipEvent::Removed { name } => info!(member = %name, "member {name} forgotten after the grace period"),
-        other => debug!(event = ?other, "membership event"),
     }
 }

@@ -695,7 +695,7 @@ fn holders(api: &client::Api, cid: &str, json: bool) -> Result<()> {
 }
 
 fn add(args: &AddArgs, open: impl FnOnce() -> Result<Repo>) -> Result<()> {
-    let mut import = ImportOptions::profile(args.profile.clone().unwrap_or_default());
+    let mut import = ImportOptions::profile(args.profile.unwrap_or_default());
     if let Some(v) = args.cid_version {
         import = import.with_cid_version(v);
     }

@@ -3,8 +3,12 @@
 #
 #   docker build -t xnode .                       # the usual build: compiles inside the `build` stage
 #   docker build --target prebuilt -t xnode .     # same runtime image around a binary built on the host
-#                                                 # (target/release/xnode); used by the tests, where no
-#                                                 # registry is reachable (see scripts/docker-image.sh)
+#                                                 # (target/dist/xnode, `cargo build --profile dist`); where no
+#                                                 # registry is reachable use scripts/docker-image.sh, which
+#                                                 # makes a base image from Debian's packages when needed
+#
+# The binary is built with the `dist` profile (Cargo.toml): release, stripped of symbols and debug info, so the
+# image carries ~the code only.
 #
 # The runtime stages come first so that `--target prebuilt` never needs the Rust image, even with the classic
 # builder, which builds every stage above its target.
@@ -29,12 +33,12 @@ ENTRYPOINT ["xnode"]
 CMD ["run"]
 
 FROM runtime-base AS prebuilt
-COPY target/release/xnode /usr/local/bin/xnode
+COPY target/dist/xnode /usr/local/bin/xnode
 
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin xnode
+RUN cargo build --profile dist --locked --bin xnode
 
 FROM runtime-base AS runtime
-COPY --from=build /src/target/release/xnode /usr/local/bin/xnode
+COPY --from=build /src/target/dist/xnode /usr/local/bin/xnode

@@ -44,7 +44,7 @@ fi
 if want containers; then
   step "tier containers: the compose cluster in Docker"
   command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
-  cargo build --release --locked --bin xnode
+  cargo build --profile dist --locked --bin xnode
   ./scripts/docker-image.sh xnode:latest
   cargo nextest run --locked --test containers --run-ignored only --no-fail-fast
 fi

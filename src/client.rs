@@ -1,4 +1,5 @@
-//! The CLI's side of the HTTP API: `add`, `cat`, `get`, `ls`, `rm`, `blocks` and `dag` against a running node.
+//! The CLI's side of the HTTP API: every command but `run` (and `--offline` work) talks to a running node through
+//! this.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -267,12 +268,67 @@ impl Api {
         Ok(())
     }
 
-    pub(crate) fn ls(&self) -> Result<Vec<xnode_storage::Pin>> {
-        self.request("GET", "/api/v1/files")
+    /// `GET path` as JSON.
+    fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
+        self.request("GET", path)
             .call()
             .map_err(|e| self.explain(e))?
             .into_json()
-            .context("reading the file list")
+            .with_context(|| format!("reading {what}"))
+    }
+
+    /// The cluster's files (`GET /api/v1/files`).
+    pub(crate) fn files(&self) -> Result<serde_json::Value> {
+        self.get_json("/api/v1/files", "the file list")
+    }
+
+    /// A directory's entries, or a file's own line (`GET /api/v1/ls/{cid}`, `GET /api/v1/stat/{cid}`).
+    pub(crate) fn ls_cid(&self, cid: &str) -> Result<serde_json::Value> {
+        let stat: serde_json::Value =
+            self.get_json(&format!("/api/v1/stat/{cid}{}", self.read_query()), "the CID's kind")?;
+        if stat["kind"] == "directory" {
+            return self.get_json(&format!("/api/v1/ls/{cid}{}", self.read_query()), "the directory listing");
+        }
+        let mut entry = stat.clone();
+        entry["name"] = cid.into();
+        entry["cid"] = cid.into();
+        Ok(serde_json::Value::Array(vec![entry]))
+    }
+
+    /// The node's own summary (`GET /api/v1/status`).
+    pub(crate) fn status(&self) -> Result<serde_json::Value> {
+        self.get_json("/api/v1/status", "the node's status")
+    }
+
+    /// The members as the node sees them.
+    pub(crate) fn members(&self) -> Result<Vec<xnode_gossip::Member>> {
+        self.get_json("/api/v1/members", "the member list")
+    }
+
+    /// The node's store figures (`GET /api/v1/storage`).
+    pub(crate) fn storage(&self) -> Result<serde_json::Value> {
+        self.get_json("/api/v1/storage", "the storage figures")
+    }
+
+    /// Which members hold how many of a file's blocks.
+    pub(crate) fn holders(&self, cid: &str) -> Result<serde_json::Value> {
+        self.get_json(&format!("/api/v1/files/{cid}/holders"), "the holders")
+    }
+
+    /// An admin action on a member by name (`/api/v1/members/{name}/{action}`), forwarded by the node if needed.
+    pub(crate) fn member_action(
+        &self,
+        method: &str,
+        member: &str,
+        action: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let req = self.request(method, &format!("/api/v1/members/{}/{action}", urlencode(member)));
+        let sent = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        sent.map_err(|e| self.explain(e))?.into_json().context("reading the node's answer")
     }
 
     /// Blocks held and wanted (`GET /api/v1/blocks`).

@@ -97,6 +97,23 @@ fn invalid(var: &'static str, value: &str, problem: impl Into<String>) -> Config
     ConfigError::Invalid { var, value: value.to_string(), problem: problem.into() }
 }
 
+/// The networking libraries' log targets (prefixes). Their warnings are about single peers and packets (an mDNS
+/// record too long, an identify push dropped, a relay request refused), which the node handles; an operator at
+/// `info` or `warn` sees what the node makes of them instead.
+const CHATTY: &[&str] = &["libp2p", "hickory", "quinn", "yamux", "multistream_select", "netlink", "if_watch"];
+
+/// XNODE_LOG as a filter: unless it names one of the [`CHATTY`] libraries or asks for debug or trace everywhere,
+/// their events are kept to errors, so `XNODE_LOG=info` shows the node's own lines (libp2p's are under `debug`).
+pub(crate) fn log_directives(value: &str) -> String {
+    let names_chatty = CHATTY.iter().any(|c| value.contains(c));
+    let verbose = value.split(',').any(|d| matches!(d.trim().to_ascii_lowercase().as_str(), "debug" | "trace"));
+    if names_chatty || verbose {
+        return value.to_string();
+    }
+    let quiet: Vec<String> = CHATTY.iter().map(|c| format!("{c}=error")).collect();
+    format!("{value},{}", quiet.join(","))
+}
+
 /// The raw `XNODE_*` values: strings until checked, so a bad one is reported with its variable's name.
 /// Blank values count as unset.
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -243,12 +260,10 @@ impl Env {
 
     /// The log filter, checked (XNODE_LOG; default `warn`).
     pub(crate) fn log_filter(&self) -> Result<tracing_subscriber::EnvFilter, ConfigError> {
-        match set(&self.log) {
-            None => Ok(tracing_subscriber::EnvFilter::new("warn")),
-            Some(v) => tracing_subscriber::EnvFilter::builder().parse(v).map_err(|e| {
-                invalid("XNODE_LOG", v, format!("{e}; use a tracing filter such as info or xnode_storage=debug"))
-            }),
-        }
+        let v = set(&self.log).unwrap_or("warn");
+        tracing_subscriber::EnvFilter::builder().parse(log_directives(v)).map_err(|e| {
+            invalid("XNODE_LOG", v, format!("{e}; use a tracing filter such as info or xnode_storage=debug"))
+        })
     }
 
     /// XNODE_DATA_DIR (after `--data-dir`), default `./xnode-data`.
@@ -745,6 +760,15 @@ mod tests {
         let e = env(&[("XNODE_LOG", "[[[bad")]).log_filter().unwrap_err().to_string();
         assert!(e.contains("XNODE_LOG"), "{e}");
         assert!(env(&[("XNODE_LOG", "info,xnode_storage=debug")]).log_filter().is_ok());
+    }
+
+    #[test]
+    fn networking_chatter_is_kept_below_info_unless_asked_for() {
+        let info = log_directives("info");
+        assert!(info.starts_with("info,") && info.contains("libp2p=error") && info.contains("quinn=error"), "{info}");
+        assert_eq!(log_directives("debug"), "debug", "debug shows everything");
+        assert_eq!(log_directives("info,libp2p_mdns=debug"), "info,libp2p_mdns=debug", "asked for by name");
+        assert!(env(&[]).log_filter().is_ok());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use xnode_instance::Repo;
 
 use crate::client::Api;
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub(crate) enum DagCommand {
     /// Write the DAG under CID as a CARv1 to standard output (root first, depth-first, each block once); a running
     /// node fetches the blocks it lacks from the cluster.
@@ -20,6 +20,8 @@ pub(crate) enum DagCommand {
         /// Seconds to wait for missing blocks from the network [default: the node's XNODE_FETCH_TIMEOUT]
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
+        #[command(flatten)]
+        local: crate::Local,
     },
     /// Store the blocks of CAR files (v1 or v2), each checked against its CID, and pin every root whose DAG is then
     /// complete, like an add (the cluster replicates it). Prints `pinned <cid>` per root.
@@ -30,7 +32,18 @@ pub(crate) enum DagCommand {
         /// The name the roots are pinned under [default: the root CID].
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        local: crate::Local,
     },
+}
+
+impl DagCommand {
+    /// The connection flags given to the subcommand.
+    pub(crate) fn local(&self) -> &crate::Local {
+        match self {
+            DagCommand::Export { local, .. } | DagCommand::Import { local, .. } => local,
+        }
+    }
 }
 
 /// Runs a `dag` subcommand against the node (`api`) or the local store (`open`, with `--offline`).
@@ -41,7 +54,7 @@ pub(crate) fn run(
     api: impl FnOnce() -> Api,
 ) -> Result<()> {
     match cmd {
-        DagCommand::Export { cid, timeout } => {
+        DagCommand::Export { cid, timeout, .. } => {
             let parsed = crate::parse_cid(&cid)?;
             let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
             if offline {
@@ -52,7 +65,7 @@ pub(crate) fn run(
             out.flush()?;
             Ok(())
         }
-        DagCommand::Import { files, name } => {
+        DagCommand::Import { files, name, .. } => {
             let mut unpinned = 0;
             let mut report = |answer: serde_json::Value| {
                 for root in answer["roots"].as_array().into_iter().flatten() {

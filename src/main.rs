@@ -21,39 +21,135 @@ use xnode_storage::StoreConfig;
 use config::Env;
 
 /// Xnode pools the disks of many machines into one IPFS-compatible content-addressed store.
+///
+/// `xnode run` starts a node (its settings are XNODE_* variables: `xnode run --help`); the other commands talk to a
+/// running node over its HTTP API (--api, XNODE_API) or, with --offline, work on the local data dir.
 #[derive(Parser, Debug)]
-#[command(name = "xnode", version, about, propagate_version = true)]
+#[command(name = "xnode", version, about, long_about, propagate_version = true)]
 struct Cli {
-    /// Where the node keeps its blocks and index [env: XNODE_DATA_DIR] [default: ./xnode-data]
-    #[arg(long, global = true, value_name = "DIR")]
+    // The connection flags before the command (`xnode --api URL ls`) still work; each command lists its own.
+    #[arg(long, global = false, hide = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// The running node add/cat/get/ls/rm/members talk to [env: XNODE_API] [default: http://127.0.0.1:$XNODE_API_PORT]
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = false, hide = true, value_name = "URL")]
     api: Option<String>,
-    /// Admin token for changes through the API [env: XNODE_ADMIN_TOKEN] [default: DATA_DIR/admin-token if readable]
-    #[arg(long, global = true, value_name = "TOKEN", hide_env_values = true)]
+    #[arg(long, global = false, hide = true, value_name = "TOKEN")]
     token: Option<String>,
-    /// Work on the local data dir instead of a running node (add/cat/get/ls/rm/stats)
-    #[arg(long, global = true)]
+    #[arg(long, global = false, hide = true)]
     offline: bool,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Which running node a command talks to.
+#[derive(Args, Debug, Default, Clone)]
+struct Remote {
+    /// The running node's API [env: XNODE_API] [default: http://127.0.0.1:$XNODE_API_PORT, port 8080]
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+}
+
+/// A command that changes something: the node and the admin token.
+#[derive(Args, Debug, Default, Clone)]
+struct Admin {
+    #[command(flatten)]
+    remote: Remote,
+    /// The node's admin token [env: XNODE_ADMIN_TOKEN] [default: read from DATA_DIR/admin-token, which a node
+    /// writes at start, so it is found on the node's own machine]
+    #[arg(long, value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where to look for the admin-token file [env: XNODE_DATA_DIR] [default: ./xnode-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// A command that can also work on the local data dir instead of a running node.
+#[derive(Args, Debug, Default, Clone)]
+struct Local {
+    #[command(flatten)]
+    admin: Admin,
+    /// Work on the data dir (--data-dir, XNODE_DATA_DIR) instead of a running node; stop the node first
+    #[arg(long)]
+    offline: bool,
+}
+
+/// The node's settings, shown by `xnode run --help`: they are environment variables, read once at start.
+const NODE_SETTINGS: &str = "\
+Node settings (environment variables; README.md \"Configuration\" has every bound):
+  XNODE_NAME                 unique name in the cluster [default: the hostname]
+  XNODE_DATA_DIR             data directory [default: ./xnode-data]; --data-dir overrides it
+  XNODE_STORAGE_MAX          hard capacity, e.g. 10GiB [default: unlimited]; a capacity set at run time
+                             (dashboard, `xnode resize`, PUT /api/v1/storage) is kept in the data dir and wins
+  XNODE_KNOWN_PEERS          seeds, host:port,... (gossip ports); blank starts a new cluster
+  XNODE_GROUP_NAME           cluster name; other groups are ignored [default: Xnode]
+  XNODE_GOSSIP_PORT          UDP port of membership gossip [default: 9090]
+  XNODE_P2P_PORT             libp2p port, TCP and QUIC [default: 10090]
+  XNODE_API_PORT             HTTP API and dashboard port [default: 8080]
+  XNODE_BIND_ADDR            IP the API and gossip listen on [default: 0.0.0.0]
+  XNODE_ADVERTISE_ADDR       host[:port] other members reach our gossip at (other hosts: this machine's address)
+  XNODE_BOOTSTRAP            DHT peers, multiaddrs ending in /p2p/ID
+  XNODE_REPLICATION          copies of each block [default: 2]
+  XNODE_PARTITIONS           partitions blocks hash into, the same on every member [default: 65536]
+  XNODE_ADMIN_TOKEN          token for changes through the API [default: random, logged at start]
+  XNODE_ADMIN_TOKEN_FILE     file with the token members share (used when XNODE_ADMIN_TOKEN is unset)
+  XNODE_CLUSTER_SECRET       64 hex digits sealing gossip (or XNODE_CLUSTER_SECRET_FILE; rotation:
+                             XNODE_CLUSTER_SECRET_OLD)
+  XNODE_MAX_UPLOAD           largest upload [default: 16GiB]
+  XNODE_FETCH_TIMEOUT        how long a read waits for missing blocks [default: 60s]
+  XNODE_WATCH_DIR            a folder whose files are added automatically
+  XNODE_DIRECT_IO            block bodies around the page cache [default: true]
+  XNODE_LOG                  log filter, e.g. info or xnode=debug [default: warn]
+
+Stop with SIGTERM or Ctrl-C (leaves the cluster politely, exit 0). `xnode kill` / the dashboard's kill stop at
+once without leaving (the others mark it dead) and also exit 0, so `restart: on-failure` leaves it down.";
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node: join the cluster (XNODE_KNOWN_PEERS), serve the HTTP API, until SIGTERM or Ctrl-C.
-    Run,
+    #[command(after_help = NODE_SETTINGS)]
+    Run {
+        /// Where the node keeps its blocks and index [env: XNODE_DATA_DIR] [default: ./xnode-data]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// The cluster at a glance (members, pooled capacity and use, files, replication); with a CID, one file's
+    /// replication: which members hold how many of its blocks.
+    Status {
+        /// A file's root CID.
+        cid: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List the cluster's members as a running node sees them.
     Members {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the members' network identities: libp2p peer id, gossip address and API address.
+    Peers {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Exit 0 if a running node answers its health check (used by the image's HEALTHCHECK).
-    Health,
+    Health {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Add files or directories, printing `added <cid> <name>` lines like `ipfs add`.
-    Add(AddArgs),
+    Add {
+        #[command(flatten)]
+        args: AddArgs,
+        #[command(flatten)]
+        local: Local,
+    },
     /// Print a file's bytes to standard output (fetched from other nodes if this one lacks them).
     Cat {
         /// The file's root CID.
@@ -67,6 +163,8 @@ enum Command {
         /// Print at most this many bytes.
         #[arg(long)]
         length: Option<u64>,
+        #[command(flatten)]
+        local: Local,
     },
     /// Write a file or directory to disk (fetched from other nodes if this one lacks them).
     Get {
@@ -78,20 +176,58 @@ enum Command {
         /// Where to write it [default: ./<cid>].
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        local: Local,
     },
-    /// List the files the store holds.
+    /// List the cluster's files; with a CID, a directory's entries (or a file's size).
     Ls {
+        /// A directory's (or file's) CID.
+        cid: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        local: Local,
     },
-    /// Remove a file; blocks no other file needs are deleted.
+    /// Remove a file from the cluster: every member drops its copies of blocks no other file needs.
     Rm {
         /// The root CID of a file listed by `xnode ls`.
         cid: String,
+        #[command(flatten)]
+        local: Local,
     },
-    /// Show what the local store holds and how much room is left (reads the data dir).
-    Stats,
+    /// Set a member's storage capacity (kept across its restarts). Below what it holds, it hands the excess off.
+    Resize {
+        /// The member's name (`xnode members`).
+        member: String,
+        /// The new capacity: bytes or a size such as 10GiB or 500MB.
+        size: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Stop a member at once without leaving, as a crash would: the others mark it dead and repair its copies. It
+    /// stays down until started again.
+    Kill {
+        /// The member's name (`xnode members`).
+        member: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Make a member leave the cluster politely and stop (shown as left, never dead).
+    Shutdown {
+        /// The member's name (`xnode members`).
+        member: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Show how much a node holds and how much room is left (a running node's, or the data dir's with --offline).
+    Stats {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        local: Local,
+    },
     /// Move DAGs in and out as CAR files: `dag export CID > f.car`, `dag import f.car`.
     #[command(subcommand)]
     Dag(dag::DagCommand),
@@ -103,6 +239,8 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: Remote,
     },
 }
 
@@ -163,31 +301,103 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where a command works: the running node it talks to, its token, and the data dir.
+struct Ctx {
+    env: Env,
+    data_dir: PathBuf,
+    api_url: String,
+    token: Option<String>,
+    offline: bool,
+}
+
+impl Ctx {
+    /// The flags a command was given, over the ones before the command (`xnode --api URL ls`), over XNODE_*.
+    fn new(env: Env, top: &Cli, local: Option<&Local>) -> Result<Ctx> {
+        let admin = local.map(|l| &l.admin);
+        let data_dir = env.data_dir(admin.and_then(|a| a.data_dir.clone()).or_else(|| top.data_dir.clone()));
+        let api_url = env.api_url(admin.and_then(|a| a.remote.api.clone()).or_else(|| top.api.clone()))?;
+        let token = admin
+            .and_then(|a| a.token.clone())
+            .or_else(|| top.token.clone())
+            .filter(|t| !t.is_empty())
+            .or_else(|| env.admin_token())
+            .or_else(|| std::fs::read_to_string(data_dir.join(node::TOKEN_FILE)).ok().map(|t| t.trim().to_string()));
+        let offline = local.is_some_and(|l| l.offline) || top.offline;
+        Ok(Ctx { env, data_dir, api_url, token, offline })
+    }
+
+    fn api(&self) -> client::Api {
+        client::Api::new(self.api_url.clone(), self.token.clone())
+    }
+
+    /// The local store for --offline `stats` and `ls`: an existing data dir only (a look never creates one).
+    fn open_existing(&self) -> Result<Repo> {
+        self.store_config()?;
+        if !self.data_dir.exists() {
+            bail!(
+                "no store in {} (--offline works on a node's data dir); pass --data-dir or XNODE_DATA_DIR, or drop \
+                 --offline to ask a running node (--api URL)",
+                self.data_dir.display()
+            );
+        }
+        self.open()
+    }
+
+    /// The local store for --offline work, created if missing.
+    fn open(&self) -> Result<Repo> {
+        let config = self.store_config()?;
+        Repo::open(&self.data_dir, config).with_context(|| format!("opening the store in {}", self.data_dir.display()))
+    }
+
+    fn store_config(&self) -> Result<StoreConfig> {
+        Ok(StoreConfig { capacity: self.env.capacity()?, direct_io: self.env.direct_io()?, ..StoreConfig::default() })
+    }
+}
+
+fn local_of(remote: &Remote) -> Local {
+    Local { admin: Admin { remote: remote.clone(), ..Admin::default() }, offline: false }
+}
+
+fn admin_of(admin: &Admin) -> Local {
+    Local { admin: admin.clone(), offline: false }
+}
+
 fn run(cli: Cli, env: Env) -> Result<()> {
-    let data_dir = env.data_dir(cli.data_dir.clone());
-    let store_config = StoreConfig { capacity: env.capacity()?, direct_io: env.direct_io()?, ..StoreConfig::default() };
-    let open =
-        || Repo::open(&data_dir, store_config).with_context(|| format!("opening the store in {}", data_dir.display()));
-
-    let api_url = env.api_url(cli.api.clone())?;
-    let token = cli
-        .token
-        .clone()
-        .filter(|t| !t.is_empty())
-        .or_else(|| env.admin_token())
-        .or_else(|| std::fs::read_to_string(data_dir.join(node::TOKEN_FILE)).ok().map(|t| t.trim().to_string()));
-    let api = || client::Api::new(api_url.clone(), token.clone());
-    let offline = cli.offline;
-
-    match cli.command {
-        Command::Run => node::run(env.node()?, data_dir, store_config),
-        Command::Members { json } => members(&api_url, json),
-        Command::Health => {
-            http_get(&format!("{api_url}/healthz"))?;
+    match &cli.command {
+        Command::Run { data_dir } => {
+            let data_dir = env.data_dir(data_dir.clone().or_else(|| cli.data_dir.clone()));
+            let store_config =
+                StoreConfig { capacity: env.capacity()?, direct_io: env.direct_io()?, ..StoreConfig::default() };
+            node::run(env.node()?, data_dir, store_config)
+        }
+        Command::Status { cid, json, remote } => {
+            let ctx = Ctx::new(env, &cli, Some(&local_of(remote)))?;
+            match cid {
+                None => status(&ctx.api(), *json),
+                Some(cid) => {
+                    parse_cid(cid)?;
+                    holders(&ctx.api(), cid, *json)
+                }
+            }
+        }
+        Command::Members { json, remote } => {
+            let ctx = Ctx::new(env, &cli, Some(&local_of(remote)))?;
+            members(&ctx.api().members()?, *json)
+        }
+        Command::Peers { json, remote } => {
+            let ctx = Ctx::new(env, &cli, Some(&local_of(remote)))?;
+            peers(&ctx.api().members()?, *json)
+        }
+        Command::Health { remote } => {
+            let ctx = Ctx::new(env, &cli, Some(&local_of(remote)))?;
+            http_get(&format!("{}/healthz", ctx.api_url))?;
             Ok(())
         }
-        Command::Add(args) if offline || args.only_hash => add(args, open),
-        Command::Add(args) => {
+        Command::Add { args, local } => {
+            let ctx = Ctx::new(env, &cli, Some(local))?;
+            if ctx.offline || args.only_hash {
+                return add(args, || ctx.open());
+            }
             let stdout = io::stdout();
             let mut print = |cid: &str, path: &str| {
                 if !args.quiet && !args.quieter {
@@ -197,12 +407,12 @@ fn run(cli: Cli, env: Env) -> Result<()> {
             let mut req = client::AddRequest {
                 recursive: args.recursive,
                 cid_version: args.cid_version,
-                profile: args.profile.map(|p| p.to_string()),
+                profile: args.profile.as_ref().map(|p| p.to_string()),
                 hidden: args.hidden,
                 chunker: args.chunker.clone(),
                 on_added: &mut print,
             };
-            let api = api();
+            let api = ctx.api();
             api.check_token()?;
             for path in &args.paths {
                 let root = api.add(path, &mut req)?;
@@ -212,60 +422,139 @@ fn run(cli: Cli, env: Env) -> Result<()> {
             }
             Ok(())
         }
-        Command::Cat { cid, offset, length, timeout } => {
+        Command::Cat { cid, offset, length, timeout, local } => {
+            let ctx = Ctx::new(env, &cli, Some(local))?;
             let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            if offline {
-                let repo = open()?;
-                let cid = parse_cid(&cid)?;
-                repo.cat(&cid, offset, length.unwrap_or(u64::MAX), &mut out)?;
+            if ctx.offline {
+                let repo = ctx.open()?;
+                let cid = parse_cid(cid)?;
+                repo.cat(&cid, *offset, length.unwrap_or(u64::MAX), &mut out)?;
             } else {
-                parse_cid(&cid)?;
-                api().with_timeout(timeout).cat(&cid, offset, length, &mut out)?;
+                parse_cid(cid)?;
+                ctx.api().with_timeout(*timeout).cat(cid, *offset, *length, &mut out)?;
             }
             out.flush()?;
             Ok(())
         }
-        Command::Get { cid, output, timeout } => {
-            let parsed = parse_cid(&cid)?;
-            let dest = output.unwrap_or_else(|| PathBuf::from(&cid));
+        Command::Get { cid, output, timeout, local } => {
+            let ctx = Ctx::new(env, &cli, Some(local))?;
+            let parsed = parse_cid(cid)?;
+            let mut dest = output.clone().unwrap_or_else(|| PathBuf::from(cid));
+            // Like cp: into an existing directory, under the CID's name.
+            if output.is_some() && dest.is_dir() {
+                dest = dest.join(cid);
+            }
             if dest.exists() {
                 bail!("{} already exists; choose another path with -o", dest.display());
             }
-            if offline {
-                open()?.get(&parsed, &dest)?;
+            if ctx.offline {
+                ctx.open()?.get(&parsed, &dest)?;
             } else {
-                api().with_timeout(timeout).get(&cid, &dest)?;
+                ctx.api().with_timeout(*timeout).get(cid, &dest)?;
             }
             println!("Saved {} to {}", cid, dest.display());
             Ok(())
         }
-        Command::Ls { json } => {
-            let pins = if offline { open()?.pins()? } else { api().ls()? };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&pins)?);
+        Command::Ls { cid: Some(cid), json, local } => {
+            let ctx = Ctx::new(env, &cli, Some(local))?;
+            parse_cid(cid)?;
+            if ctx.offline {
+                bail!("`ls CID` asks a running node; drop --offline (`xnode ls --offline` lists the local files)");
+            }
+            let listing = ctx.api().ls_cid(cid)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+                return Ok(());
+            }
+            for e in listing.as_array().into_iter().flatten() {
+                let size =
+                    e["size"].as_u64().map_or_else(|| "-".to_string(), |s| ByteSize(s).display().iec().to_string());
+                let name = e["name"].as_str().unwrap_or_default();
+                let shown = if e["kind"] == "directory" { format!("{name}/") } else { name.to_string() };
+                println!("{}\t{size}\t{shown}", e["cid"].as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Ls { cid: None, json, local } => {
+            let ctx = Ctx::new(env, &cli, Some(local))?;
+            if ctx.offline {
+                let pins = ctx.open_existing()?.pins()?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&pins)?);
+                } else {
+                    for p in pins {
+                        println!("{}\t{}\t{}", p.root, ByteSize(p.size).display().iec(), p.name);
+                    }
+                }
+                return Ok(());
+            }
+            let files = ctx.api().files()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&files)?);
             } else {
-                for p in pins {
-                    println!("{}\t{}\t{}", p.root, ByteSize(p.size).display().iec(), p.name);
+                for f in files.as_array().into_iter().flatten() {
+                    let size = ByteSize(f["size"].as_u64().unwrap_or(0)).display().iec().to_string();
+                    println!(
+                        "{}\t{size}\t{}",
+                        f["root"].as_str().unwrap_or_default(),
+                        f["name"].as_str().unwrap_or_default()
+                    );
                 }
             }
             Ok(())
         }
-        Command::Rm { cid } => {
-            let (deleted, freed) = if offline {
-                let s = open()?.remove(&parse_cid(&cid)?)?;
-                (s.blocks_deleted, s.bytes_freed)
-            } else {
-                parse_cid(&cid)?;
-                let v = api().rm(&cid)?;
-                (v["blocks_deleted"].as_u64().unwrap_or(0), v["bytes_freed"].as_u64().unwrap_or(0))
-            };
-            println!("removed {cid}: {deleted} blocks deleted, {} freed", ByteSize(freed).display().iec());
+        Command::Rm { cid, local } => {
+            let ctx = Ctx::new(env, &cli, Some(local))?;
+            if ctx.offline {
+                let s = ctx.open()?.remove(&parse_cid(cid)?)?;
+                println!(
+                    "removed {cid} from this data dir: {} blocks deleted, {} freed",
+                    s.blocks_deleted,
+                    ByteSize(s.bytes_freed).display().iec()
+                );
+                return Ok(());
+            }
+            parse_cid(cid)?;
+            let v = ctx.api().rm(cid)?;
+            let n = |k: &str| v[k].as_u64().unwrap_or(0);
+            println!(
+                "removed {cid} from the cluster: its {} blocks ({} copies, about {}) are freed on the members \
+                 that hold them (blocks another file shares stay); this node freed {} blocks, {}",
+                n("cluster_blocks"),
+                n("cluster_copies"),
+                ByteSize(n("cluster_bytes")).display().iec(),
+                n("blocks_deleted"),
+                ByteSize(n("bytes_freed")).display().iec()
+            );
             Ok(())
         }
-        Command::Dag(cmd) => dag::run(cmd, offline, open, api),
-        Command::Blocks { limit, json } => {
-            let blocks = api().blocks(limit)?;
-            if json {
+        Command::Resize { member, size, admin } => {
+            let ctx = Ctx::new(env, &cli, Some(&admin_of(admin)))?;
+            let v = ctx.api().member_action("PUT", member, "storage", Some(serde_json::json!({ "capacity": size })))?;
+            println!("{}", v["message"].as_str().unwrap_or("resized"));
+            Ok(())
+        }
+        Command::Kill { member, admin } => {
+            let ctx = Ctx::new(env, &cli, Some(&admin_of(admin)))?;
+            let v = ctx.api().member_action("POST", member, "kill", None)?;
+            println!("{}", v["message"].as_str().unwrap_or("killed"));
+            Ok(())
+        }
+        Command::Shutdown { member, admin } => {
+            let ctx = Ctx::new(env, &cli, Some(&admin_of(admin)))?;
+            let v = ctx.api().member_action("POST", member, "shutdown", None)?;
+            println!("{}", v["message"].as_str().unwrap_or("leaving"));
+            Ok(())
+        }
+        Command::Dag(cmd) => {
+            let ctx = Ctx::new(env, &cli, Some(cmd.local()))?;
+            let offline = ctx.offline;
+            dag::run(cmd.clone(), offline, || ctx.open(), || ctx.api())
+        }
+        Command::Blocks { limit, json, remote } => {
+            let ctx = Ctx::new(env, &cli, Some(&local_of(remote)))?;
+            let blocks = ctx.api().blocks(*limit)?;
+            if *json {
                 println!("{}", serde_json::to_string_pretty(&blocks)?);
                 return Ok(());
             }
@@ -277,24 +566,135 @@ fn run(cli: Cli, env: Env) -> Result<()> {
             }
             Ok(())
         }
-        Command::Stats => {
-            let s = open()?.stats()?;
-            let cap = if s.capacity == u64::MAX {
-                "unlimited".to_string()
+        Command::Stats { json, local } => {
+            let ctx = Ctx::new(env, &cli, Some(local))?;
+            let (files, blocks, held, disk, capacity) = if ctx.offline {
+                let s = ctx.open_existing()?.stats()?;
+                (s.pins, s.blocks, s.bytes_held, s.disk_bytes, s.capacity)
             } else {
-                ByteSize(s.capacity).display().iec().to_string()
+                let v = ctx.api().storage()?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    return Ok(());
+                }
+                let n = |k: &str| v[k].as_u64().unwrap_or(0);
+                (n("files"), n("blocks"), n("used"), n("disk_bytes"), n("capacity"))
             };
-            println!("files:    {}", s.pins);
-            println!("blocks:   {}", s.blocks);
-            println!("held:     {} ({} bytes)", ByteSize(s.bytes_held).display().iec(), s.bytes_held);
-            println!("on disk:  {} ({} bytes)", ByteSize(s.disk_bytes).display().iec(), s.disk_bytes);
-            println!("capacity: {cap}");
+            if *json {
+                let v = serde_json::json!({"files": files, "blocks": blocks, "used": held, "disk_bytes": disk, "capacity": capacity});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("files:    {files} pinned here");
+            println!("blocks:   {blocks}");
+            println!("held:     {} ({held} bytes)", ByteSize(held).display().iec());
+            println!("on disk:  {} ({disk} bytes)", ByteSize(disk).display().iec());
+            println!("capacity: {}", size_or_unlimited(capacity));
+            if held > capacity {
+                println!(
+                    "over capacity: handing off {} to the other members",
+                    ByteSize(held - capacity).display().iec()
+                );
+            }
             Ok(())
         }
     }
 }
 
-fn add(args: AddArgs, open: impl FnOnce() -> Result<Repo>) -> Result<()> {
+fn size_or_unlimited(bytes: u64) -> String {
+    if bytes == u64::MAX {
+        "unlimited".to_string()
+    } else {
+        ByteSize(bytes).display().iec().to_string()
+    }
+}
+
+/// `xnode status`: the cluster at a glance, from one node's view.
+fn status(api: &client::Api, json: bool) -> Result<()> {
+    let node = api.status()?;
+    let members = api.members()?;
+    let files = api.files()?;
+    let files = files.as_array().cloned().unwrap_or_default();
+    let alive: Vec<&Member> = members.iter().filter(|m| m.state == xnode_gossip::MemberState::Alive).collect();
+    let count = |s| members.iter().filter(|m| m.state == s).count();
+    let capacity = alive.iter().map(|m| m.meta.capacity).fold(0u64, u64::saturating_add);
+    let used: u64 = alive.iter().map(|m| m.meta.used).sum();
+    let health = |k: &str| files.iter().filter(|f| f["health"][k].as_u64().unwrap_or(0) > 0).count();
+    let (under, missing) = (health("under_replicated"), health("missing"));
+    let replication = node["replication"].as_u64().unwrap_or(0);
+    if json {
+        let v = serde_json::json!({
+            "node": node,
+            "members_alive": alive.len(),
+            "members_dead": count(xnode_gossip::MemberState::Dead),
+            "members_left": count(xnode_gossip::MemberState::Left),
+            "capacity": capacity,
+            "used": used,
+            "files": files.len(),
+            "files_under_replicated": under,
+            "files_missing_blocks": missing,
+            "replication": replication,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "members:  {} alive, {} dead, {} left",
+        alive.len(),
+        count(xnode_gossip::MemberState::Dead),
+        count(xnode_gossip::MemberState::Left)
+    );
+    println!(
+        "storage:  {} used of {} pooled (alive members)",
+        ByteSize(used).display().iec(),
+        size_or_unlimited(capacity)
+    );
+    println!("files:    {} in the catalog; {under} under-replicated, {missing} with missing blocks", files.len());
+    if replication > 0 {
+        println!("replication factor: {replication}");
+    }
+    println!(
+        "this node: {} ({}), {} blocks held",
+        node["name"].as_str().unwrap_or_default(),
+        node["phase"].as_str().unwrap_or_default(),
+        node["blocks"].as_u64().unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// `xnode status CID`: which members hold how many of a file's blocks.
+fn holders(api: &client::Api, cid: &str, json: bool) -> Result<()> {
+    let h = api.holders(cid)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&h)?);
+        return Ok(());
+    }
+    let blocks = h["blocks"].as_u64().unwrap_or(0);
+    let rf = h["replication"].as_u64().unwrap_or(0);
+    let partial = if h["complete"] == false { " (the first ones; the DAG is larger)" } else { "" };
+    println!("{cid}: {blocks} blocks{partial}, replication factor {rf}");
+    let mut copies = 0;
+    println!("{:<20} {:<6} {:>10}", "MEMBER", "STATE", "BLOCKS");
+    for m in h["members"].as_array().into_iter().flatten() {
+        let held = match (m["blocks"].as_u64(), m["error"].as_str()) {
+            (Some(n), _) => {
+                copies += n;
+                n.to_string()
+            }
+            (None, Some(e)) => format!("? ({e})"),
+            (None, None) => "-".to_string(),
+        };
+        println!(
+            "{:<20} {:<6} {held:>10}",
+            m["name"].as_str().unwrap_or_default(),
+            m["state"].as_str().unwrap_or_default()
+        );
+    }
+    println!("copies: {copies} of the {} wanted ({blocks} blocks x {rf})", blocks * rf);
+    Ok(())
+}
+
+fn add(args: &AddArgs, open: impl FnOnce() -> Result<Repo>) -> Result<()> {
     let mut import = ImportOptions::profile(args.profile.unwrap_or_default());
     if let Some(v) = args.cid_version {
         import = import.with_cid_version(v);
@@ -340,9 +740,7 @@ fn http_get(url: &str) -> Result<ureq::Response> {
         .map_err(|e| anyhow::anyhow!("no answer from {url}: {e}; is `xnode run` up there? (set --api or XNODE_API)"))
 }
 
-fn members(api: &str, json: bool) -> Result<()> {
-    let url = format!("{api}/api/v1/members");
-    let members: Vec<Member> = http_get(&url)?.into_json().with_context(|| format!("reading {url}"))?;
+fn members(members: &[Member], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&members)?);
         return Ok(());
@@ -355,9 +753,33 @@ fn members(api: &str, json: bool) -> Result<()> {
             ByteSize(m.meta.capacity).display().iec().to_string()
         };
         let storage = format!("{} / {cap}", ByteSize(m.meta.used).display().iec());
-        let name = if m.is_self { format!("{} (self)", m.name) } else { m.name };
+        let name = if m.is_self { format!("{} (self)", m.name) } else { m.name.clone() };
         let state = format!("{:?}", m.state).to_lowercase();
         println!("{name:<20} {state:<6} {:<22} {:<18} {storage:>22} {:>8}", m.gossip_addr, m.meta.phase, m.meta.blocks);
+    }
+    Ok(())
+}
+
+/// `xnode peers`: each member's network identities.
+fn peers(members: &[Member], json: bool) -> Result<()> {
+    if json {
+        let v: Vec<_> = members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name, "state": format!("{:?}", m.state).to_lowercase(), "peer_id": m.meta.peer_id,
+                    "gossip": m.gossip_addr.to_string(), "api": m.meta.api_url, "version": m.meta.version,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{:<20} {:<6} {:<54} {:<22} API", "NAME", "STATE", "PEER ID", "GOSSIP");
+    for m in members {
+        let name = if m.is_self { format!("{} (self)", m.name) } else { m.name.clone() };
+        let state = format!("{:?}", m.state).to_lowercase();
+        println!("{name:<20} {state:<6} {:<54} {:<22} {}", m.meta.peer_id, m.gossip_addr, m.meta.api_url);
     }
     Ok(())
 }

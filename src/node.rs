@@ -219,9 +219,16 @@ async fn serve_node(
         () = kill.cancelled() => {
             // As a crash would: no goodbye to the cluster (the others declare us dead). Give the API a moment to
             // answer the request that asked for it; the store is crash-safe, so exiting now loses nothing.
+            // Status 0, so a supervisor that restarts on failure (compose's `restart: on-failure`, systemd's
+            // `Restart=on-failure`) leaves the node down until someone starts it again; a real crash exits
+            // non-zero and is restarted.
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            eprintln!("xnode killed over the API: exiting without leaving the cluster");
-            std::process::exit(137);
+            tracing::warn!("killed over the API: exiting without leaving the cluster; start the node again to bring it back");
+            eprintln!(
+                "xnode killed over the API: exiting (status 0) without leaving the cluster; start it again to bring \
+                 it back (e.g. `docker start CONTAINER`)"
+            );
+            std::process::exit(0);
         }
         reason = fatal_error(node.clone()) => Some(reason),
     };

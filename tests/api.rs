@@ -511,7 +511,12 @@ fn kill_stops_without_leaving() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = node.inner.child.try_wait().unwrap() {
-            assert!(!status.success(), "a kill is not a graceful stop");
+            // Status 0 so that supervisors restarting on failure leave a killed node down; it did not leave.
+            assert!(status.success(), "a kill exits 0, got {status}");
+            std::thread::sleep(Duration::from_millis(200));
+            let log = std::fs::read_to_string(node._tmp.path().join("api-test.log")).unwrap_or_default();
+            assert!(log.contains("without leaving"), "{log}");
+            assert!(!log.contains("left the cluster"), "a kill is not a leave: {log}");
             break;
         }
         assert!(Instant::now() < deadline, "node did not stop");
@@ -556,4 +561,114 @@ fn admin_actions_are_forwarded_to_members_that_share_the_token() {
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("fwd-c") && body.contains("XNODE_ADMIN_TOKEN"), "{body}");
     drop(c);
+}
+
+/// The body of an error answer: JSON with an `error` message.
+fn error_of(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    let (code, body) = status_of(r);
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("HTTP {code}: not JSON ({e}): {body:?}"));
+    let message = v["error"].as_str().unwrap_or_else(|| panic!("HTTP {code}: no `error`: {body}")).to_string();
+    assert!(!message.is_empty(), "HTTP {code}: an empty message");
+    (code, message)
+}
+
+#[test]
+fn every_error_status_is_json_with_what_to_do() {
+    let node = Node::start("1MiB", "");
+    let bearer = "Bearer s3cret";
+    // 404 of an unknown route, 405 of a wrong method.
+    let (code, msg) = error_of(ureq::get(&node.url("/api/v1/nope")).call());
+    assert_eq!(code, 404);
+    assert!(msg.contains("/api/v1/nope") && msg.contains("openapi.json"), "{msg}");
+    let (code, msg) = error_of(ureq::delete(&node.url("/api/v1/status")).call());
+    assert_eq!(code, 405);
+    assert!(msg.contains("DELETE") && msg.contains("GET"), "{msg}");
+    // 401 speaks to the CLI user as well as to scripts.
+    let (code, msg) = error_of(ureq::put(&node.url("/api/v1/storage")).send_string("{}"));
+    assert_eq!(code, 401);
+    assert!(msg.contains("--token") && msg.contains("XNODE_ADMIN_TOKEN"), "{msg}");
+    // 415: a body that does not say it is JSON.
+    let (code, msg) = error_of(ureq::put(&node.url("/api/v1/storage")).set("Authorization", bearer).send_string("{}"));
+    assert_eq!(code, 415);
+    assert!(msg.contains("Content-Type: application/json"), "{msg}");
+    // 422: well-formed JSON of the wrong shape, and a size that is not one.
+    let put = || ureq::put(&node.url("/api/v1/storage")).set("Authorization", bearer);
+    let (code, msg) = error_of(put().send_json(serde_json::json!({"size": 5})));
+    assert_eq!(code, 422);
+    assert!(msg.contains("capacity"), "{msg}");
+    let (code, msg) = error_of(put().send_json(serde_json::json!({"capacity": "lots"})));
+    assert_eq!(code, 422);
+    assert!(msg.contains("10GiB"), "{msg}");
+    // 400: malformed JSON.
+    let (code, _) = error_of(put().set("Content-Type", "application/json").send_string("{"));
+    assert_eq!(code, 400);
+    // Sizes in human units are accepted where bytes are.
+    let (code, body) = status_of(put().send_json(serde_json::json!({"capacity": "3MiB"})));
+    assert_eq!(code, 200, "{body}");
+    let storage: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(storage["capacity"], 3 << 20);
+    let (code, body) = status_of(put().send_json(serde_json::json!({"capacity": "2 MB"})));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["capacity"], 2_000_000);
+    // 413 of a full store names the run-time way to raise the capacity.
+    let (code, msg) = error_of(node.upload("full.bin", &pattern(2_500_000)));
+    assert_eq!(code, 413);
+    assert!(msg.contains("xnode resize") && msg.contains("PUT /api/v1/storage"), "{msg}");
+    // 404 of a member nobody has, through the member routes.
+    let (code, msg) =
+        error_of(ureq::post(&node.url("/api/v1/members/nobody/kill")).set("Authorization", bearer).call());
+    assert_eq!(code, 404);
+    assert!(msg.contains("api-test"), "names the members there are: {msg}");
+    // 409: shrinking below what a lone node holds (nobody could take the excess).
+    let (code, body) = status_of(node.upload("small.bin", &pattern(1_500_000)));
+    assert_eq!(code, 201, "{body}");
+    let (code, msg) = error_of(put().send_json(serde_json::json!({"capacity": "1MiB"})));
+    assert_eq!(code, 409);
+    assert!(msg.contains("no live peer"), "{msg}");
+    // The gateway keeps the plain errors gateways give.
+    let (code, _) = status_of(ureq::get(&node.url("/ipfs/not-a-cid")).call());
+    assert!((400..500).contains(&code));
+}
+
+#[test]
+fn counters_agree_and_a_resize_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("XNODE_STORAGE_MAX", "100MiB"), ("XNODE_ADMIN_TOKEN", "s3cret")];
+    let node = RunningNode::start(tmp.path(), "persist", &env);
+    let up = |name: &str, len: usize| {
+        ureq::post(&node.url(&format!("/api/v1/files?name={name}")))
+            .set("Authorization", "Bearer s3cret")
+            .send_bytes(&pattern(len))
+            .unwrap()
+    };
+    up("a.bin", 600_000);
+    up("b.bin", 300_000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: serde_json::Value = ureq::get(&node.url("/api/v1/status")).call().unwrap().into_json().unwrap();
+        let blocks: serde_json::Value = ureq::get(&node.url("/api/v1/blocks")).call().unwrap().into_json().unwrap();
+        let files: serde_json::Value = ureq::get(&node.url("/api/v1/files")).call().unwrap().into_json().unwrap();
+        let listed = files.as_array().unwrap().len();
+        if status["files"] == 2 && listed == 2 && status["blocks"] == blocks["held"]["count"] {
+            // a.bin: 3 leaves and a root; b.bin: 2 leaves and a root, its first leaf the same as a.bin's (one
+            // pattern): at least 6 blocks (plus the catalog's entries, if kept).
+            assert!(status["blocks"].as_u64().unwrap() >= 6, "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "status {status} vs blocks {blocks} vs {listed} files");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, body) = status_of(
+        ureq::put(&node.url("/api/v1/storage"))
+            .set("Authorization", "Bearer s3cret")
+            .send_json(serde_json::json!({"capacity": "7MiB"})),
+    );
+    assert_eq!(code, 200, "{body}");
+    drop(node);
+    // Started again with XNODE_STORAGE_MAX still set: the data dir's capacity wins.
+    let node = RunningNode::start(tmp.path(), "persist", &env);
+    let storage: serde_json::Value = ureq::get(&node.url("/api/v1/storage")).call().unwrap().into_json().unwrap();
+    assert_eq!(storage["capacity"], 7 << 20, "{storage}");
+    assert_eq!(storage["over_capacity"], 0);
 }

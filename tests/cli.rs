@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+mod support;
+
 fn xnode(data: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xnode"));
     cmd.arg("--offline").arg("--data-dir").arg(data).env_remove("XNODE_STORAGE_MAX").env_remove("XNODE_DATA_DIR");
@@ -216,4 +218,137 @@ fn dir_size(p: &Path) -> u64 {
             }
         })
         .sum()
+}
+
+/// The CLI against running nodes: `xnode --api URL CMD`, with the token given as a flag.
+fn remote(api: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xnode"));
+    cmd.env_remove("XNODE_ADMIN_TOKEN").env_remove("XNODE_DATA_DIR").env_remove("XNODE_API");
+    cmd.arg("--api").arg(api);
+    cmd
+}
+
+fn members_json(api: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(remote(api).args(["members", "--json"]))).unwrap()
+}
+
+fn state_of(api: &str, name: &str) -> Option<String> {
+    members_json(api).as_array()?.iter().find(|m| m["name"] == name).map(|m| m["state"].as_str().unwrap().to_string())
+}
+
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn exits_with(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the node did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn operator_commands_status_ls_resize_kill_shutdown_peers_and_stats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = [("XNODE_ADMIN_TOKEN", "op-token")];
+    let a = support::RunningNode::start(tmp.path(), "op-a", &token);
+    let seeds = [token[0], ("XNODE_KNOWN_PEERS", a.gossip.as_str())];
+    let mut b = support::RunningNode::start(tmp.path(), "op-b", &seeds);
+    let mut c = support::RunningNode::start(tmp.path(), "op-c", &seeds);
+    wait_until("the three members see each other", 30, || {
+        members_json(&a.api).as_array().unwrap().iter().filter(|m| m["state"] == "Alive").count() == 3
+    });
+
+    // A directory with two files: `ls CID` lists its entries, `status CID` who holds its blocks.
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    write(&tree, "one.bin", &random_bytes("one", 700_000));
+    write(&tree, "two.txt", b"two\n");
+    let added = ok(remote(&a.api).args(["--token", "op-token", "add", "-r", "-Q"]).arg(&tree));
+    let root = added.trim().to_string();
+    let ls = ok(remote(&a.api).args(["ls", &root]));
+    let names: Vec<&str> = ls.lines().map(|l| l.rsplit('\t').next().unwrap()).collect();
+    assert_eq!(names, ["one.bin", "two.txt"], "{ls}");
+    wait_until("the cluster's files include it", 10, || ok(remote(&a.api).arg("ls")).contains(&root));
+
+    // one.bin: 3 leaves and a root; two.txt: 1 block; the directory: 1. Replication factor 2 over 3 members, so
+    // at least 12 copies once placed (interior blocks may be kept by every member), none beyond 6 per member.
+    let expected_blocks: u64 = 3 + 1 + 1 + 1;
+    let mut holders = serde_json::Value::Null;
+    wait_until("every block has two holders", 60, || {
+        holders = serde_json::from_str(&ok(remote(&a.api).args(["status", &root, "--json"]))).unwrap();
+        let counts: Vec<u64> =
+            holders["members"].as_array().unwrap().iter().filter_map(|m| m["blocks"].as_u64()).collect();
+        counts.len() == 3 && counts.iter().sum::<u64>() >= 2 * expected_blocks && counts.iter().all(|&n| n > 0)
+    });
+    assert_eq!(holders["blocks"], expected_blocks, "{holders}");
+    assert!(holders["members"].as_array().unwrap().iter().all(|m| m["blocks"].as_u64().unwrap() <= expected_blocks));
+    let text = ok(remote(&a.api).args(["status", &root]));
+    assert!(text.contains("op-a") && text.contains("op-b") && text.contains("op-c"), "{text}");
+    assert!(text.contains(&format!("of the {} wanted", 2 * expected_blocks)), "{text}");
+
+    let summary: serde_json::Value = serde_json::from_str(&ok(remote(&a.api).args(["status", "--json"]))).unwrap();
+    assert_eq!(summary["members_alive"], 3, "{summary}");
+    assert_eq!(summary["files"], 1, "{summary}");
+    assert_eq!(summary["replication"], 2, "{summary}");
+    assert!(ok(remote(&a.api).arg("status")).contains("3 alive"));
+
+    let peers = ok(remote(&a.api).arg("peers"));
+    for m in members_json(&a.api).as_array().unwrap() {
+        assert!(peers.contains(m["meta"]["peer_id"].as_str().unwrap()), "{peers}");
+    }
+
+    // stats against a running node, from a directory with no data dir: nothing is created there.
+    let cwd = tmp.path().join("empty");
+    fs::create_dir_all(&cwd).unwrap();
+    let stats = ok(remote(&a.api).arg("stats").current_dir(&cwd));
+    assert!(stats.contains("capacity:") && stats.contains("blocks:"), "{stats}");
+    assert!(fs::read_dir(&cwd).unwrap().next().is_none(), "stats --api created files in the working directory");
+
+    // resize, through a's API, of another member; without the token it says how to give one.
+    let err = fails(remote(&a.api).args(["resize", "op-b", "5MiB"]).current_dir(&cwd));
+    assert!(err.contains("--token"), "{err}");
+    let out = ok(remote(&a.api).args(["resize", "op-b", "5MiB", "--token", "op-token"]));
+    assert!(out.contains("op-b") && out.contains("5.0 MiB"), "{out}");
+    let storage: serde_json::Value = ureq::get(&b.url("/api/v1/storage")).call().unwrap().into_json().unwrap();
+    assert_eq!(storage["capacity"], 5 << 20);
+
+    // shutdown: b leaves and exits 0, seen as left (never dead); kill: c exits 0 without leaving, seen dead.
+    ok(remote(&a.api).args(["shutdown", "op-b", "--token", "op-token"]));
+    assert!(exits_with(&mut b.child, 15).success(), "a shutdown exits 0");
+    wait_until("op-b is seen as left", 15, || state_of(&a.api, "op-b").as_deref() == Some("Left"));
+    let out = ok(remote(&a.api).args(["kill", "op-c", "--token", "op-token"]));
+    assert!(out.contains("started again"), "says how to bring it back: {out}");
+    assert!(exits_with(&mut c.child, 15).success(), "a kill exits 0, so on-failure supervisors leave it down");
+    wait_until("op-c is seen as dead", 20, || state_of(&a.api, "op-c").as_deref() == Some("Dead"));
+    assert_eq!(state_of(&a.api, "op-b").as_deref(), Some("Left"), "a member that left is never shown dead");
+}
+
+#[test]
+fn each_command_help_lists_its_own_flags() {
+    let help = |args: &[&str]| ok(Command::new(env!("CARGO_BIN_EXE_xnode")).args(args));
+    let run = help(&["run", "--help"]);
+    for var in ["XNODE_KNOWN_PEERS", "XNODE_STORAGE_MAX", "XNODE_ADVERTISE_ADDR", "--data-dir"] {
+        assert!(run.contains(var), "run --help lacks {var}: {run}");
+    }
+    assert!(!run.contains("--token") && !run.contains("--offline"), "{run}");
+    let status = help(&["status", "--help"]);
+    assert!(status.contains("--api") && status.contains("XNODE_API"), "{status}");
+    assert!(!status.contains("--token") && !status.contains("--offline"), "{status}");
+    let resize = help(&["resize", "--help"]);
+    assert!(resize.contains("--token") && resize.contains("XNODE_ADMIN_TOKEN") && !resize.contains("--offline"));
+    let cat = help(&["cat", "--help"]);
+    assert!(cat.contains("--offline") && cat.contains("--timeout"), "{cat}");
+    let top = help(&["--help"]);
+    for cmd in ["status", "resize", "kill", "shutdown", "peers"] {
+        assert!(top.contains(cmd), "{top}");
+    }
 }

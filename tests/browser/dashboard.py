@@ -4,7 +4,9 @@
 Checks, in order: the page shows 3 live members; a file uploaded through the page appears in the files list and
 reaches "at RF" (every block on as many members as the replication factor); the transfer log shows blocks moving when
 another node reads the file; a resize through the form changes that member's storage bar; a kill through another
-member's button marks it dead; the page has no horizontal scroll at 1280x800 nor at phone width (390x844).
+member's button marks it dead (exit 0, with how to bring it back); the pooled totals and a file's holders match
+the API; the event timeline shows the death and the resize; a catalog file is removed from the page; the favicon;
+nothing scrolls sideways or is clipped at 1280x800 nor at phone width (390x844).
 Screenshots go to target/artifacts/dashboard/.
 
     .venv/bin/python tests/browser/dashboard.py [--binary target/release/xnode] [--keep]
@@ -213,7 +215,10 @@ def main():
             with urllib.request.urlopen(f"{beta.api}/api/v1/files/{state['cid']}?timeout=30", timeout=60) as r:
                 assert r.read() == payload.read_bytes(), "beta read different bytes"
             wait_until("block transfers in the log",
-                       lambda: len(driver.find_elements(By.CSS_SELECTOR, "#transfers li.transfer")) >= 3, 20)
+                       lambda: len(driver.find_elements(By.CSS_SELECTOR, "#transfers li.transfer")) >= 1, 20)
+            # One line per burst, with its blocks, bytes and time zone.
+            line = driver.find_element(By.CSS_SELECTOR, "#transfers li.transfer").text
+            assert re.search(r"\d+ blocks?", line) and "UTC" in line, line
             pairs = lambda: js("return [...document.querySelectorAll('#transfers li.transfer')]"
                                ".map(li => li.querySelector('.from').textContent + '>' + li.querySelector('.to').textContent)")
             assert "alpha>beta" in pairs(), pairs()
@@ -248,17 +253,77 @@ def main():
             wait_until("gamma marked dead", lambda: member_state("gamma") == "dead", 20)
             card = driver.find_element(By.CSS_SELECTOR, "#members [data-name='gamma'] .last-seen").text
             assert card.startswith("last reported"), f"a dead member's card should say what it last reported: {card!r}"
-            assert gamma.proc.wait(5) != 0, "gamma was killed, not stopped gracefully"
+            back = driver.find_element(By.CSS_SELECTOR, "#members [data-name='gamma'] .how-back").text
+            assert "docker start" in back and "xnode run" in back, f"the card says how to bring it back: {back!r}"
+            # Status 0: a supervisor restarting on failure (compose's on-failure) leaves it down.
+            assert gamma.proc.wait(5) == 0, "a kill exits 0 without leaving"
             shot("06-killed")
         checks.run("kill_marks_that_member_dead", kill)
 
+        def totals_and_holders():
+            totals = lambda: driver.find_element(By.ID, "totals").text
+            wait_until("totals with the dead member", lambda: "2 alive" in totals() and "1 dead" in totals(), 20)
+            files = alpha.get_json("/api/v1/files")
+            assert f"{len(files)} files" in totals(), (totals(), len(files))
+            assert "replication factor 2" in totals(), totals()
+            row = f"#files tr[data-root='{state['cid']}']"
+            driver.find_element(By.CSS_SELECTOR, f"{row} details.holders summary").click()
+            wait_until("the holders table",
+                       lambda: driver.find_elements(By.CSS_SELECTOR, f"{row} table.holders tr[data-member='alpha']"), 20)
+            api = alpha.get_json(f"/api/v1/files/{state['cid']}/holders")
+            for m in api["members"]:
+                cell = driver.find_element(By.CSS_SELECTOR, f"{row} table.holders tr[data-member='{m['name']}']").text
+                if m["blocks"] is not None:
+                    assert f"{m['blocks']} of {api['blocks']}" in cell, (cell, m)
+            shot("07-holders")
+        checks.run("pooled_totals_and_per_file_holders_match_the_api", totals_and_holders)
+
+        def timeline():
+            kinds = lambda: js("return [...document.querySelectorAll('#events li.event')].map(li => li.dataset.kind)")
+            texts = lambda: js("return [...document.querySelectorAll('#events li.event')].map(li => li.textContent)")
+            wait_until("the death in the timeline", lambda: "died" in kinds(), 20)
+            assert any("gamma died" in t for t in texts()), texts()
+            assert any("resized" in t and "beta" in t for t in texts()), texts()
+            assert all(re.search(r"\d\d:\d\d:\d\d UTC", t) for t in texts()), texts()
+            shot("08-timeline")
+        checks.run("event_timeline_shows_the_death_and_the_resize", timeline)
+
+        def remove_file():
+            row = f"#files tr[data-root='{state['cid']}']"
+            driver.find_element(By.CSS_SELECTOR, f"{row} button.remove").click()
+            try:
+                driver.switch_to.alert.accept()
+            except NoAlertPresentException:
+                pass
+            wait_until("the file gone from the page", lambda: not driver.find_elements(By.CSS_SELECTOR, row), 20)
+            assert all(f["root"] != state["cid"] for f in beta.get_json("/api/v1/files")), "beta still lists it"
+            wait_until("the removal in the timeline", lambda: any("removed" in t for t in
+                       js("return [...document.querySelectorAll('#events li.event')].map(li => li.textContent)")), 10)
+        checks.run("remove_a_catalog_file_from_the_page", remove_file)
+
+        def favicon():
+            with urllib.request.urlopen(f"{alpha.api}/favicon.ico", timeout=10) as r:
+                assert r.headers["Content-Type"].startswith("image/svg+xml"), r.headers["Content-Type"]
+            assert driver.find_elements(By.CSS_SELECTOR, "link[rel=icon]")
+        checks.run("favicon", favicon)
+
+        def clipped():
+            # Elements whose content is wider than their box (cut off) or that reach past the viewport.
+            return js("const w = document.documentElement.clientWidth; return [...document.querySelectorAll("
+                      "'body *')].filter(e => { const r = e.getBoundingClientRect(); const s = getComputedStyle(e);"
+                      " if (r.width === 0 || s.display === 'none' || e.closest('.scroll')) return false;"
+                      " return r.right > w + 1 || (s.overflowX === 'hidden' && e.scrollWidth > e.clientWidth + 1"
+                      " && !e.classList.contains('bar')); }).map(e => e.tagName + '.' + e.className).slice(0, 10)")
+
         def layouts():
             assert no_horizontal_scroll(), "horizontal scroll at 1280x800"
-            shot("07-desktop-1280x800")
+            assert not clipped(), f"clipped at 1280x800: {clipped()}"
+            shot("09-desktop-1280x800")
             driver.set_window_size(390, 844)
             time.sleep(0.5)
             assert no_horizontal_scroll(), "horizontal scroll at phone width"
-            shot("08-phone-390x844")
+            assert not clipped(), f"clipped at 390 px: {clipped()}"
+            shot("10-phone-390x844")
             driver.set_window_size(1280, 800)
         checks.run("usable_at_1280x800_and_phone_width", layouts)
     finally:

@@ -460,7 +460,10 @@ pub(crate) async fn download(
     let size = match kind {
         NodeKind::File { size } => size,
         NodeKind::Directory => {
-            return Err(ApiError::bad_request(format!("{cid} is a directory; list it with GET /api/v1/ls/{cid}")))
+            return Err(ApiError::bad_request(format!(
+                "{cid} is a directory: list it with `xnode ls {cid}` (GET /api/v1/ls/{cid}), or write it to disk with \
+                 `xnode get {cid}`"
+            )))
         }
         NodeKind::Symlink { target } => {
             return Err(ApiError::bad_request(format!("{cid} is a symlink to {target:?}, not a file")))
@@ -718,16 +721,27 @@ pub(crate) async fn stat(
 /// `DELETE /api/v1/files/{cid}`: unpin; blocks no other file needs are deleted.
 #[utoipa::path(delete, path = "/api/v1/files/{cid}", tag = "files", params(("cid" = String, Path)), security(("admin" = [])),
     responses(
-        (status = 200, description = "removed, blocks_deleted, bytes_freed", body = Object),
+        (status = 200, description = "removed; blocks_deleted and bytes_freed on this node; cluster_blocks, \
+            cluster_copies and cluster_bytes: what the members free between them (the file's blocks times their \
+            copies; blocks another file shares stay)", body = Object),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "not pinned here", body = ErrorBody)))]
 pub(crate) async fn remove(State(app): State<AppState>, UrlPath(cid): UrlPath<String>) -> Result<Response, ApiError> {
     let cid = parse_cid(&cid)?;
+    // What the cluster frees: every copy of the file's blocks, as the last health sweep counted them.
+    let root = cid.to_string();
+    let health = app.node.files_health().into_iter().find(|h| h.root == root);
+    let alive = app.node.members().iter().filter(|m| m.state == xnode_gossip::MemberState::Alive).count();
+    let copies = app.node.replication().min(alive.max(1)) as u64;
     let stats = app.node.remove_file(cid).await?;
+    let (blocks, size) = health.map_or((stats.blocks_deleted, stats.bytes_freed), |h| (h.blocks, h.size));
     Ok(Json(serde_json::json!({
-        "removed": cid.to_string(),
+        "removed": root,
         "blocks_deleted": stats.blocks_deleted,
         "bytes_freed": stats.bytes_freed,
+        "cluster_blocks": blocks,
+        "cluster_copies": blocks * copies,
+        "cluster_bytes": size * copies,
     }))
     .into_response())
 }

@@ -22,6 +22,8 @@ pub(crate) enum Action {
     Kill,
     /// Set its storage capacity in bytes.
     Resize(u64),
+    /// Leave the cluster politely and stop.
+    Shutdown,
 }
 
 /// The member called `name`, or a 404 naming the known ones.
@@ -42,12 +44,16 @@ pub(crate) async fn run(app: &AppState, name: &str, action: Action, token: &str)
         return match action {
             Action::Kill => {
                 let _accepted = crate::kill_node(State(app.clone())).await;
-                Ok(format!("{name} is stopping without leaving; the others will mark it dead"))
+                Ok(killed(name))
+            }
+            Action::Shutdown => {
+                let _accepted = crate::shutdown_node(State(app.clone())).await;
+                Ok(left(name))
             }
             Action::Resize(capacity) => {
                 let resize = Resize { capacity: capacity.into() };
-                let _figures = crate::set_storage(State(app.clone()), crate::extract::Json(resize)).await?;
-                Ok(format!("{name} now has a capacity of {}", crate::ui::human(capacity)))
+                let figures = crate::set_storage(State(app.clone()), crate::extract::Json(resize)).await?;
+                Ok(resized(name, capacity, figures.0.used))
             }
         };
     }
@@ -67,6 +73,7 @@ pub(crate) async fn run(app: &AppState, name: &str, action: Action, token: &str)
     }
     let (method, path, body) = match action {
         Action::Kill => ("POST", "/api/v1/kill", String::new()),
+        Action::Shutdown => ("POST", "/api/v1/shutdown", String::new()),
         Action::Resize(capacity) => ("PUT", "/api/v1/storage", serde_json::json!({ "capacity": capacity }).to_string()),
     };
     let signature = crate::session::signature_header(
@@ -82,15 +89,51 @@ pub(crate) async fn run(app: &AppState, name: &str, action: Action, token: &str)
             .set("Content-Type", "application/json")
             .send_string(&body);
         match sent {
-            Ok(_) => Ok(match action {
-                Action::Kill => format!("{name} is stopping without leaving; the others will mark it dead"),
-                Action::Resize(capacity) => format!("{name} now has a capacity of {}", crate::ui::human(capacity)),
+            Ok(response) => Ok(match action {
+                Action::Kill => killed(&name),
+                Action::Shutdown => left(&name),
+                Action::Resize(capacity) => {
+                    let figures: serde_json::Value = response.into_json().unwrap_or_default();
+                    resized(&name, capacity, figures["used"].as_u64().unwrap_or(0))
+                }
             }),
             Err(e) => Err(remote_error(&name, &base, e)),
         }
     })
     .await
     .map_err(|e| ApiError::internal(format!("forwarding failed: {e}")))?
+}
+
+/// What a kill does, and how to undo it: nothing here can start a process again.
+pub(crate) fn killed(name: &str) -> String {
+    format!(
+        "{name} stopped without leaving, as in a crash: the others mark it dead within seconds and repair its \
+         copies. It stays down until started again (`docker start` its container, or `xnode run` on its machine)"
+    )
+}
+
+/// A resize's outcome; below what the member holds, how much it hands off.
+pub(crate) fn resized(name: &str, capacity: u64, used: u64) -> String {
+    let human = crate::ui::human;
+    if used > capacity {
+        format!(
+            "{name} now has a capacity of {}; it holds {}, so it is over capacity and hands off {} to the other \
+             members (it takes no new blocks meanwhile)",
+            human(capacity),
+            human(used),
+            human(used - capacity)
+        )
+    } else {
+        format!("{name} now has a capacity of {} ({} used)", human(capacity), human(used))
+    }
+}
+
+/// What a shutdown does.
+pub(crate) fn left(name: &str) -> String {
+    format!(
+        "{name} is leaving the cluster politely and stopping (shown as left, never dead); its copies move to the \
+         others. Start it again with `docker start` on its container or `xnode run` on its machine"
+    )
 }
 
 /// Reads another member's API (no token): `GET {api_url}{path}`.

@@ -8,6 +8,7 @@
 //! Design notes: `docs/api.md`.
 
 mod car;
+mod cluster;
 mod extract;
 mod files;
 mod forward;
@@ -16,6 +17,7 @@ mod openapi;
 mod pins;
 mod session;
 mod telemetry;
+mod timeline;
 mod ui;
 
 use std::sync::Arc;
@@ -90,6 +92,8 @@ pub(crate) struct AppState {
     pins: Arc<pins::PinService>,
     /// Dashboard sessions and used forward signatures.
     sessions: Arc<session::Sessions>,
+    /// The dashboard's event timeline.
+    timeline: Arc<timeline::Timeline>,
 }
 
 /// How the API stops the process: the binary watches these tokens.
@@ -211,7 +215,8 @@ pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
     let reads = Arc::new(files::ReadBounds::new(config.max_reads, config.max_streams));
     let pins = Arc::new(pins::PinService::start(&node, config.fetch_timeout));
     let sessions = Arc::new(session::Sessions::default());
-    let state = AppState { node, config: Arc::new(config), control, telemetry, reads, pins, sessions };
+    let timeline = timeline::Timeline::start(node.clone(), control.shutdown.clone());
+    let state = AppState { node, config: Arc::new(config), control, telemetry, reads, pins, sessions, timeline };
     let upload_limit = usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX);
     let admin = Router::new()
         // Uploads are streamed and bounded by `max_upload_bytes` (multipart included); other bodies are small.
@@ -221,6 +226,9 @@ pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
         .route("/api/v1/storage", axum::routing::put(set_storage))
         .route("/api/v1/shutdown", post(shutdown_node))
         .route("/api/v1/kill", post(kill_node))
+        .route("/api/v1/members/{name}/kill", post(cluster::kill))
+        .route("/api/v1/members/{name}/shutdown", post(cluster::shutdown))
+        .route("/api/v1/members/{name}/storage", axum::routing::put(cluster::resize))
         // Lets a client check its token before streaming a large upload the server would cut off.
         .route("/api/v1/auth", get(auth))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
@@ -243,6 +251,8 @@ pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
         .route("/api/v1/dag/export/{cid}", get(car::export))
         .route("/api/v1/storage", get(storage))
         .route("/api/v1/blocks", get(blocks))
+        .route("/api/v1/blocks/has", post(cluster::has))
+        .route("/api/v1/files/{cid}/holders", get(cluster::holders))
         .route("/api/v1/transfers", get(telemetry::transfers_json))
         // The IPFS gateway (trustless and path): GET and HEAD (axum answers HEAD with the GET route).
         .route("/ipfs/{*path}", get(gateway::serve))
@@ -252,7 +262,81 @@ pub fn router(node: Arc<Node>, config: ApiConfig, control: Control) -> Router {
         .layer(DefaultBodyLimit::max(SMALL_BODY))
         .route_layer(middleware::from_fn_with_state(state.clone(), telemetry::track_latency))
         .with_state(state)
+        .layer(middleware::from_fn(json_errors))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Turns every error answer that is not already JSON or a dashboard fragment into `{"error": ...}` with what to do:
+/// axum's own refusals (an unknown route, a wrong method, a body of the wrong type or size, a malformed path) come
+/// as plain text or with no body at all, which scripts cannot read like the API's other errors. The gateway
+/// (`/ipfs/`) keeps the plain-text errors gateways give.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || path.starts_with("/ipfs/") {
+        return response;
+    }
+    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with("application/json") || content_type.starts_with("text/html") {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, SMALL_BODY).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let text = text.unwrap_or_default();
+    let allow = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .or_else(|| (status == StatusCode::METHOD_NOT_ALLOWED).then(|| openapi::allowed_methods(&path)).flatten());
+    let message = error_message(status, &method, &path, &text, allow.as_deref());
+    let mut error = ApiError::new(status, message);
+    error.retry_after = parts.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()?.parse().ok());
+    let mut out = error.into_response();
+    if let Some(allow) = allow.and_then(|a| axum::http::HeaderValue::from_str(&a).ok()) {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
+}
+
+/// The message of an error answer axum made (its text, if any, is in `text`): what went wrong and what to do.
+fn error_message(
+    status: StatusCode,
+    method: &axum::http::Method,
+    path: &str,
+    text: &str,
+    allow: Option<&str>,
+) -> String {
+    let detail = if text.is_empty() { String::new() } else { format!(" ({text})") };
+    match status {
+        StatusCode::NOT_FOUND => format!(
+            "no route {method} {path}{detail}; the API lives under /api/v1 (its routes are listed in \
+             /api/v1/openapi.json), the dashboard at /, the gateway under /ipfs/"
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => match allow.filter(|a| !a.is_empty()) {
+            Some(allow) => format!("{method} is not allowed on {path}; use {allow} (see /api/v1/openapi.json)"),
+            None => format!("{method} is not allowed on {path} (see /api/v1/openapi.json)"),
+        },
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => format!(
+            "{method} {path} needs a body with `Content-Type: application/json`{detail}, e.g. \
+             curl -H 'Content-Type: application/json' -d '{{...}}'"
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => {
+            format!("the JSON body does not have the fields {path} expects{detail}; see /api/v1/openapi.json")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the body sent to {path} is too large{detail}: uploads are bounded by XNODE_MAX_UPLOAD, other bodies \
+             by {} KiB",
+            SMALL_BODY >> 10
+        ),
+        StatusCode::BAD_REQUEST if text.is_empty() => format!("{method} {path}: the request is malformed"),
+        StatusCode::BAD_REQUEST => format!("{method} {path}: {text}"),
+        _ if text.is_empty() => format!("{method} {path} failed with {status}; the node's log says why"),
+        _ => text.to_string(),
+    }
 }
 
 /// The largest body accepted by routes other than uploads (JSON and forms): 64 KiB.
@@ -342,8 +426,10 @@ pub(crate) fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<Auth, A
         return Err(ApiError {
             retry_after: None,
             status: StatusCode::UNAUTHORIZED,
-            message: "this route needs the admin token: send `Authorization: Bearer <XNODE_ADMIN_TOKEN>` (the node \
-                      logs it at start when XNODE_ADMIN_TOKEN is unset), or sign in on the dashboard"
+            message: "this route needs the node's admin token: from the CLI pass `--token TOKEN` or set \
+                      XNODE_ADMIN_TOKEN (on the node's own machine the CLI reads DATA_DIR/admin-token); from a \
+                      script send `Authorization: Bearer TOKEN`; in a browser sign in on the dashboard. The node \
+                      logs a generated token at start when XNODE_ADMIN_TOKEN is unset"
                 .into(),
         });
     };
@@ -366,7 +452,10 @@ pub(crate) fn check_admin(app: &AppState, headers: &HeaderMap) -> Result<Auth, A
     };
     if !accepted {
         let message = match auth {
-            Auth::Bearer => "wrong admin token; use the node's XNODE_ADMIN_TOKEN",
+            Auth::Bearer => {
+                "wrong admin token: pass the node's XNODE_ADMIN_TOKEN (CLI: `--token TOKEN` or XNODE_ADMIN_TOKEN; \
+                 scripts: `Authorization: Bearer TOKEN`)"
+            }
             Auth::Cookie => "the dashboard session expired or was signed out; sign in again",
         };
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, message));
@@ -487,6 +576,9 @@ pub(crate) struct Storage {
     files: u64,
     /// Bytes the store occupies on disk.
     disk_bytes: u64,
+    /// Bytes held above the capacity (after a shrink): the node takes no new blocks and hands these off to the
+    /// other members. 0 normally.
+    over_capacity: u64,
 }
 
 /// The local store's capacity and use.
@@ -501,6 +593,7 @@ pub(crate) async fn storage(State(app): State<AppState>) -> Result<Json<Storage>
         blocks: s.blocks,
         files: s.pins,
         disk_bytes: s.disk_bytes,
+        over_capacity: s.bytes_held.saturating_sub(s.capacity),
     }))
 }
 
@@ -544,11 +637,13 @@ pub(crate) fn parse_capacity(value: &serde_json::Value) -> Result<u64, ApiError>
     Ok(bytes)
 }
 
-/// `PUT /api/v1/storage {"capacity": BYTES}`: a new hard capacity. Below what is held, the node takes no new blocks
+/// `PUT /api/v1/storage {"capacity": SIZE}`: a new hard capacity, kept across restarts (it wins over
+/// XNODE_STORAGE_MAX from then on). Below what is held it is accepted: the node is over capacity, takes no new blocks
 /// and hands its excess to the other members (placement weighs it by the new capacity), dropping each copy once its
-/// new holders have it; a node with no live peer refuses, since nobody could take the excess.
+/// new holders have it; `over_capacity` shows how much is left to hand off. A node with no live peer refuses (409),
+/// since nobody could take the excess.
 #[utoipa::path(put, path = "/api/v1/storage", tag = "node", request_body = Resize, security(("admin" = [])), responses(
-    (status = 200, description = "the new figures", body = Storage),
+    (status = 200, description = "the new figures (`over_capacity` > 0: handing off the excess)", body = Storage),
     (status = 400, description = "not a JSON object with a capacity", body = ErrorBody),
     (status = 401, description = "no or wrong admin token", body = ErrorBody),
     (status = 422, description = "a capacity that is not a size, below 1 MiB or above 1 EiB", body = ErrorBody),
@@ -578,7 +673,17 @@ pub(crate) async fn set_storage(
         });
     }
     files::blocking(move || repo.store().set_capacity(capacity).map_err(InstanceError::from)).await?;
-    tracing::info!(capacity, "storage capacity changed over the API");
+    tracing::info!(
+        capacity,
+        held,
+        "storage capacity set to {} ({}); kept across restarts",
+        ui::human(capacity),
+        if capacity < held {
+            format!("over capacity: handing off {} to the other members", ui::human(held - capacity))
+        } else {
+            format!("{} held", ui::human(held))
+        }
+    );
     storage(State(app)).await
 }
 

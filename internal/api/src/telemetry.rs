@@ -196,6 +196,58 @@ impl Telemetry {
     }
 }
 
+/// Blocks that went from one node to another in one go: what the dashboard's transfer log shows per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Burst {
+    pub(crate) from: String,
+    pub(crate) to: String,
+    /// The first and last block's times, milliseconds since the Unix epoch.
+    pub(crate) first_ms: u64,
+    pub(crate) last_ms: u64,
+    pub(crate) blocks: u64,
+    pub(crate) bytes: u64,
+}
+
+impl Burst {
+    /// Bytes per second, when the burst lasted long enough to tell (at least 50 ms).
+    pub(crate) fn rate(&self) -> Option<f64> {
+        let ms = self.last_ms.saturating_sub(self.first_ms);
+        (ms >= 50).then(|| self.bytes as f64 * 1000.0 / ms as f64)
+    }
+}
+
+/// A pause longer than this between two blocks of one sender and receiver ends a burst.
+pub(crate) const BURST_GAP_MS: u64 = 1000;
+
+/// Groups transfers (oldest first) into bursts per sender and receiver: consecutive blocks less than
+/// [`BURST_GAP_MS`] apart. Bursts come out in the order they started.
+pub(crate) fn bursts(transfers: &[Transfer]) -> Vec<Burst> {
+    let mut out: Vec<Burst> = Vec::new();
+    let mut open: HashMap<(String, String), usize> = HashMap::new();
+    for t in transfers {
+        let key = (t.from.clone(), t.to.clone());
+        match open.get(&key).map(|&i| &mut out[i]) {
+            Some(b) if t.at_ms.saturating_sub(b.last_ms) <= BURST_GAP_MS => {
+                b.last_ms = b.last_ms.max(t.at_ms);
+                b.blocks += 1;
+                b.bytes += t.bytes;
+            }
+            _ => {
+                open.insert(key, out.len());
+                out.push(Burst {
+                    from: t.from.clone(),
+                    to: t.to.clone(),
+                    first_ms: t.at_ms,
+                    last_ms: t.at_ms,
+                    blocks: 1,
+                    bytes: t.bytes,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Member names by peer id, re-read from the membership view when an unknown peer shows up (at most every 2 s).
 struct Names {
     by_peer: HashMap<String, String>,
@@ -322,4 +374,37 @@ pub(crate) struct Since {
 #[utoipa::path(get, path = "/api/v1/transfers", tag = "cluster", params(Since), responses((status = 200, body = [Transfer])))]
 pub(crate) async fn transfers_json(State(app): State<AppState>, Query(since): Query<Since>) -> Json<Vec<Transfer>> {
     Json(app.telemetry.recent(since.since.unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bursts, Transfer};
+
+    fn t(at_ms: u64, from: &str, to: &str, bytes: u64) -> Transfer {
+        Transfer { seq: 0, at_ms, from: from.into(), to: to.into(), cid: String::new(), bytes, to_member: true }
+    }
+
+    #[test]
+    fn blocks_between_two_nodes_in_one_go_are_one_burst() {
+        let log = [
+            t(1_000, "a", "b", 100),
+            t(1_200, "c", "b", 7),
+            t(1_500, "a", "b", 100),
+            t(2_400, "a", "b", 100),
+            // 1.1 s later: a new burst of the same pair.
+            t(3_500, "a", "b", 50),
+        ];
+        let b = bursts(&log);
+        assert_eq!(b.len(), 3);
+        assert_eq!(
+            (b[0].from.as_str(), b[0].blocks, b[0].bytes, b[0].first_ms, b[0].last_ms),
+            ("a", 3, 300, 1_000, 2_400)
+        );
+        assert_eq!((b[1].from.as_str(), b[1].blocks, b[1].bytes), ("c", 1, 7));
+        assert_eq!((b[2].blocks, b[2].bytes, b[2].first_ms), (1, 50, 3_500));
+        // 300 bytes over 1.4 s.
+        let rate = b[0].rate().unwrap();
+        assert!((rate - 300.0 / 1.4).abs() < 1e-6, "{rate}");
+        assert_eq!(b[1].rate(), None, "one block: no rate to tell");
+    }
 }

@@ -7,7 +7,7 @@
 //! [`crate::check_admin`]).
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use askama::Template;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -25,13 +25,14 @@ use xnode_gossip::MemberState;
 
 use crate::files::{self, FileEntry, UploadParams};
 use crate::forward::{self, Action};
-use crate::telemetry::Transfer;
+use crate::telemetry::{Burst, Transfer, BURST_GAP_MS};
 use crate::{check_admin, check_same_origin, constant_time_eq, ApiError, AppState, TOKEN_COOKIE};
 
 const HTMX: &[u8] = include_bytes!("../assets/htmx-2.min.js");
 const HTMX_SSE: &[u8] = include_bytes!("../assets/hx-sse-2.min.js");
 const PROVENANCE: &str = include_str!("../assets/PROVENANCE");
 const CSS: &str = include_str!("../../../templates/xnode.css");
+const FAVICON: &[u8] = include_bytes!("../../../templates/favicon.svg");
 
 /// The dashboard's routes.
 pub(crate) fn routes(state: AppState, upload_limit: usize) -> Router<AppState> {
@@ -51,6 +52,10 @@ pub(crate) fn routes(state: AppState, upload_limit: usize) -> Router<AppState> {
         .route("/ui/members/{name}/kill", post(kill))
         .route("/ui/members/{name}/storage", post(resize))
         .route("/ui/files/{cid}/remove", post(remove))
+        .route("/ui/files/{cid}/holders", get(file_holders))
+        .route("/ui/events", get(events_fragment))
+        .route("/favicon.ico", get(|| asset(FAVICON, "image/svg+xml")))
+        .route("/assets/favicon.svg", get(|| asset(FAVICON, "image/svg+xml")))
 }
 
 /// The htmx version of the vendored file, from its provenance record.
@@ -105,7 +110,11 @@ struct Page {
 async fn page(State(app): State<AppState>, headers: HeaderMap) -> Result<Html<String>, ApiError> {
     let authed = signed_in(&app, &headers);
     let files = files_view(&app, authed).await?;
-    let transfers = app.telemetry.recent(0).iter().rev().map(|t| render(&TransferItem::from(t))).collect();
+    let transfers = crate::telemetry::bursts(&app.telemetry.recent(0))
+        .iter()
+        .rev()
+        .map(|b| render(&TransferItem::from(b)))
+        .collect();
     Ok(Html(render(&Page {
         name: app.node.name().to_string(),
         version: env!("CARGO_PKG_VERSION"),
@@ -124,6 +133,20 @@ async fn page(State(app): State<AppState>, headers: HeaderMap) -> Result<Html<St
 struct Members {
     members: Vec<MemberRow>,
     authed: bool,
+    totals: Totals,
+}
+
+/// The cluster pooled, as this node sees it: what the page's summary line shows.
+struct Totals {
+    alive: usize,
+    dead: usize,
+    left: usize,
+    /// Capacity and use of the live members, summed.
+    capacity_h: String,
+    used_h: String,
+    pct: u64,
+    files: usize,
+    replication: usize,
 }
 
 struct MemberRow {
@@ -139,6 +162,9 @@ struct MemberRow {
     blocks: u64,
     wanted: u64,
     under_replicated: u64,
+    /// Bytes held above the capacity (after a shrink), being handed off; 0 normally.
+    over: u64,
+    over_h: String,
 }
 
 fn state_name(state: MemberState) -> &'static str {
@@ -173,11 +199,31 @@ fn members_view(app: &AppState, authed: bool) -> Members {
                 blocks: m.meta.blocks,
                 wanted: m.meta.wanted,
                 under_replicated: m.meta.under_replicated,
+                over: used.saturating_sub(capacity),
+                over_h: human(used.saturating_sub(capacity)),
                 name: m.name,
             }
         })
-        .collect();
-    Members { members, authed }
+        .collect::<Vec<_>>();
+    let alive = members.iter().filter(|m| m.state == "alive");
+    let capacity = alive.clone().map(|m| m.capacity).fold(0u64, u64::saturating_add);
+    let used = alive.map(|m| m.used).fold(0u64, u64::saturating_add);
+    let count = |s: &str| members.iter().filter(|m| m.state == s).count();
+    let totals = Totals {
+        alive: count("alive"),
+        dead: count("dead"),
+        left: count("left"),
+        capacity_h: human(capacity),
+        used_h: human(used),
+        pct: if capacity == 0 || capacity == u64::MAX {
+            0
+        } else {
+            (u128::from(used) * 100 / u128::from(capacity)).min(100) as u64
+        },
+        files: app.node.catalog_files().len(),
+        replication: app.node.replication(),
+    };
+    Members { members, authed, totals }
 }
 
 async fn members_fragment(State(app): State<AppState>, headers: HeaderMap) -> Html<String> {
@@ -344,44 +390,91 @@ async fn member_wanted(State(app): State<AppState>, Path(name): Path<String>) ->
 #[template(path = "transfer.html")]
 struct TransferItem {
     time: String,
-    cid: String,
-    short_cid: String,
     from: String,
     to: String,
+    blocks: u64,
     size: String,
+    /// MB/s, or empty when the burst was too short to tell.
+    rate: String,
 }
 
-impl From<&Transfer> for TransferItem {
-    fn from(t: &Transfer) -> Self {
-        let secs = t.at_ms / 1000;
-        let time = format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-        let short_cid =
-            if t.cid.len() > 14 { format!("{}…{}", &t.cid[..6], &t.cid[t.cid.len() - 6..]) } else { t.cid.clone() };
+impl From<&Burst> for TransferItem {
+    fn from(b: &Burst) -> Self {
         TransferItem {
-            time,
-            cid: t.cid.clone(),
-            short_cid,
-            from: t.from.clone(),
-            to: t.to.clone(),
-            size: human(t.bytes),
+            time: clock(b.first_ms),
+            from: b.from.clone(),
+            to: b.to.clone(),
+            blocks: b.blocks,
+            size: human(b.bytes),
+            rate: b.rate().map_or_else(String::new, |r| format!("{:.1} MB/s", r / 1e6)),
         }
     }
 }
 
-/// Server-sent events: one `transfer` event per block moved anywhere in the cluster, its data a `<li>` the page
-/// prepends to the log. Every transfer between two members is reported once, by its receiver: this node's own
-/// receipts (and what it sends outside the cluster) come from its network events, the other members' receipts from
-/// polling their `GET /api/v1/transfers` while the page is open. The stream ends when the node shuts down, so
-/// graceful shutdown never waits for open dashboards.
+/// How long a burst may stay open on the page's log before it is shown (a long transfer shows every few seconds).
+const BURST_SHOWN_AFTER_MS: u64 = 5_000;
+/// A burst with no block for this long is over: other members' blocks arrive by polling, up to a second late.
+const BURST_IDLE_MS: u64 = BURST_GAP_MS + 1_500;
+
+/// Server-sent events: one `transfer` event per burst of blocks between two nodes (blocks, bytes, MB/s), its data a
+/// `<li>` the page prepends to the log. Every transfer between two members is reported once, by its receiver: this
+/// node's own receipts (and what it sends outside the cluster) come from its network events, the other members'
+/// receipts from polling their `GET /api/v1/transfers` while the page is open. The stream ends when the node shuts
+/// down, so graceful shutdown never waits for open dashboards.
 async fn transfers(State(app): State<AppState>) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Transfer>(256);
     tokio::spawn(local_transfers(app.clone(), tx.clone()));
     tokio::spawn(remote_transfers(app.clone(), tx));
+    let (shown_tx, shown_rx) = tokio::sync::mpsc::channel::<Burst>(64);
+    tokio::spawn(aggregate(rx, shown_tx));
     let stop = app.control.shutdown.clone();
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
-        .map(|t| Ok(Event::default().event("transfer").data(render(&TransferItem::from(&t)).trim())))
+    let stream = tokio_stream::wrappers::ReceiverStream::new(shown_rx)
+        .map(|b| Ok(Event::default().event("transfer").data(render(&TransferItem::from(&b)).trim())))
         .take_until(stop.cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Turns single block transfers into bursts per sender and receiver, shown once a burst is over (or has been open
+/// for a while). Ends when either side closes.
+async fn aggregate(mut rx: tokio::sync::mpsc::Receiver<Transfer>, out: tokio::sync::mpsc::Sender<Burst>) {
+    let mut open: std::collections::HashMap<(String, String), Burst> = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        let mut done = Vec::new();
+        tokio::select! {
+            () = out.closed() => return,
+            t = rx.recv() => {
+                let Some(t) = t else { return };
+                let key = (t.from.clone(), t.to.clone());
+                match open.get_mut(&key) {
+                    Some(b) if t.at_ms.saturating_sub(b.last_ms) <= BURST_GAP_MS => {
+                        b.last_ms = b.last_ms.max(t.at_ms);
+                        b.blocks += 1;
+                        b.bytes += t.bytes;
+                    }
+                    _ => {
+                        let fresh = Burst { from: t.from, to: t.to, first_ms: t.at_ms, last_ms: t.at_ms, blocks: 1, bytes: t.bytes };
+                        done.extend(open.insert(key, fresh));
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let over: Vec<_> = open
+                    .iter()
+                    .filter(|(_, b)| now.saturating_sub(b.last_ms) > BURST_IDLE_MS || now.saturating_sub(b.first_ms) > BURST_SHOWN_AFTER_MS)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                done.extend(over.into_iter().filter_map(|k| open.remove(&k)));
+            }
+        }
+        done.sort_by_key(|b| b.first_ms);
+        for b in done {
+            if out.send(b).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 async fn local_transfers(app: AppState, tx: tokio::sync::mpsc::Sender<Transfer>) {
@@ -569,7 +662,83 @@ async fn remove(State(app): State<AppState>, headers: HeaderMap, Path(cid): Path
         return flash_error(e);
     }
     match files::remove(State(app.clone()), Path(cid.clone())).await {
-        Ok(_) => flash_ok(&format!("removed {cid} from {}", app.node.name())),
+        Ok(_) => flash_ok(&format!("removed {cid} from the cluster: every member drops its copies")),
         Err(e) => flash_error(e),
     }
+}
+
+#[derive(Template)]
+#[template(path = "holders.html")]
+struct HoldersView {
+    blocks: u64,
+    complete: bool,
+    replication: usize,
+    rows: Vec<HolderRow>,
+}
+
+struct HolderRow {
+    name: String,
+    state: String,
+    /// Blocks held, or why not known.
+    held: String,
+    pct: u64,
+}
+
+/// Which members hold how many of a file's blocks (opened from the files table).
+async fn file_holders(State(app): State<AppState>, Path(cid): Path<String>) -> Response {
+    let root = match files::parse_cid(&cid) {
+        Ok(r) => r,
+        Err(e) => return flash_error(e),
+    };
+    match crate::cluster::holders_of(&app, root).await {
+        Ok(h) => {
+            let rows = h
+                .members
+                .into_iter()
+                .map(|m| HolderRow {
+                    held: match (m.blocks, &m.error) {
+                        (Some(n), _) => format!("{n} of {}", h.blocks),
+                        (None, Some(e)) => format!("unknown ({e})"),
+                        (None, None) => "-".into(),
+                    },
+                    pct: m.blocks.map_or(0, |n| (n * 100).checked_div(h.blocks).unwrap_or(0)),
+                    name: m.name,
+                    state: m.state,
+                })
+                .collect();
+            Html(render(&HoldersView { blocks: h.blocks, complete: h.complete, replication: h.replication, rows }))
+                .into_response()
+        }
+        Err(e) => (e.status(), Html(render(&Flash { kind: "error", text: e.message() }))).into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "events.html")]
+struct EventsView {
+    events: Vec<EventRow>,
+}
+
+struct EventRow {
+    time: String,
+    kind: &'static str,
+    text: String,
+}
+
+/// The cluster's recent events, newest first: joins, deaths, leaves, resizes, repairs, uploads and removals.
+async fn events_fragment(State(app): State<AppState>) -> Html<String> {
+    let events = app
+        .timeline
+        .events()
+        .into_iter()
+        .rev()
+        .map(|e| EventRow { time: clock(e.at_ms), kind: e.kind.as_str(), text: e.text })
+        .collect();
+    Html(render(&EventsView { events }))
+}
+
+/// A time of day in UTC, zone shown: the page may be read from anywhere.
+pub(crate) fn clock(at_ms: u64) -> String {
+    let secs = at_ms / 1000;
+    format!("{:02}:{:02}:{:02} UTC", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
 }

@@ -454,7 +454,7 @@ impl Actor {
         let before = self.view.borrow().clone();
         if *before != members {
             for event in view::diff(&before, &members) {
-                debug!(?event, "membership event");
+                log_change(&event);
                 let _ = self.events.send(event);
             }
             self.view.send_replace(Arc::new(members));
@@ -505,6 +505,18 @@ async fn resolve(seeds: Vec<String>, tx: mpsc::Sender<Vec<SocketAddr>>) {
         }
     }
     let _ = tx.send(addrs).await;
+}
+
+/// One log line per membership change, by member name, for the operator reading the log at `info`.
+fn log_change(event: &MembershipEvent) {
+    match event {
+        MembershipEvent::Joined(m) => info!(member = %m.name, addr = %m.gossip_addr, "member {} joined", m.name),
+        MembershipEvent::Restarted(m) => info!(member = %m.name, "member {} restarted", m.name),
+        MembershipEvent::Left(m) => info!(member = %m.name, "member {} left the cluster", m.name),
+        MembershipEvent::Dead(m) => info!(member = %m.name, "member {} is dead (stopped heartbeating)", m.name),
+        MembershipEvent::Removed { name } => info!(member = %name, "member {name} forgotten after the grace period"),
+        other => debug!(event = ?other, "membership event"),
+    }
 }
 
 #[cfg(test)]

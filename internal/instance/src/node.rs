@@ -137,12 +137,18 @@ pub struct NodeStatus {
     pub used: u64,
     /// Hard capacity in bytes (`u64::MAX`: unlimited).
     pub capacity: u64,
-    /// Blocks held.
+    /// Blocks this node holds for the cluster (pinned or kept by the allocation): the count `GET /api/v1/blocks`
+    /// gives as `held.count`.
     pub blocks: u64,
-    /// Files pinned locally.
+    /// Blocks held besides as read cache (fetched for a read, dropped by the next collection); `used` counts them.
+    pub cached_blocks: u64,
+    /// Files `GET /api/v1/files` lists: the cluster's catalog, whichever members hold them, and files pinned here
+    /// that it does not list yet.
     pub files: u64,
     /// Bytes the store occupies on disk.
     pub disk_bytes: u64,
+    /// The replication factor: copies of each block.
+    pub replication: usize,
     /// Members this node sees alive, itself included.
     pub members_alive: usize,
     /// Members this node sees dead.
@@ -370,7 +376,17 @@ impl Node {
     /// The node's summary.
     pub async fn status(&self) -> Result<NodeStatus, InstanceError> {
         let repo = self.repo.clone();
-        let stats = tokio::task::spawn_blocking(move || repo.stats()).await.expect("stats does not panic")?;
+        // One truth with `/api/v1/blocks`: the blocks kept for the cluster, counted the same way (a scan of the
+        // index, on a blocking thread).
+        let (stats, held, pins) = tokio::task::spawn_blocking(move || -> Result<_, InstanceError> {
+            Ok((repo.stats()?, repo.store().needed_blocks(0, None)?.0, repo.pins()?))
+        })
+        .await
+        .expect("stats does not panic")?;
+        // As `GET /api/v1/files` lists them: the catalog's files, and files pinned here it does not list yet.
+        let mut roots: std::collections::HashSet<Cid> = self.catalog_files().into_iter().map(|f| f.root).collect();
+        roots.extend(pins.into_iter().map(|p| p.root));
+        let files = roots.len() as u64;
         let members = self.view();
         let count = |s| members.iter().filter(|m| m.state == s).count();
         let phase = self.phase();
@@ -384,9 +400,11 @@ impl Node {
             phase,
             used: stats.bytes_held,
             capacity: stats.capacity,
-            blocks: stats.blocks,
-            files: stats.pins,
+            blocks: held,
+            cached_blocks: stats.blocks.saturating_sub(held),
+            files,
             disk_bytes: stats.disk_bytes,
+            replication: self.replication,
             members_alive: count(MemberState::Alive),
             members_dead: count(MemberState::Dead),
             partitions,
@@ -445,11 +463,20 @@ impl Node {
         let mut applied = Vec::new();
         let mut complete = true;
         let authors = self.catalog_authors();
+        let mut changes = Vec::new();
         {
             let mut catalog = self.catalog.lock().expect("not poisoned");
             for (cid, data) in chain {
                 match catalog.apply_by(&cid, &data, |author| authors.contains(author)) {
-                    Ok(_) => applied.push((cid, data)),
+                    Ok(applied_how) => {
+                        if applied_how == xnode_catalog::Applied::Appended {
+                            // Verified by `apply_by`; decoded again only for the log line.
+                            if let Ok(entry) = xnode_catalog::Entry::verify(&cid, &data) {
+                                changes.push((entry.author, entry.op));
+                            }
+                        }
+                        applied.push((cid, data))
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "catalog entry refused");
                         complete = false;
@@ -458,8 +485,23 @@ impl Node {
                 }
             }
         }
+        if !changes.is_empty() {
+            // By member name, as the operator knows them (a peer id only when no member gossips it).
+            let members = self.members();
+            for (author, op) in &changes {
+                let author = author.to_string();
+                let who = members.iter().find(|m| m.meta.peer_id == author).map_or(author.as_str(), |m| &m.name);
+                match op {
+                    xnode_catalog::Op::Add(f) => {
+                        tracing::info!(member = who, root = %f.root, "catalog: {who} added {:?} ({} bytes)", f.name, f.size)
+                    }
+                    xnode_catalog::Op::Remove { root } => {
+                        tracing::info!(member = who, %root, "catalog: {who} removed {root}")
+                    }
+                }
+            }
+        }
         if !applied.is_empty() {
-            tracing::info!(entries = applied.len(), "catalog log grew");
             self.flush_catalog().await;
             self.catalog_grew();
         }

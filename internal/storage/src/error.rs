@@ -28,7 +28,8 @@ pub enum StoreError {
     /// Storing the block would exceed the configured capacity.
     #[error(
         "storage full: need {needed} bytes more but only {free} bytes free of {cap} capacity; \
-         raise XNODE_STORAGE_MAX or remove files",
+         raise this node's capacity (`xnode resize NAME SIZE`, the dashboard or PUT /api/v1/storage; \
+         XNODE_STORAGE_MAX only applies until a capacity is set at run time) or remove files",
         cap = human_bytes(*.capacity)
     )]
     Full {
@@ -113,7 +114,8 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "storage full: need 262144 bytes more but only 1000 bytes free of 10 GiB capacity; \
-             raise XNODE_STORAGE_MAX or remove files"
+             raise this node's capacity (`xnode resize NAME SIZE`, the dashboard or PUT /api/v1/storage; \
+             XNODE_STORAGE_MAX only applies until a capacity is set at run time) or remove files"
         );
     }
 }

@@ -99,6 +99,10 @@ pub(crate) fn pack_id(key: &[u8]) -> Result<u32, StoreError> {
 /// Key of the persisted capacity.
 pub(crate) const CAPACITY_KEY: &[u8] = b"mcapacity";
 
+/// Key of the capacity set at run time (`Store::set_capacity`): once present it wins over the configured one at
+/// every later open, so a resize from the dashboard or the API survives a restart.
+pub(crate) const RESIZED_KEY: &[u8] = b"mcapacity-set";
+
 fn prefixed(kind: u8, rest: &[u8]) -> Vec<u8> {
     debug_assert!(kind != META);
     let mut key = Vec::with_capacity(1 + rest.len());

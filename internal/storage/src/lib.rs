@@ -38,7 +38,8 @@ pub const MIN_CAPACITY: u64 = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreConfig {
     /// Most bytes of blocks the store holds; a put past it fails with [`StoreError::Full`].
-    /// Bytes; `u64::MAX` (the default) means unlimited. It overrides any capacity saved by `set_capacity`.
+    /// Bytes; `u64::MAX` (the default) means unlimited. Applies until a capacity is set at run time
+    /// (`Store::set_capacity`): that one is saved in the index and wins at every later open.
     pub capacity: u64,
     /// A writer starts a new pack file once its pack has reached this many bytes. Bytes; default 1 GiB.
     /// Smaller packs are deleted sooner once their blocks go; larger ones mean fewer files.

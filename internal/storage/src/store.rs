@@ -129,10 +129,28 @@ impl Store {
         }
         recover_packs(&packs_dir, &counters.packs)?;
 
-        db.insert(index::CAPACITY_KEY, &config.capacity.to_le_bytes())?;
+        // A capacity set at run time (a resize) is the operator's latest word: it wins over the configured one.
+        let resized = db.get(index::RESIZED_KEY)?.map(|v| decode_u64(&v)).transpose()?;
+        let capacity = match resized {
+            Some(set) => {
+                if set != config.capacity {
+                    tracing::info!(
+                        capacity = set,
+                        configured = config.capacity,
+                        "storage capacity {} was set at run time and wins over the configured {} \
+                         (XNODE_STORAGE_MAX); resize the node to change it",
+                        crate::error::human_bytes(set),
+                        crate::error::human_bytes(config.capacity)
+                    );
+                }
+                set
+            }
+            None => config.capacity,
+        };
+        db.insert(index::CAPACITY_KEY, &capacity.to_le_bytes())?;
         db.flush()?;
         let next_pack = counters.packs.keys().next_back().map_or(0, |id| id + 1);
-        let state = State { counters, capacity: config.capacity, pending: 0, next_pack, protected: HashMap::new() };
+        let state = State { counters, capacity, pending: 0, next_pack, protected: HashMap::new() };
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -470,10 +488,11 @@ impl Store {
     }
 
     /// Changes the capacity now. Stored blocks are kept even if they exceed it; further puts fail.
-    /// The value is saved in the index, but the capacity given to `open` wins at the next start.
+    /// The value is saved in the index and wins over the capacity given to `open` at every later start.
     pub fn set_capacity(&self, capacity: u64) -> Result<(), StoreError> {
         let mut st = self.inner.lock();
         self.inner.db.insert(index::CAPACITY_KEY, &capacity.to_le_bytes())?;
+        self.inner.db.insert(index::RESIZED_KEY, &capacity.to_le_bytes())?;
         st.capacity = capacity;
         drop(st);
         self.inner.db.flush()?;
@@ -794,4 +813,12 @@ fn decode_pin(raw: &[u8]) -> Result<Pin, StoreError> {
 
 fn decode_cid(bytes: &[u8]) -> Result<Cid, StoreError> {
     Cid::try_from(bytes).map_err(|e| StoreError::IndexDamaged { what: format!("block key: {e}") })
+}
+
+/// A little-endian u64 saved in the index's metadata.
+fn decode_u64(value: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| StoreError::IndexDamaged { what: format!("capacity record of {} bytes", value.len()) })?;
+    Ok(u64::from_le_bytes(bytes))
 }

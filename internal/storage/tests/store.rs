@@ -138,6 +138,24 @@ fn put_over_capacity_fails_with_free_bytes_and_loses_nothing(config: StoreConfig
     assert_eq!(store.stats().unwrap().free, (1 << 20) - 300 * KIB as u64);
 }
 
+fn capacity_set_at_run_time_wins_over_the_configured_one_at_reopen(config: StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let configured = StoreConfig { capacity: 300 * KIB as u64, ..config };
+    let store = Store::open(dir.path(), configured).unwrap();
+    drop(store);
+    // Until a resize, the configured capacity applies at every open.
+    let store = Store::open(dir.path(), StoreConfig { capacity: 400 * KIB as u64, ..config }).unwrap();
+    assert_eq!(store.stats().unwrap().capacity, 400 * KIB as u64);
+    store.set_capacity(5 << 20).unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), configured).unwrap();
+    assert_eq!(store.stats().unwrap().capacity, 5 << 20, "the resize survives a restart with the variable set");
+    store.set_capacity(2 << 20).unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), StoreConfig { capacity: u64::MAX, ..config }).unwrap();
+    assert_eq!(store.stats().unwrap().capacity, 2 << 20, "the latest resize wins, even over unlimited");
+}
+
 fn flipped_byte_reads_as_corrupted(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), config);
@@ -606,6 +624,7 @@ both_modes!(
     same_block_twice_is_stored_once,
     shared_block_survives_first_unpin_and_goes_with_the_second,
     put_over_capacity_fails_with_free_bytes_and_loses_nothing,
+    capacity_set_at_run_time_wins_over_the_configured_one_at_reopen,
     flipped_byte_reads_as_corrupted,
     a_quarantined_block_leaves_service_and_gets_its_pins_back_when_stored_again,
     an_unpin_while_quarantined_drops_the_saved_reference,

@@ -214,6 +214,16 @@ fn bad_settings_stop_the_node_with_the_variables_name() {
         assert!(err.contains(var) && !err.contains("panicked"), "{var}={value}: {err}");
     }
     // " " is blank (the hostname is used); a typo is named with the variable meant.
+    let file = tmp.path().join("small.txt");
+    std::fs::write(&file, b"a store to show stats of").unwrap();
+    let made = Command::new(env!("CARGO_BIN_EXE_xnode"))
+        .args(["--offline", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .arg("add")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let out = Command::new(env!("CARGO_BIN_EXE_xnode"))
         .args(["--offline", "--data-dir"])
         .arg(tmp.path().join("data"))
@@ -402,10 +412,14 @@ fn outsiders_without_the_secret_or_with_another_stay_out_of_a_cluster_with_data(
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while members.iter().any(|n| {
-        let h = health(n);
+        let h = health(n)["health"].clone();
         h["blocks"].as_u64().is_none() || h["at_rf"] != h["blocks"]
     }) {
-        assert!(Instant::now() < deadline, "the file did not reach its replication factor: {}", health(&a));
+        assert!(
+            Instant::now() < deadline,
+            "the file did not reach its replication factor: {:?}",
+            members.iter().map(|n| health(n)).collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let held_before: Vec<u64> = members.iter().map(|n| held(n)).collect();
@@ -446,8 +460,18 @@ fn outsiders_without_the_secret_or_with_another_stay_out_of_a_cluster_with_data(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Every block the members hold (the cluster's file, its catalog entries): none may be on an outsider, which
+    // holds only the file it added itself.
+    let cids = |n: &RunningNode| -> std::collections::HashSet<String> {
+        let v: serde_json::Value =
+            ureq::get(&n.url("/api/v1/blocks?limit=100000")).call().unwrap().into_json().unwrap();
+        v["held"]["cids"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect()
+    };
+    let cluster_blocks: std::collections::HashSet<String> = members.iter().flat_map(|n| cids(n)).collect();
+    assert!(cluster_blocks.len() >= 13, "the members list the file's blocks: {}", cluster_blocks.len());
     for o in outsiders {
-        assert_eq!(held(o), 0, "no block was placed on an outsider");
+        let theirs = cids(o);
+        assert!(theirs.is_disjoint(&cluster_blocks), "a block of the cluster was placed on an outsider: {theirs:?}");
         // Bitswap: the root is provided in the DHT the outsider joined through a member, and the member does
         // not serve it to a non-member.
         let (code, body) = status_of(ureq::get(&o.url(&format!("/api/v1/files/{root}?timeout=5"))).call());
@@ -457,7 +481,7 @@ fn outsiders_without_the_secret_or_with_another_stay_out_of_a_cluster_with_data(
         let files: serde_json::Value = ureq::get(&n.url("/api/v1/files")).call().unwrap().into_json().unwrap();
         let names: Vec<&str> = files.as_array().unwrap().iter().filter_map(|f| f["name"].as_str()).collect();
         assert_eq!(names, ["held.bin"], "no catalog entry of an outsider was accepted");
-        let h = health(n);
+        let h = health(n)["health"].clone();
         assert_eq!((h["at_rf"].clone(), h["missing"].as_u64()), (h["blocks"].clone(), Some(0)), "{h}");
     }
     let held_after: Vec<u64> = members.iter().map(|n| held(n)).collect();

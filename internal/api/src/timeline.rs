@@ -243,7 +243,7 @@ mod tests {
         after.members.insert("a".into(), member(MemberState::Alive, 1, 2 << 20));
         let events = changes(&before, &after);
         assert_eq!(kinds(&events), vec![Kind::Resized, Kind::Died, Kind::Left, Kind::Joined]);
-        assert_eq!(events[0].1, "a resized from 10 MiB to 2 MiB");
+        assert_eq!(events[0].1, "a resized from 10.0 MiB to 2.0 MiB");
         assert!(events[1].1.starts_with("b died"), "{}", events[1].1);
         assert_eq!(events[3].1, "d joined");
         // A restart is not a resize, even if the capacity it reports changed with it.
@@ -265,7 +265,7 @@ mod tests {
         let events = changes(&before, &after);
         assert_eq!(kinds(&events), vec![Kind::RepairStarted, Kind::RepairFinished, Kind::Uploaded]);
         assert_eq!(events[0].1, "repair of one.bin started: 4 blocks below the replication factor");
-        assert_eq!(events[2].1, "a added three.bin (1 MiB)");
+        assert_eq!(events[2].1, "a added three.bin (1.0 MiB)");
         let mut removed = after.clone();
         removed.files.remove("r3");
         assert_eq!(changes(&after, &removed), vec![(Kind::Removed, "three.bin removed".to_string())]);

@@ -495,8 +495,9 @@ impl Node {
                     xnode_catalog::Op::Add(f) => {
                         tracing::info!(member = who, root = %f.root, "catalog: {who} added {:?} ({} bytes)", f.name, f.size)
                     }
-                    xnode_catalog::Op::Remove { root } => {
-                        tracing::info!(member = who, %root, "catalog: {who} removed {root}")
+                    xnode_catalog::Op::Remove { root, admin } => {
+                        let how = if *admin { " as the admin" } else { "" };
+                        tracing::info!(member = who, %root, admin, "catalog: {who} removed {root}{how}")
                     }
                 }
             }
@@ -539,6 +540,18 @@ impl Node {
     pub fn copy_lost(&self, cid: cid::Cid) {
         // The task is gone only when the node stops; nothing is left to repair then.
         let _ = self.lost.send(cid);
+    }
+
+    /// Hands `cid` to the repair task if this node's copy is corrupt (it is quarantined and replaced by a good copy
+    /// from a member); nothing if the store simply lacks it. Checks on a blocking thread.
+    pub(crate) fn report_if_corrupt(&self, cid: cid::Cid) {
+        let store = self.repo.store().clone();
+        let integrity = self.integrity.clone();
+        tokio::task::spawn_blocking(move || {
+            if matches!(store.get(&cid), Err(xnode_storage::StoreError::Corrupted { .. })) {
+                integrity.corrupt(cid, crate::scrub::Finder::Read);
+            }
+        });
     }
 
     pub(crate) fn set_report(&self, report: crate::alloc::Report) {

@@ -1128,7 +1128,13 @@ async fn read_or_fetch(node: &Arc<Node>, cids: Vec<Cid>) -> Result<Vec<(Cid, Byt
     let store = node.repo().store().clone();
     let wanted = cids.clone();
     let local: Vec<Option<Bytes>> =
-        blocking(move || wanted.iter().map(|c| store.get(c)).collect::<Result<Vec<_>, _>>()).await?;
+        blocking(move || wanted.iter().map(|c| store.get(c)).map(|r| local_copy(r)).collect::<Result<Vec<_>, _>>())
+            .await?;
+    for (cid, l) in cids.iter().zip(&local) {
+        if l.is_none() {
+            node.report_if_corrupt(*cid);
+        }
+    }
     let missing: Vec<Cid> = cids.iter().zip(&local).filter(|(_, l)| l.is_none()).map(|(c, _)| *c).collect();
     let net = node.net().clone();
     let fetched: Vec<(Cid, Result<Bytes, xnode_p2p::P2pError>)> = futures::stream::iter(missing)
@@ -1154,13 +1160,27 @@ async fn read_or_fetch(node: &Arc<Node>, cids: Vec<Cid>) -> Result<Vec<(Cid, Byt
         .collect())
 }
 
+/// A local read where a corrupted copy counts as no copy: the walk fetches a good one from a member (and the
+/// repair task, told by [`Node::report_if_corrupt`], replaces ours) rather than failing every round.
+fn local_copy(
+    read: Result<Option<Bytes>, xnode_storage::StoreError>,
+) -> Result<Option<Bytes>, xnode_storage::StoreError> {
+    match read {
+        Err(xnode_storage::StoreError::Corrupted { .. }) => Ok(None),
+        other => other,
+    }
+}
+
 /// Whether the dag-pb block `cid` is a block without links (a file of one block), and its size if so. Read from
 /// the store if held, else fetched and not kept; a block with links is stored and kept (it is interior).
 async fn probe(node: &Arc<Node>, cid: Cid) -> Result<Option<u32>, InstanceError> {
     let store = node.repo().store().clone();
-    let (data, local) = match blocking(move || store.get(&cid)).await? {
+    let (data, local) = match blocking(move || local_copy(store.get(&cid))).await? {
         Some(d) => (d, true),
-        None => (node.net().fetch_block(cid, METADATA_TIMEOUT).await?, false),
+        None => {
+            node.report_if_corrupt(cid);
+            (node.net().fetch_block(cid, METADATA_TIMEOUT).await?, false)
+        }
     };
     let pb = PbNode::decode(&data).map_err(|e| InstanceError::BadUpload(format!("block {cid}: {e}")))?;
     if pb.links.is_empty() {

@@ -204,10 +204,15 @@ def main():
         before = {n.name: n.held() for n in nodes}
         copies = sum(len(h) for h in before.values())
 
-        # Idle: once every node's first scrub pass (which starts with the data and re-hashes it at XNODE_SCRUB_RATE)
-        # is over, so the figure is the steady cost, not the scrub's.
+        # Idle: once every node's first scrub pass (a minute after start, re-hashing the store at XNODE_SCRUB_RATE;
+        # the next one a scrub interval later) is over, so the figure is the steady cost, not the scrub's.
         t_scrub = time.monotonic()
-        while any(((n.get("/api/v1/status") or {}).get("scrub") or {}).get("running") for n in nodes):
+
+        def scrubbing(n):
+            s = (n.get("/api/v1/status") or {}).get("scrub") or {}
+            return s.get("running") or not s.get("passes")
+
+        while any(scrubbing(n) for n in nodes) and time.monotonic() - t_scrub < 600:
             time.sleep(1)
         print(f"[progress] scrub passes over {time.monotonic() - t_scrub:.1f} s after settling", flush=True)
         time.sleep(5)

@@ -315,15 +315,21 @@ def main():
                       " return r.right > w + 1 || (s.overflowX === 'hidden' && e.scrollWidth > e.clientWidth + 1"
                       " && !e.classList.contains('bar')); }).map(e => e.tagName + '.' + e.className).slice(0, 10)")
 
+        def too_wide():
+            # Elements whose content (text included) runs past the viewport.
+            return js("const w = document.documentElement.clientWidth; return [...document.querySelectorAll("
+                      "'body *')].filter(e => !e.closest('.scroll') && e.getBoundingClientRect().left + e.scrollWidth"
+                      " > w + 1).map(e => e.tagName + '.' + e.className).slice(0, 10)")
+
         def layouts():
             assert no_horizontal_scroll(), "horizontal scroll at 1280x800"
             assert not clipped(), f"clipped at 1280x800: {clipped()}"
             shot("09-desktop-1280x800")
             driver.set_window_size(390, 844)
             time.sleep(0.5)
-            assert no_horizontal_scroll(), "horizontal scroll at phone width"
-            assert not clipped(), f"clipped at 390 px: {clipped()}"
             shot("10-phone-390x844")
+            assert no_horizontal_scroll(), f"horizontal scroll at phone width; too wide: {too_wide()}"
+            assert not clipped(), f"clipped at 390 px: {clipped()}"
             driver.set_window_size(1280, 800)
         checks.run("usable_at_1280x800_and_phone_width", layouts)
     finally:

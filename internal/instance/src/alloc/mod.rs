@@ -1128,8 +1128,7 @@ async fn read_or_fetch(node: &Arc<Node>, cids: Vec<Cid>) -> Result<Vec<(Cid, Byt
     let store = node.repo().store().clone();
     let wanted = cids.clone();
     let local: Vec<Option<Bytes>> =
-        blocking(move || wanted.iter().map(|c| store.get(c)).map(|r| local_copy(r)).collect::<Result<Vec<_>, _>>())
-            .await?;
+        blocking(move || wanted.iter().map(|c| store.get(c)).map(local_copy).collect::<Result<Vec<_>, _>>()).await?;
     for (cid, l) in cids.iter().zip(&local) {
         if l.is_none() {
             node.report_if_corrupt(*cid);

@@ -32,12 +32,12 @@ fn corpus() -> Vec<Block> {
     let file = import_file(&opts, &data[..], &mut blocks).unwrap();
     let link = import_symlink(&opts, std::path::Path::new("../outside"), &mut blocks).unwrap();
     let mut small = DirectoryBuilder::new(&opts);
-    small.add_entry("a.txt", file.clone());
-    small.add_entry("link", link.clone());
+    small.add_entry("a.txt", file);
+    small.add_entry("link", link);
     small.build(&mut blocks).unwrap();
     let mut big = DirectoryBuilder::new(&opts);
     for i in 0..40 {
-        big.add_entry(format!("entry-{i}-é"), if i % 2 == 0 { file.clone() } else { link.clone() });
+        big.add_entry(format!("entry-{i}-é"), if i % 2 == 0 { file } else { link });
     }
     assert!(big.needs_sharding(), "the corpus has a HAMT directory");
     big.build(&mut blocks).unwrap();

@@ -108,7 +108,7 @@ pub(crate) async fn run(app: &AppState, name: &str, action: Action, token: &str)
 pub(crate) fn killed(name: &str) -> String {
     format!(
         "{name} stopped without leaving, as in a crash: the others mark it dead within seconds and repair its \
-         copies. It stays down until started again (`docker start` its container, or `xnode run` on its machine)"
+         copies. It stays down until started again (docker start on its container, or xnode run on its machine)"
     )
 }
 
@@ -132,7 +132,7 @@ pub(crate) fn resized(name: &str, capacity: u64, used: u64) -> String {
 pub(crate) fn left(name: &str) -> String {
     format!(
         "{name} is leaving the cluster politely and stopping (shown as left, never dead); its copies move to the \
-         others. Start it again with `docker start` on its container or `xnode run` on its machine"
+         others. Start it again with docker start on its container or xnode run on its machine"
     )
 }
 

@@ -46,7 +46,8 @@ if want containers; then
   command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
   cargo build --profile dist --locked --bin xnode
   ./scripts/docker-image.sh xnode:latest
-  cargo nextest run --locked --test containers --run-ignored only --no-fail-fast
+  # One at a time: the compose scenarios publish the same host ports (8081-8083) as the README's cluster.
+  cargo nextest run --locked --test containers --run-ignored only --no-fail-fast --test-threads 1
 fi
 
 if want kubo; then

@@ -152,7 +152,8 @@ pub(crate) struct FileEntry {
     pub(crate) added_by: String,
     /// Whether this node pins it.
     pub(crate) pinned_here: bool,
-    /// Replication health from the catalog; absent when the file is only known from local pins.
+    /// Replication health; absent when the file is only known from local pins, or when the catalog lists it and
+    /// the allocation loop has not counted its copies yet (a file added in the last seconds).
     pub(crate) health: Option<Health>,
 }
 
@@ -192,6 +193,22 @@ pub(crate) async fn entries(app: &AppState) -> Result<Vec<FileEntry>, ApiError> 
             }),
         })
         .collect();
+    // A file the catalog lists that the allocation loop has not counted yet (added in the last second or so): it is
+    // listed at once, without health, so a client that just added it sees it.
+    for f in app.node.catalog_files() {
+        let root = f.root.to_string();
+        if !out.iter().any(|e| e.root == root) {
+            out.push(FileEntry {
+                pinned_here: pins.iter().any(|p| p.root == f.root),
+                root,
+                name: f.name,
+                size: f.size,
+                added_at: f.added_at,
+                added_by: f.added_by,
+                health: None,
+            });
+        }
+    }
     for p in pins {
         let root = p.root.to_string();
         if !out.iter().any(|f| f.root == root) {

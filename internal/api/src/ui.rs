@@ -251,7 +251,7 @@ struct FileRow {
     pct_at_rf: u64,
     pct_under: u64,
     pct_missing: u64,
-    /// `at-rf`, `under-replicated`, `missing` or `local` (no catalog health yet).
+    /// `at-rf`, `under-replicated`, `missing`, `counting` (listed, copies not counted yet) or `local` (only pinned here).
     status: &'static str,
     status_text: String,
 }
@@ -268,6 +268,7 @@ impl From<FileEntry> for FileRow {
             h.as_ref().map_or((0, 0, 0, 0), |h| (h.blocks, h.at_rf, h.under_replicated, h.missing));
         let pct = |n: u64| (n * 100).checked_div(blocks).unwrap_or(0);
         let (status, status_text) = match &h {
+            None if !f.added_by.is_empty() => ("counting", "counting copies…".to_string()),
             None => ("local", if f.pinned_here { "held here".to_string() } else { String::new() }),
             Some(_) if missing > 0 => ("missing", format!("{missing} of {blocks} blocks missing")),
             Some(_) if under > 0 => ("under-replicated", format!("{under} of {blocks} blocks under-replicated")),

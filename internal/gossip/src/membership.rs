@@ -114,8 +114,10 @@ impl Membership {
             marked_for_deletion_grace_period: config.forget_after,
             catchup_callback: None,
             extra_liveness_predicate: None,
-            // All nodes of a cluster run this crate, so the compressed digest (V1) is understood everywhere.
-            protocol_version: ProtocolVersion::V1,
+            // The plain digest (V0): chitchat's compressed one (V1) makes a fresh zstd context twice per datagram,
+            // which was most of an idle node's CPU, and saves little at our sizes (docs/membership.md, "Cost").
+            // Every message says its version, so members of either kind understand each other.
+            protocol_version: ProtocolVersion::V0,
         };
         let mut key_values: Vec<(String, String)> = vec![(STATE_KEY.into(), STATE_ALIVE.into())];
         key_values.extend(meta.to_key_values().into_iter().map(|(k, v)| (k.to_string(), v)));
@@ -145,6 +147,7 @@ impl Membership {
             fatal: fatal_tx,
             stop: stop.clone(),
             flagged: HashSet::new(),
+            seen: Vec::new(),
         };
         // The view lists ourselves before `start` returns.
         actor.refresh().await;
@@ -340,6 +343,46 @@ struct Actor {
     stop: CancellationToken,
     /// Newer generations of our name we already flagged, so each conflict is reported once.
     flagged: HashSet<u64>,
+    /// What the last view was computed from ([`StateKey`]): while chitchat's state still matches it, a refresh
+    /// costs a comparison, not a copy of every member's metadata (this ran every round and was a fifth of an idle
+    /// node's CPU).
+    seen: Vec<StateKey>,
+}
+
+/// What the view depends on, per node chitchat knows: its identity, the version of its key-values (every change
+/// of a value raises it) and whether the failure detector counts it live. The view is a function of these.
+#[derive(Clone, PartialEq, Eq)]
+struct StateKey {
+    id: ChitchatId,
+    max_version: u64,
+    live: bool,
+}
+
+/// The current keys, in chitchat's order (its node states are a sorted map).
+fn state_keys(c: &chitchat::Chitchat) -> Vec<StateKey> {
+    let mut live: Vec<&ChitchatId> = c.live_nodes().collect();
+    live.sort_unstable();
+    c.node_states()
+        .iter()
+        .map(|(id, state)| StateKey {
+            id: id.clone(),
+            max_version: state.max_version(),
+            live: live.binary_search(&id).is_ok(),
+        })
+        .collect()
+}
+
+/// Whether chitchat's state still matches `seen`, without allocating more than the sorted live list.
+fn unchanged(c: &chitchat::Chitchat, seen: &[StateKey]) -> bool {
+    let states = c.node_states();
+    if states.len() != seen.len() {
+        return false;
+    }
+    let mut live: Vec<&ChitchatId> = c.live_nodes().collect();
+    live.sort_unstable();
+    states.iter().zip(seen).all(|((id, state), key)| {
+        key.id == *id && key.max_version == state.max_version() && key.live == live.binary_search(&id).is_ok()
+    })
 }
 
 /// What a view refresh asks the loop to do next.
@@ -423,9 +466,15 @@ impl Actor {
 
     /// Rebuilds the view from chitchat's state, publishes the differences, and handles name conflicts.
     async fn refresh(&mut self) -> Next {
-        let Some(incarnations) = self.with_chitchat(snapshot).await else {
+        let seen = &self.seen;
+        let Some(fresh) = self.with_chitchat(|c| (!unchanged(c, seen)).then(|| (snapshot(c), state_keys(c)))).await
+        else {
             return Next::Continue;
         };
+        let Some((incarnations, keys)) = fresh else {
+            return Next::Continue;
+        };
+        self.seen = keys;
         let mut next = Next::Continue;
         match view::check_conflict(&incarnations, &self.name, self.generation) {
             Some(Conflict::FlagNewer { generation, addr }) if self.flagged.insert(generation) => {
@@ -480,7 +529,7 @@ impl Actor {
 }
 
 /// Copies what the view needs out of chitchat's state (under its lock, so nothing slow here).
-fn snapshot(c: &mut chitchat::Chitchat) -> Vec<Incarnation> {
+fn snapshot(c: &chitchat::Chitchat) -> Vec<Incarnation> {
     let live: HashSet<ChitchatId> = c.live_nodes().cloned().collect();
     c.node_states()
         .iter()

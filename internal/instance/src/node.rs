@@ -376,13 +376,12 @@ impl Node {
     /// The node's summary.
     pub async fn status(&self) -> Result<NodeStatus, InstanceError> {
         let repo = self.repo.clone();
-        // One truth with `/api/v1/blocks`: the blocks kept for the cluster, counted the same way (a scan of the
-        // index, on a blocking thread).
-        let (stats, held, pins) = tokio::task::spawn_blocking(move || -> Result<_, InstanceError> {
-            Ok((repo.stats()?, repo.store().needed_blocks(0, None)?.0, repo.pins()?))
-        })
-        .await
-        .expect("stats does not panic")?;
+        // One truth with `/api/v1/blocks`: the blocks kept for the cluster (the store keeps their count, so a
+        // status never scans the index).
+        let (stats, pins) =
+            tokio::task::spawn_blocking(move || -> Result<_, InstanceError> { Ok((repo.stats()?, repo.pins()?)) })
+                .await
+                .expect("stats does not panic")?;
         // As `GET /api/v1/files` lists them: the catalog's files, and files pinned here it does not list yet.
         let mut roots: std::collections::HashSet<Cid> = self.catalog_files().into_iter().map(|f| f.root).collect();
         roots.extend(pins.into_iter().map(|p| p.root));
@@ -400,8 +399,8 @@ impl Node {
             phase,
             used: stats.bytes_held,
             capacity: stats.capacity,
-            blocks: held,
-            cached_blocks: stats.blocks.saturating_sub(held),
+            blocks: stats.needed_blocks,
+            cached_blocks: stats.blocks.saturating_sub(stats.needed_blocks),
             files,
             disk_bytes: stats.disk_bytes,
             replication: self.replication,

@@ -75,6 +75,8 @@ pub struct Pin {
 pub struct StoreStats {
     /// Blocks stored.
     pub blocks: u64,
+    /// Of those, the blocks a pin or the allocation needs (the rest is read cache); `needed_blocks`' count.
+    pub needed_blocks: u64,
     /// Bytes of the stored blocks (each block counted once however many files share it).
     pub bytes_held: u64,
     /// The capacity in bytes (`u64::MAX` = unlimited).

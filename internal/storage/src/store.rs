@@ -56,6 +56,8 @@ pub(crate) struct Inner {
 pub(crate) struct Counters {
     pub(crate) bytes_held: u64,
     pub(crate) blocks: u64,
+    /// Blocks with a reference (a pin's or the allocation's): what `needed_blocks` lists.
+    pub(crate) needed: u64,
     pub(crate) pins: u64,
     pub(crate) packs: BTreeMap<u32, PackState>,
 }
@@ -126,6 +128,13 @@ impl Store {
         for item in db.scan_prefix(index::PIN_PREFIX) {
             item?;
             counters.pins += 1;
+        }
+        // Counted once here, then kept up to date, so a status never scans the index.
+        for item in db.scan_prefix(index::BLOCK_PREFIX) {
+            let (_, value) = item?;
+            if Entry::decode(&value)?.refcount > 0 {
+                counters.needed += 1;
+            }
         }
         recover_packs(&packs_dir, &counters.packs)?;
 
@@ -357,10 +366,16 @@ impl Store {
         let inner = &self.inner;
         let mut marked = 0;
         {
-            let _st = inner.lock();
+            let mut st = inner.lock();
+            let mut newly_needed = 0;
             let mut batch = sled::Batch::default();
+            // The checks below read the index, not the batch: a CID listed twice counts once.
+            let mut seen = std::collections::HashSet::with_capacity(cids.len());
             for cid in cids {
                 let bytes = cid.to_bytes();
+                if !seen.insert(bytes.clone()) {
+                    continue;
+                }
                 let held = index::held_key(&bytes);
                 if inner.db.contains_key(&held)? {
                     continue;
@@ -368,12 +383,16 @@ impl Store {
                 let block_key = index::block_key(&bytes);
                 let Some(raw) = inner.db.get(&block_key)? else { continue };
                 let mut entry = Entry::decode(&raw)?;
+                if entry.refcount == 0 {
+                    newly_needed += 1;
+                }
                 entry.refcount += 1;
                 batch.insert(block_key, &entry.encode());
                 batch.insert(held, &[]);
                 marked += 1;
             }
             inner.db.apply_batch(batch)?;
+            st.counters.needed += newly_needed;
         }
         inner.db.flush()?;
         Ok(marked)
@@ -479,6 +498,7 @@ impl Store {
             |p: &Path| pack::allocated_bytes(p).map_err(|e| StoreError::io(format!("measuring {}", p.display()), e));
         Ok(StoreStats {
             blocks: counters.blocks,
+            needed_blocks: counters.needed,
             bytes_held: counters.bytes_held,
             capacity,
             free: capacity.saturating_sub(counters.bytes_held.saturating_add(pending)),
@@ -690,6 +710,9 @@ impl Unref {
         let block_key = index::block_key(block);
         let Some(raw) = inner.db.get(&block_key)? else { return Ok(false) };
         let mut entry = Entry::decode(&raw)?;
+        if entry.refcount == 1 {
+            self.next.needed = self.next.needed.saturating_sub(1);
+        }
         entry.refcount = entry.refcount.saturating_sub(1);
         self.released += 1;
         if entry.refcount == 0 && !st.protected.contains_key(block) {
@@ -742,6 +765,9 @@ fn remove_block(
     }
     next.bytes_held -= len;
     next.blocks -= 1;
+    if entry.refcount > 0 {
+        next.needed = next.needed.saturating_sub(1);
+    }
     removal.ranges.push((entry.pack, entry.offset, len));
     removal.blocks += 1;
     removal.bytes += len;

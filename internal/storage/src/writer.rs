@@ -240,6 +240,9 @@ impl BlockWriter {
                                 what: "a block this session relies on vanished from the index".to_owned(),
                             })?;
                             let mut entry = Entry::decode(&raw)?;
+                            if entry.refcount == 0 {
+                                next.needed += 1;
+                            }
                             entry.refcount = entry.refcount.saturating_add(1);
                             batch.insert(block_key, &entry.encode());
                         }
@@ -253,6 +256,9 @@ impl BlockWriter {
                 }
             }
             for (cid, entry) in &new_entries {
+                if entry.refcount > 0 {
+                    next.needed += 1;
+                }
                 batch.insert(index::block_key(cid), &entry.encode());
             }
             let mut seen = BTreeSet::new();

@@ -455,6 +455,49 @@ fn kept_blocks_survive_unpin_and_gc_until_released(config: StoreConfig) {
     assert!(store.kept().unwrap().is_empty());
 }
 
+/// The count of needed blocks the store keeps (what a status shows) agrees with a scan of the index after every kind
+/// of change: cache, pin, keep (a CID twice), a shared block, quarantine, release, unpin, gc and a reopen.
+fn the_needed_count_follows_every_change_without_a_scan(config: StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config);
+    let check = |store: &Store, expected: u64, when: &str| {
+        assert_eq!(store.needed_blocks(0, None).unwrap().0, expected, "scan, {when}");
+        assert_eq!(store.stats().unwrap().needed_blocks, expected, "counter, {when}");
+    };
+    let file = blocks(31, 4, 8 * KIB);
+    let cache = blocks(32, 3, 8 * KIB);
+    let mut w = store.cached_writer();
+    for (cid, body) in &cache {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(None).unwrap();
+    check(&store, 0, "read cache only");
+    let mut w = store.writer();
+    for (cid, body) in file.iter().chain(&cache[..1]) {
+        w.put(cid, body).unwrap();
+    }
+    w.commit(Some(pin(file[0].0, "f"))).unwrap();
+    check(&store, 5, "a pin over four new blocks and one cached");
+    store.keep(&[cache[1].0, cache[1].0, file[1].0]).unwrap();
+    check(&store, 6, "keep of a cached block (listed twice) and of a pinned one");
+    store.quarantine(&file[2].0).unwrap().unwrap();
+    check(&store, 5, "a pinned block quarantined");
+    let mut w = store.cached_writer();
+    w.put(&file[2].0, &file[2].1).unwrap();
+    w.commit(None).unwrap();
+    check(&store, 6, "the quarantined block stored again gets its pin back");
+    store.release(&[cache[1].0, file[1].0]).unwrap();
+    check(&store, 5, "release: the cached block is free again, the pinned one still needed");
+    drop(store);
+    let store = open(dir.path(), config);
+    check(&store, 5, "after a reopen");
+    store.unpin(&file[0].0).unwrap();
+    check(&store, 0, "unpinned");
+    store.gc().unwrap();
+    check(&store, 0, "after gc");
+    assert_eq!(store.stats().unwrap().blocks, 0);
+}
+
 /// Sessions appending to the same pack, whose committed length is never a multiple of 4 KiB, with bodies of odd
 /// sizes: every pack ends exactly after its last body, and every block reads back byte for byte, also after reopening.
 fn odd_sizes_append_across_sessions_and_read_back_exactly(config: StoreConfig) {
@@ -637,6 +680,7 @@ both_modes!(
     unsupported_hashes_are_refused_and_identity_is_accepted,
     store_handle_is_shared_across_threads,
     kept_blocks_survive_unpin_and_gc_until_released,
+    the_needed_count_follows_every_change_without_a_scan,
     odd_sizes_append_across_sessions_and_read_back_exactly,
     dropping_a_writer_on_an_unaligned_pack_keeps_the_committed_bytes,
     packs_roll_at_target_size_with_odd_sizes,

@@ -122,8 +122,11 @@ def settled(nodes, root):
         if any(m["meta"].get("phase") != "seeding" or m["meta"].get("wanted", 1) for m in alive):
             return False
         files = n.get("/api/v1/files") or []
+        # Counted (a file listed before the allocation loop counts its copies has no health yet) and all at RF.
         if not any(
-            f.get("root") == root and (f.get("health") or {}).get("at_rf") == (f.get("health") or {}).get("blocks")
+            f.get("root") == root
+            and (f.get("health") or {}).get("blocks", 0) > 0
+            and f["health"]["at_rf"] == f["health"]["blocks"]
             for f in files
         ):
             return False

@@ -77,7 +77,12 @@ fn wait_settled(
             let files = get_json(n, "/api/v1/files");
             files.as_array().into_iter().flatten().any(|f| {
                 let h = &f["health"];
-                f["root"] == root && h["at_rf"] == h["blocks"] && h["missing"] == 0 && h["under_replicated"] == 0
+                // Counted (a file the loop has not counted yet is listed without health) and all at RF.
+                f["root"] == root
+                    && h["blocks"].as_u64().is_some_and(|b| b > 0)
+                    && h["at_rf"] == h["blocks"]
+                    && h["missing"] == 0
+                    && h["under_replicated"] == 0
             })
         });
         let errors = if seeding && healthy { placement_errors(nodes, view, departed, &dag.0, &dag.1) } else { vec![] };
@@ -462,7 +467,10 @@ fn uploads_during_a_kill_and_restart_reach_rf_and_nothing_is_reported_missing() 
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|f| f["health"]["at_rf"] == f["health"]["blocks"] && f["health"]["missing"] == 0)
+                .filter(|f| {
+                    let h = &f["health"];
+                    h["blocks"].as_u64().is_some_and(|b| b > 0) && h["at_rf"] == h["blocks"] && h["missing"] == 0
+                })
                 .filter_map(|f| f["root"].as_str())
                 .collect();
             uploaded.iter().all(|u| ok.contains(u.root.as_str()))

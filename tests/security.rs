@@ -482,6 +482,7 @@ fn outsiders_without_the_secret_or_with_another_stay_out_of_a_cluster_with_data(
         let names: Vec<&str> = files.as_array().unwrap().iter().filter_map(|f| f["name"].as_str()).collect();
         assert_eq!(names, ["held.bin"], "no catalog entry of an outsider was accepted");
         let h = health(n)["health"].clone();
+        assert!(h["blocks"].as_u64().is_some_and(|b| b > 0), "counted: {h}");
         assert_eq!((h["at_rf"].clone(), h["missing"].as_u64()), (h["blocks"].clone(), Some(0)), "{h}");
     }
     let held_after: Vec<u64> = members.iter().map(|n| held(n)).collect();

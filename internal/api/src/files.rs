@@ -177,7 +177,8 @@ pub(crate) async fn entries(app: &AppState) -> Result<Vec<FileEntry>, ApiError> 
     let mut out: Vec<FileEntry> = app
         .node
         .files_health()
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|f| FileEntry {
             pinned_here: pins.iter().any(|p| p.root.to_string() == f.root),
             root: f.root,
@@ -747,7 +748,7 @@ pub(crate) async fn remove(State(app): State<AppState>, UrlPath(cid): UrlPath<St
     let cid = parse_cid(&cid)?;
     // What the cluster frees: every copy of the file's blocks, as the last health sweep counted them.
     let root = cid.to_string();
-    let health = app.node.files_health().into_iter().find(|h| h.root == root);
+    let health = app.node.files_health().iter().find(|h| h.root == root).cloned();
     let alive = app.node.members().iter().filter(|m| m.state == xnode_gossip::MemberState::Alive).count();
     let copies = app.node.replication().min(alive.max(1)) as u64;
     let stats = app.node.remove_file(cid).await?;

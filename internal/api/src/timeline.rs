@@ -180,7 +180,7 @@ fn look(node: &Node) -> Look {
         .map(|m| (m.name, MemberLook { state: m.state, generation: m.generation, capacity: m.meta.capacity }))
         .collect();
     let health: BTreeMap<String, u64> =
-        node.files_health().into_iter().map(|h| (h.root, h.under_replicated + h.missing)).collect();
+        node.files_health().iter().map(|h| (h.root.clone(), h.under_replicated + h.missing)).collect();
     let files = node
         .catalog_files()
         .into_iter()
@@ -193,9 +193,31 @@ fn look(node: &Node) -> Look {
     Look { members, files }
 }
 
+/// What a look is made of, compared by identity: the membership view and the health report are replaced (new
+/// `Arc`s) when they change, and the catalog counts its changes. While these stay the same, a second costs nothing.
+type Sources = (Arc<Vec<xnode_gossip::Member>>, Arc<Vec<xnode_instance::FileHealth>>, u64);
+
+fn sources(node: &Node) -> Sources {
+    (node.view(), node.files_health(), *node.catalog_changes().borrow())
+}
+
+fn same(a: &Sources, b: &Sources) -> bool {
+    Arc::ptr_eq(&a.0, &b.0) && Arc::ptr_eq(&a.1, &b.1) && a.2 == b.2
+}
+
 async fn watch(node: Arc<Node>, timeline: Arc<Timeline>, stop: CancellationToken) {
     let mut before: Option<Look> = None;
+    let mut seen = None;
     loop {
+        let now_sources = sources(&node);
+        if seen.as_ref().is_some_and(|s| same(s, &now_sources)) {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(EVERY) => {}
+            }
+            continue;
+        }
+        seen = Some(now_sources);
         let now = look(&node);
         match &before {
             // The first look is the starting point: what was there before this node started is not news.

@@ -171,6 +171,12 @@ impl Membership {
         self.view.borrow().as_ref().clone()
     }
 
+    /// The current view, shared: no member is copied (a new view is a new `Arc`, so `Arc::ptr_eq` tells whether
+    /// anything changed).
+    pub fn view(&self) -> Arc<Vec<Member>> {
+        self.view.borrow().clone()
+    }
+
     /// The member with this name, if known.
     pub fn member(&self, name: &str) -> Option<Member> {
         self.view.borrow().iter().find(|m| m.name == name).cloned()

@@ -164,7 +164,7 @@ pub struct NodeStatus {
 }
 
 /// A catalog file and how well the cluster keeps it, for the API and the dashboard.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FileHealth {
     /// The file's root CID.
     pub root: String,
@@ -331,8 +331,10 @@ impl Node {
         &self.name
     }
 
-    fn view(&self) -> Vec<Member> {
-        self.membership.read().expect("not poisoned").as_ref().map(Membership::members).unwrap_or_default()
+    /// The membership view, shared (cheap: the hot paths of the allocation round and the timeline read it every
+    /// second). Empty once the node has left.
+    pub fn view(&self) -> Arc<Vec<Member>> {
+        self.membership.read().expect("not poisoned").as_ref().map(Membership::view).unwrap_or_default()
     }
 
     /// A receiver of the membership view that changes whenever a member's state or metadata does (`None` once the
@@ -348,7 +350,7 @@ impl Node {
 
     /// The membership view, this node included.
     pub fn members(&self) -> Vec<Member> {
-        let mut members = self.view();
+        let mut members = self.view().as_ref().clone();
         members.sort_by(|a, b| a.name.cmp(&b.name));
         members
     }
@@ -514,7 +516,7 @@ impl Node {
     /// entries are refused ([`xnode_catalog::CatalogState::apply_by`]); logs already held stay accepted.
     fn catalog_authors(&self) -> std::collections::HashSet<PeerId> {
         let mut authors = std::collections::HashSet::from([self.key.public().to_peer_id()]);
-        for m in self.view() {
+        for m in self.view().iter() {
             authors.extend(m.meta.peer_id.parse::<PeerId>().ok());
             if m.state != MemberState::Alive || m.is_self {
                 continue;
@@ -626,22 +628,14 @@ impl Node {
 
     /// Gossips the node's current figures now (the refresher also does so every second).
     pub(crate) async fn publish_meta(&self) {
-        let repo = self.repo.clone();
-        // A wedged blocking pool must not keep the node from saying it is stuck: past a short wait the figures
-        // stay as last gossiped.
-        let stats = tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(move || repo.stats()));
-        let stats = match stats.await {
-            Ok(Ok(Ok(stats))) => Some(stats),
-            Ok(_) => return,
-            Err(_) => None,
-        };
+        // In-memory counters (no disk walk, no blocking thread: a wedged blocking pool must not keep the node from
+        // saying it is stuck).
+        let stats = self.repo.store().usage();
         let mut meta = self.meta.lock().await;
         let mut next = meta.clone();
-        if let Some(stats) = stats {
-            next.capacity = stats.capacity;
-            next.used = stats.bytes_held;
-            next.blocks = stats.blocks;
-        }
+        next.capacity = stats.capacity;
+        next.used = stats.bytes_held;
+        next.blocks = stats.blocks;
         next.stuck = self.stuck().unwrap_or_default();
         next.phase = self.phase().as_str().to_string();
         {
@@ -663,7 +657,7 @@ impl Node {
     }
 
     /// The catalog's files with their replication health, as of the last allocation round.
-    pub fn files_health(&self) -> Vec<FileHealth> {
+    pub fn files_health(&self) -> Arc<Vec<FileHealth>> {
         self.report.borrow().health.clone()
     }
 
@@ -943,7 +937,7 @@ async fn dial_members(node: std::sync::Weak<Node>, stop: CancellationToken) {
         }
         let Some(node) = node.upgrade() else { return };
         let connected = node.client.connected_peers().await.unwrap_or_default();
-        for m in node.view() {
+        for m in node.view().iter() {
             if m.is_self || m.state != MemberState::Alive {
                 continue;
             }

@@ -507,6 +507,21 @@ impl Store {
         })
     }
 
+    /// The counters of [`Store::stats`] without measuring the disk (no directory walk): what a node gossips every
+    /// second. `disk_bytes` is 0.
+    pub fn usage(&self) -> StoreStats {
+        let st = self.inner.lock();
+        StoreStats {
+            blocks: st.counters.blocks,
+            needed_blocks: st.counters.needed,
+            bytes_held: st.counters.bytes_held,
+            capacity: st.capacity,
+            free: st.capacity.saturating_sub(st.counters.bytes_held.saturating_add(st.pending)),
+            disk_bytes: 0,
+            pins: st.counters.pins,
+        }
+    }
+
     /// Changes the capacity now. Stored blocks are kept even if they exceed it; further puts fail.
     /// The value is saved in the index and wins over the capacity given to `open` at every later start.
     pub fn set_capacity(&self, capacity: u64) -> Result<(), StoreError> {

@@ -13,6 +13,7 @@
 //! leaf we know of). A change of view or of that partition's leaves forgets the evidence gathered so far.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use xnode_placement::{Layout, NodeInfo, PlacementError};
 
@@ -47,7 +48,7 @@ pub struct AllocCore {
     partitions: u32,
     replication: usize,
     inputs: ViewInputs,
-    layout: Option<Layout>,
+    layout: Option<Arc<Layout>>,
     /// Per partition: whether the layout gives it to us.
     mine: Vec<bool>,
     expected: Vec<SetDigest>,
@@ -100,7 +101,12 @@ impl AllocCore {
 
     /// The current layout, once a view was given.
     pub fn layout(&self) -> Option<&Layout> {
-        self.layout.as_ref()
+        self.layout.as_deref()
+    }
+
+    /// The current layout, shared (for work that outlives a borrow of the core, like a health sweep's questions).
+    pub fn shared_layout(&self) -> Option<Arc<Layout>> {
+        self.layout.clone()
     }
 
     /// The partition of a block (its CID's binary form).
@@ -145,7 +151,7 @@ impl AllocCore {
             self.mine_count = count;
         }
         self.inputs = inputs;
-        self.layout = Some(layout);
+        self.layout = Some(Arc::new(layout));
         // Evidence was given under the old layout: the holders may have changed.
         self.evidence.clear();
         for &p in change.gained.iter().chain(&change.lost) {

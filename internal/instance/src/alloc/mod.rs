@@ -97,7 +97,8 @@ pub(crate) struct Report {
     /// Blocks we should hold but could not fetch this round (store full, nobody has them).
     pub(crate) under_replicated: u64,
     /// Every catalog file with its replication health, as of the last sweep.
-    pub(crate) health: Vec<FileHealth>,
+    /// Replaced only when it differs, so readers can tell a change by the pointer.
+    pub(crate) health: Arc<Vec<FileHealth>>,
     /// Partitions given to this node, and how many of them it holds completely.
     pub(crate) partitions_mine: u64,
     pub(crate) partitions_complete: u64,
@@ -336,7 +337,7 @@ impl Allocator {
     }
 
     async fn round(&mut self, node: &Arc<Node>) -> Result<(), InstanceError> {
-        let members = node.members();
+        let members = node.view();
         let alive: Vec<&Member> = members.iter().filter(|m| m.state == MemberState::Alive).collect();
         self.view_key = view_key(&members);
         if !node.joined() && !node.starts_alone() {
@@ -354,7 +355,7 @@ impl Allocator {
             .collect();
         let weight = |m: &Member| if m.meta.capacity == u64::MAX { UNLIMITED_WEIGHT } else { m.meta.capacity };
         let mut view: Vec<NodeInfo> = Vec::new();
-        for m in &members {
+        for m in members.iter() {
             if !view.iter().any(|v| v.name == m.name) {
                 view.push(NodeInfo { name: m.name.clone(), capacity: weight(m) });
             }
@@ -714,7 +715,7 @@ impl Allocator {
     async fn sweep_health(&mut self, node: &Arc<Node>, alive: &[&Member]) -> Result<(), InstanceError> {
         self.last_health = Some(Instant::now());
         self.health_dirty = false;
-        let Some(layout) = self.core.layout().cloned() else { return Ok(()) };
+        let Some(layout) = self.core.shared_layout() else { return Ok(()) };
         // Members that did not answer are not asked again in this sweep: a member that died a moment ago (not yet
         // declared dead) would otherwise cost a timeout per question.
         let mut unreachable: HashSet<String> = HashSet::new();
@@ -773,7 +774,10 @@ impl Allocator {
             }
         }
         self.incomplete_members = incomplete;
-        self.report.health = self.file_health(node, alive, &layout, &mut unreachable).await?;
+        let health = self.file_health(node, alive, &layout, &mut unreachable).await?;
+        if *self.report.health != health {
+            self.report.health = Arc::new(health);
+        }
         Ok(())
     }
 

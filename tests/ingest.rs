@@ -152,7 +152,16 @@ impl Read for SlowBody {
 #[test]
 fn a_file_larger_than_any_member_streams_to_its_holders_and_a_crashed_add_is_reclaimed() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path();
+    // XNODE_KEEP_TEST_DIR=1 keeps the nodes' data and logs (`<dir>/<name>.log`) for a post-mortem.
+    let (_guard, base) = if std::env::var_os("XNODE_KEEP_TEST_DIR").is_some() {
+        let kept = tmp.keep();
+        eprintln!("test dir kept at {}", kept.display());
+        (None, kept)
+    } else {
+        let path = tmp.path().to_path_buf();
+        (Some(tmp), path)
+    };
+    let base = base.as_path();
     let names = ["n1", "n2", "n3", "n4", "n5"];
     let mut nodes = vec![start(base, "n1", "")];
     for name in &names[1..] {
@@ -173,7 +182,7 @@ fn a_file_larger_than_any_member_streams_to_its_holders_and_a_crashed_add_is_rec
     });
 
     // 1. A file of twice one member's store, through n1, while n1's use is watched.
-    let data = random_bytes(2 * CAPACITY as usize, 16);
+    let data = random_bytes(2 * CAPACITY as usize, 1001);
     let (root, leaves, interior) = dag_of(&data);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
@@ -240,7 +249,7 @@ fn a_file_larger_than_any_member_streams_to_its_holders_and_a_crashed_add_is_rec
     }
 
     // 2. A second add through n1, killed in the middle.
-    let second = random_bytes(12 * MIB as usize, 17);
+    let second = random_bytes(12 * MIB as usize, 2002);
     let (_, second_leaves, _) = dag_of(&second);
     let sent = Arc::new(AtomicU64::new(0));
     let upload = {
@@ -272,7 +281,9 @@ fn a_file_larger_than_any_member_streams_to_its_holders_and_a_crashed_add_is_rec
     assert!(result.is_err(), "the client of an add whose member died got {result:?}");
 
     let survivors: Vec<(&str, &RunningNode)> = names[1..].iter().copied().zip(nodes.iter()).collect();
-    let second: HashSet<&String> = second_leaves.iter().collect();
+    let first: HashSet<&String> = leaves.iter().collect();
+    let second: HashSet<&String> = second_leaves.iter().filter(|c| !first.contains(c)).collect();
+    assert_eq!(second.len(), second_leaves.len(), "the two files share no leaf");
     let staged: usize = survivors
         .iter()
         .map(|(_, n)| held_at(&n.api).unwrap_or_default().iter().filter(|c| second.contains(c)).count())

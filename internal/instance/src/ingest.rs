@@ -47,6 +47,10 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// Partly filled batches go out this often, so a slow upload's blocks do not wait for a full batch.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
+/// How long an add waits for members it is not connected to before it starts (batches to one still unreachable
+/// are retried).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Blocks between the importer's thread and the sender (about 4 MiB of 256 KiB chunks).
 const IMPORT_QUEUE: usize = 16;
 
@@ -421,6 +425,18 @@ pub(crate) async fn stream<T: Send + 'static>(
         .filter_map(|m| Some((m.name.clone(), m.meta.peer_id.parse().ok()?)))
         .collect();
 
+    // Members not connected yet are dialled on the addresses they gossip, all at once, before the first batch.
+    let connected: HashSet<PeerId> = node.net().connected_peers().await.unwrap_or_default().into_iter().collect();
+    let dials = members
+        .iter()
+        .filter(|m| m.state == MemberState::Alive && !m.is_self)
+        .filter_map(|m| {
+            let peer: PeerId = m.meta.peer_id.parse().ok()?;
+            let addrs = m.meta.p2p_addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            (!connected.contains(&peer)).then(|| node.net().dial(peer, addrs))
+        });
+    let _ = tokio::time::timeout(DIAL_TIMEOUT, futures::future::join_all(dials)).await;
+
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Block>(IMPORT_QUEUE);
     let importer = tokio::task::spawn_blocking(move || import(&mut ChannelSink(tx)));
     // This member's blocks (its share of the leaves, and the interior ones) go to a writer on its own thread.
@@ -430,8 +446,19 @@ pub(crate) async fn stream<T: Send + 'static>(
         // Through the page cache: the allocation loop reads the interior blocks right back to index the file.
         let mut w = store.cached_writer();
         let mut blocks = 0u64;
+        let mut evicted = false;
         while let Some(block) = local_rx.blocking_recv() {
-            w.put(&block.cid, &block.data)?;
+            match w.put(&block.cid, &block.data) {
+                // Read caches (blocks kept from reads) give way to this member's share of an add, once.
+                Err(StoreError::Full { .. }) if !evicted => {
+                    evicted = true;
+                    if let Ok(gc) = store.gc() {
+                        tracing::info!(blocks = gc.blocks_deleted, bytes = gc.bytes_freed, "evicted read cache for an add");
+                    }
+                    w.put(&block.cid, &block.data)?;
+                }
+                other => other?,
+            }
             blocks += 1;
         }
         Ok((w, blocks))
@@ -619,7 +646,7 @@ mod tests {
         }
         assert!(w.is_idle() && w.has_room());
         assert_eq!(w.in_flight(), 0);
-        assert_eq!((w.copies_acked, w.copies_already), (20, 2));
+        assert_eq!((w.copies_acked, w.copies_already), (20, 4), "four batches to c, each with one block it had");
         assert!(w.unplaced().is_none());
     }
 

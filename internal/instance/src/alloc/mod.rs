@@ -601,6 +601,7 @@ impl Allocator {
                 let at = last.entry(s.session).or_default();
                 *at = (*at).max(s.at_ms);
             }
+            tracing::debug!(staged = staged.len(), sessions = last.len(), cutoff, "staged blocks");
             let (mut claimed, mut drop) = (Vec::new(), Vec::new());
             for (cid, s) in staged {
                 if last[&s.session] >= cutoff {

@@ -8,7 +8,7 @@
 //! bytes in flight, acknowledgements, retries and what could not be placed), unit-tested below. [`stream`] carries
 //! them out; [`StagingStore`] is the receiving side, injected into the swarm.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,11 +38,14 @@ pub(crate) const WINDOW_BYTES: u64 = 48 << 20;
 pub(crate) const BATCH_BYTES: u64 = 2 << 20;
 
 /// Attempts of one batch to one member before its blocks count as not placed (a member that restarts or is busy for
-/// a moment is retried; a full one is not).
-pub(crate) const MAX_ATTEMPTS: u32 = 5;
+/// a moment is retried; a full one is not). With [`RETRY_DELAY`] they span about 11 s: longer than membership takes
+/// to declare a member dead (about 3 s) and the layout to move its partitions, after which the retries go to the
+/// new holders.
+pub(crate) const MAX_ATTEMPTS: u32 = 8;
 
-/// Wait before the n-th retry: n times this.
+/// Wait before the n-th retry: n times this, at most [`RETRY_DELAY_MAX`].
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
 
 /// Partly filled batches go out this often, so a slow upload's blocks do not wait for a full batch.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -99,8 +102,12 @@ pub(crate) struct Batch {
 struct Pending {
     cid: Cid,
     data: Bytes,
-    /// Copies not yet acknowledged or given up.
-    waiting: usize,
+    /// Members whose copy is not yet acknowledged (nor given up).
+    waiting: BTreeSet<String>,
+    /// Members that acknowledged their copy.
+    placed: BTreeSet<String>,
+    /// Whether this member stores it too.
+    local: bool,
 }
 
 /// The sending side's bookkeeping: per-member queues cut into batches, the bytes in flight, which copies were
@@ -158,30 +165,33 @@ impl Window {
         self.blocks.is_empty()
     }
 
-    /// Takes a block for `members`; returns the batches that became full.
-    pub(crate) fn push(&mut self, cid: Cid, data: Bytes, members: &[String]) -> Vec<Batch> {
+    /// Takes a block for `members` (and notes whether this member stores it too); returns the batches that became
+    /// full.
+    pub(crate) fn push(&mut self, cid: Cid, data: Bytes, members: &[String], local: bool) -> Vec<Batch> {
         if members.is_empty() {
             return Vec::new();
         }
         let id = self.next_id;
         self.next_id += 1;
-        let size = data.len() as u64;
-        self.in_flight += size;
+        self.in_flight += data.len() as u64;
         self.blocks_sent += 1;
-        self.blocks.insert(id, Pending { cid, data, waiting: members.len() });
-        let mut ready = Vec::new();
-        for m in members {
-            let (ids, bytes) = self.queues.entry(m.clone()).or_default();
-            ids.push(id);
-            *bytes += size;
-            if *bytes >= self.batch_bytes || ids.len() >= MAX_BLOCKS {
-                let ids = std::mem::take(ids);
-                *bytes = 0;
-                ready.push(Batch { member: m.clone(), ids, attempt: 0 });
-            }
+        let waiting = members.iter().cloned().collect();
+        self.blocks.insert(id, Pending { cid, data, waiting, placed: BTreeSet::new(), local });
+        members.iter().filter_map(|m| self.enqueue(m, id)).collect()
+    }
+
+    /// Queues block `id` for `member`; returns the member's batch if it became full.
+    fn enqueue(&mut self, member: &str, id: u64) -> Option<Batch> {
+        let size = self.blocks.get(&id).map_or(0, |p| p.data.len() as u64);
+        let (ids, bytes) = self.queues.entry(member.to_string()).or_default();
+        ids.push(id);
+        *bytes += size;
+        if *bytes >= self.batch_bytes || ids.len() >= MAX_BLOCKS {
+            let ids = std::mem::take(ids);
+            self.queues.remove(member);
+            return Some(Batch { member: member.to_string(), ids, attempt: 0 });
         }
-        self.queues.retain(|_, (ids, _)| !ids.is_empty());
-        ready
+        None
     }
 
     /// Every partly filled batch, to send now (the import ended, or the window is full and acknowledgements must
@@ -202,8 +212,12 @@ impl Window {
     pub(crate) fn acked(&mut self, batch: &Batch, already: u32) {
         self.copies_already += u64::from(already);
         for id in &batch.ids {
-            self.copies_acked += 1;
-            self.resolve(*id);
+            let Some(p) = self.blocks.get_mut(id) else { continue };
+            if p.waiting.remove(&batch.member) {
+                p.placed.insert(batch.member.clone());
+                self.copies_acked += 1;
+            }
+            self.settle(*id);
         }
     }
 
@@ -218,24 +232,57 @@ impl Window {
         entry.0 += batch.ids.len() as u64;
         entry.1 = reason;
         for id in &batch.ids {
-            if let Some(p) = self.blocks.get(id) {
-                if self.unplaced_cids.len() < NAMED_UNPLACED && !self.unplaced_cids.contains(&p.cid) {
-                    self.unplaced_cids.push(p.cid);
-                }
+            let Some(p) = self.blocks.get_mut(id) else { continue };
+            p.waiting.remove(&batch.member);
+            if self.unplaced_cids.len() < NAMED_UNPLACED && !self.unplaced_cids.contains(&p.cid) {
+                self.unplaced_cids.push(p.cid);
             }
             self.unplaced_blocks += 1;
-            self.resolve(*id);
+            self.settle(*id);
         }
         None
     }
 
-    fn resolve(&mut self, id: u64) {
-        let Some(p) = self.blocks.get_mut(&id) else { return };
-        p.waiting -= 1;
-        if p.waiting == 0 {
-            let size = p.data.len() as u64;
+    /// The layout changed while `batch` waited for a retry (a member died and its partitions moved): each block
+    /// goes to the holders `route` now names. Returns what is left of the batch for its member (the blocks it still
+    /// holds), the batches to other members that became full, and the blocks this member must now store itself.
+    pub(crate) fn retarget(
+        &mut self,
+        batch: Batch,
+        route: impl Fn(&Cid) -> Route,
+    ) -> (Batch, Vec<Batch>, Vec<(Cid, Bytes)>) {
+        let mut kept = Vec::new();
+        let mut ready = Vec::new();
+        let mut local = Vec::new();
+        for id in batch.ids {
+            let Some(p) = self.blocks.get_mut(&id) else { continue };
+            let now = route(&p.cid);
+            if now.remote.contains(&batch.member) {
+                kept.push(id);
+                continue;
+            }
+            p.waiting.remove(&batch.member);
+            let fresh: Vec<String> =
+                now.remote.into_iter().filter(|m| !p.waiting.contains(m) && !p.placed.contains(m)).collect();
+            p.waiting.extend(fresh.iter().cloned());
+            if now.local && !p.local {
+                p.local = true;
+                local.push((p.cid, p.data.clone()));
+            }
+            for m in &fresh {
+                ready.extend(self.enqueue(m, id));
+            }
+            self.settle(id);
+        }
+        (Batch { member: batch.member, ids: kept, attempt: batch.attempt }, ready, local)
+    }
+
+    /// Drops block `id` once no copy is outstanding.
+    fn settle(&mut self, id: u64) {
+        let Some(p) = self.blocks.get(&id) else { return };
+        if p.waiting.is_empty() {
+            self.in_flight -= p.data.len() as u64;
             self.blocks.remove(&id);
-            self.in_flight -= size;
         }
     }
 
@@ -413,7 +460,7 @@ type Sending = Pin<Box<dyn Future<Output = (Batch, Result<u32, P2pError>)> + Sen
 /// appends the file to the catalog.
 pub(crate) async fn stream<T: Send + 'static>(
     node: &Arc<Node>,
-    layout: Arc<Layout>,
+    mut layout: Arc<Layout>,
     import: impl FnOnce(&mut dyn BlockSink) -> Result<Imported<T>, InstanceError> + Send + 'static,
 ) -> Result<(Added, T), InstanceError> {
     let session = new_session();
@@ -472,7 +519,7 @@ pub(crate) async fn stream<T: Send + 'static>(
         let client = node.net().clone();
         Box::pin(async move {
             if batch.attempt > 0 {
-                tokio::time::sleep(RETRY_DELAY * batch.attempt).await;
+                tokio::time::sleep((RETRY_DELAY * batch.attempt).min(RETRY_DELAY_MAX)).await;
             }
             let result = match peer {
                 Some(peer) => client.ingest(peer, session, &blocks).await,
@@ -508,7 +555,7 @@ pub(crate) async fn stream<T: Send + 'static>(
                     }
                     let leaf = xnode_dag::block_links(&block.cid, &block.data).map(|l| l.is_empty()).unwrap_or(false);
                     let to = route(&layout, &me, &block.cid, leaf);
-                    for batch in window.push(block.cid, block.data.clone(), &to.remote) {
+                    for batch in window.push(block.cid, block.data.clone(), &to.remote, to.local) {
                         sends.push(send(&window, batch));
                     }
                     if to.local && !local_gone && local_tx.send(block).await.is_err() {
@@ -519,6 +566,10 @@ pub(crate) async fn stream<T: Send + 'static>(
                 }
             },
             _ = flush.tick() => {
+                // New blocks follow the layout of the moment (a member died or joined during a long add).
+                if let Some(now) = node.layout() {
+                    layout = now;
+                }
                 for batch in window.flush() {
                     sends.push(send(&window, batch));
                 }
@@ -529,7 +580,24 @@ pub(crate) async fn stream<T: Send + 'static>(
                     let (retry, reason) = judge(&e);
                     tracing::debug!(member = %batch.member, attempt = batch.attempt, error = %e, "ingest batch failed");
                     if let Some(again) = window.failed(batch, reason, retry) {
-                        sends.push(send(&window, again));
+                        // Each block goes where the layout of the moment puts it: after a member died, to the
+                        // member that took over its partitions (or here).
+                        if let Some(now) = node.layout() {
+                            layout = now;
+                        }
+                        let (again, ready, local) = window.retarget(again, |cid| route(&layout, &me, cid, true));
+                        for batch in ready {
+                            sends.push(send(&window, batch));
+                        }
+                        if !again.ids.is_empty() {
+                            sends.push(send(&window, again));
+                        }
+                        for (cid, data) in local {
+                            if !local_gone && local_tx.send(Block { cid, data }).await.is_err() {
+                                local_gone = true;
+                                rx.close();
+                            }
+                        }
                     }
                 }
             },
@@ -626,7 +694,7 @@ mod tests {
         let mut n = 0;
         while w.has_room() {
             let (cid, data) = block(n, 100);
-            batches.extend(w.push(cid, data, &names(&["b", "c"])));
+            batches.extend(w.push(cid, data, &names(&["b", "c"]), false));
             n += 1;
         }
         assert_eq!(n, 10, "ten blocks of ~104 bytes fill a 1000-byte window");
@@ -654,7 +722,7 @@ mod tests {
     fn failures_are_retried_then_named_with_the_member_and_reason() {
         let mut w = Window::new(1 << 20, 1 << 20);
         let (cid, data) = block(1, 100);
-        assert!(w.push(cid, data, &names(&["b", "c"])).is_empty());
+        assert!(w.push(cid, data, &names(&["b", "c"]), false).is_empty());
         let batches = w.flush();
         let (to_b, to_c) = (batches[0].clone(), batches[1].clone());
         w.acked(&to_b, 0);
@@ -675,7 +743,7 @@ mod tests {
         // A full member is not retried; the message says where the cluster has room.
         let mut w = Window::new(1 << 20, 1);
         let (cid, data) = block(2, 100);
-        let batch = w.push(cid, data, &names(&["d"])).remove(0);
+        let batch = w.push(cid, data, &names(&["d"]), false).remove(0);
         let full = Refusal::Full { free: 10, needed: 104 };
         let (retry, reason) = judge(&P2pError::IngestRefused { peer: PeerId::random(), reason: full });
         assert!(!retry);
@@ -692,8 +760,51 @@ mod tests {
     fn blocks_no_other_member_needs_take_no_window() {
         let mut w = Window::new(10, 1);
         let (cid, data) = block(3, 100);
-        assert!(w.push(cid, data, &[]).is_empty());
+        assert!(w.push(cid, data, &[], true).is_empty());
         assert!(w.is_idle() && w.has_room());
+    }
+
+    #[test]
+    fn after_a_member_dies_its_copies_go_to_the_new_holders() {
+        let mut w = Window::new(1 << 20, 1 << 20);
+        let (x, dx) = block(1, 100);
+        let (y, dy) = block(2, 100);
+        w.push(x, dx, &names(&["b", "c"]), false);
+        w.push(y, dy.clone(), &names(&["c"]), true);
+        let batches = w.flush();
+        let to_b = batches.iter().find(|b| b.member == "b").unwrap().clone();
+        let to_c = batches.iter().find(|b| b.member == "c").unwrap().clone();
+        w.acked(&to_b, 0);
+        // c died: x now goes to b (which has it) and d; y to b, and to this member, which already stores it.
+        let retry = w.failed(to_c, "unreachable".into(), true).unwrap();
+        let (left, ready, local) = w.retarget(retry, |cid| {
+            if *cid == x {
+                Route { local: false, remote: names(&["b", "d"]) }
+            } else {
+                Route { local: true, remote: names(&["b"]) }
+            }
+        });
+        assert!(left.ids.is_empty(), "nothing is left for the dead member");
+        assert!(ready.is_empty() && local.is_empty());
+        let mut next = w.flush();
+        next.sort_by(|a, b| a.member.cmp(&b.member));
+        assert_eq!(next.iter().map(|b| (b.member.as_str(), b.ids.len())).collect::<Vec<_>>(), [("b", 1), ("d", 1)]);
+        assert_eq!(w.blocks_of(&next[0]), vec![(y, dy)], "b gets only the block it lacks");
+        assert!(!w.is_idle());
+        for b in &next {
+            w.acked(b, 0);
+        }
+        assert!(w.is_idle() && w.unplaced().is_none(), "every block placed on the new layout's holders");
+
+        // A block whose only holder is now this member is stored here.
+        let mut w = Window::new(1 << 20, 1);
+        let (z, dz) = block(3, 100);
+        let batch = w.push(z, dz.clone(), &names(&["c"]), false).remove(0);
+        let retry = w.failed(batch, "unreachable".into(), true).unwrap();
+        let (left, ready, local) = w.retarget(retry, |_| Route { local: true, remote: vec![] });
+        assert!(left.ids.is_empty() && ready.is_empty());
+        assert_eq!(local, vec![(z, dz)]);
+        assert!(w.is_idle());
     }
 
     #[test]

@@ -703,8 +703,7 @@ impl Node {
             + Send
             + 'static,
     ) -> Result<(xnode_dag::Added, T), InstanceError> {
-        let layout = self.report.borrow().layout.clone();
-        match layout {
+        match self.layout() {
             Some(layout) if self.joined() || self.starts_alone() => crate::ingest::stream(self, layout, import).await,
             _ => {
                 let repo = self.repo.clone();
@@ -721,6 +720,11 @@ impl Node {
                 .expect("adding does not panic")
             }
         }
+    }
+
+    /// The partition layout the allocation task last published (`None` before the first).
+    pub(crate) fn layout(&self) -> Option<Arc<xnode_placement::Layout>> {
+        self.report.borrow().layout.clone()
     }
 
     /// The libp2p client (peer id, connections, fetches).

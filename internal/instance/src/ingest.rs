@@ -318,7 +318,11 @@ pub struct Unplaced {
 
 impl std::fmt::Display for Unplaced {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the upload failed: {} copies of its {} blocks could not be placed (", self.copies, self.blocks_sent)?;
+        write!(
+            f,
+            "the upload failed: {} copies of its {} blocks could not be placed (",
+            self.copies, self.blocks_sent
+        )?;
         for (i, (member, (n, why))) in self.members.iter().enumerate() {
             let sep = if i == 0 { "" } else { "; " };
             write!(f, "{sep}{n} on {member}: {why}")?;
@@ -474,14 +478,11 @@ pub(crate) async fn stream<T: Send + 'static>(
 
     // Members not connected yet are dialled on the addresses they gossip, all at once, before the first batch.
     let connected: HashSet<PeerId> = node.net().connected_peers().await.unwrap_or_default().into_iter().collect();
-    let dials = members
-        .iter()
-        .filter(|m| m.state == MemberState::Alive && !m.is_self)
-        .filter_map(|m| {
-            let peer: PeerId = m.meta.peer_id.parse().ok()?;
-            let addrs = m.meta.p2p_addrs.iter().filter_map(|a| a.parse().ok()).collect();
-            (!connected.contains(&peer)).then(|| node.net().dial(peer, addrs))
-        });
+    let dials = members.iter().filter(|m| m.state == MemberState::Alive && !m.is_self).filter_map(|m| {
+        let peer: PeerId = m.meta.peer_id.parse().ok()?;
+        let addrs = m.meta.p2p_addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        (!connected.contains(&peer)).then(|| node.net().dial(peer, addrs))
+    });
     let _ = tokio::time::timeout(DIAL_TIMEOUT, futures::future::join_all(dials)).await;
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Block>(IMPORT_QUEUE);
@@ -500,7 +501,11 @@ pub(crate) async fn stream<T: Send + 'static>(
                 Err(StoreError::Full { .. }) if !evicted => {
                     evicted = true;
                     if let Ok(gc) = store.gc() {
-                        tracing::info!(blocks = gc.blocks_deleted, bytes = gc.bytes_freed, "evicted read cache for an add");
+                        tracing::info!(
+                            blocks = gc.blocks_deleted,
+                            bytes = gc.bytes_freed,
+                            "evicted read cache for an add"
+                        );
                     }
                     w.put(&block.cid, &block.data)?;
                 }

@@ -323,9 +323,7 @@ pub fn import_tar(
         if !opts.include_hidden && is_hidden(&path) {
             continue;
         }
-        root.get_or_insert_with(|| {
-            path.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
-        });
+        root.get_or_insert_with(|| path.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()));
         match entry.header().entry_type() {
             tar::EntryType::Directory => tree.add_dir(&path),
             tar::EntryType::Regular | tar::EntryType::Continuous => {

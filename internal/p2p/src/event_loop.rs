@@ -155,17 +155,24 @@ pub(crate) struct EventLoop {
     provider_searches: HashMap<Cid, Instant>,
 }
 
+/// What the node injects into the loop: where blocks are served from and go to, and who answers members.
+pub(crate) struct Injected {
+    /// Bitswap serves from it; retrieval skips what it has.
+    pub(crate) local: Arc<dyn xnode_bitswap::BlockStore>,
+    pub(crate) holdings: Arc<dyn Holdings>,
+    pub(crate) sink: Arc<dyn BlockSink>,
+    pub(crate) ingest: Arc<dyn Ingest>,
+}
+
 impl EventLoop {
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
         events: broadcast::Sender<NetEvent>,
         config: P2pConfig,
-        local: Arc<dyn xnode_bitswap::BlockStore>,
-        holdings: Arc<dyn Holdings>,
-        sink: Arc<dyn BlockSink>,
-        ingest: Arc<dyn Ingest>,
+        injected: Injected,
     ) -> Self {
+        let Injected { local, holdings, sink, ingest } = injected;
         let (stored_tx, stored_rx) = mpsc::unbounded_channel();
         let (ingested_tx, ingested_rx) = mpsc::unbounded_channel();
         let (answered_tx, answered_rx) = mpsc::unbounded_channel();

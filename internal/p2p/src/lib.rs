@@ -155,7 +155,13 @@ impl Node {
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (events, _) = broadcast::channel(1024);
         let bootstrap = config.bootstrap.clone();
-        let event_loop = event_loop::EventLoop::new(swarm, commands_rx, events.clone(), config, store, holdings, sink, ingest);
+        let event_loop = event_loop::EventLoop::new(
+            swarm,
+            commands_rx,
+            events.clone(),
+            config,
+            event_loop::Injected { local: store, holdings, sink, ingest },
+        );
         let task = tokio::spawn(event_loop.run());
         let client = Client::new(commands_tx, peer_id, events);
         for addr in bootstrap {

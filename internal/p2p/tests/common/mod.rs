@@ -100,10 +100,16 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         let mut config = P2pConfig::local_test(group, dir.path().join("p2p.key"));
         tweak(&mut config);
-        let node =
-            Node::spawn(config, xnode_bitswap::Config::default(), served, holdings, store.clone(), Arc::new(xnode_p2p::NoIngest))
-                .await
-                .unwrap();
+        let node = Node::spawn(
+            config,
+            xnode_bitswap::Config::default(),
+            served,
+            holdings,
+            store.clone(),
+            Arc::new(xnode_p2p::NoIngest),
+        )
+        .await
+        .unwrap();
         let client = node.client();
         TestNode { node, client, store, _dir: dir }
     }

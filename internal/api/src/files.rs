@@ -192,6 +192,22 @@ pub(crate) async fn entries(app: &AppState) -> Result<Vec<FileEntry>, ApiError> 
             }),
         })
         .collect();
+    // Files the catalog lists that the last health sweep has not seen yet (a streamed add answers once its entry
+    // is appended, before the next sweep): listed at once, their health to follow.
+    for f in app.node.catalog_files() {
+        let root = f.root.to_string();
+        if !out.iter().any(|e| e.root == root) {
+            out.push(FileEntry {
+                pinned_here: pins.iter().any(|p| p.root == f.root),
+                root,
+                name: f.name,
+                size: f.size,
+                added_at: f.added_at,
+                added_by: f.added_by,
+                health: None,
+            });
+        }
+    }
     for p in pins {
         let root = p.root.to_string();
         if !out.iter().any(|f| f.root == root) {

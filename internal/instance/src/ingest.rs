@@ -50,9 +50,10 @@ const RETRY_DELAY_MAX: Duration = Duration::from_secs(2);
 /// Partly filled batches go out this often, so a slow upload's blocks do not wait for a full batch.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
-/// How long an add waits for members it is not connected to before it starts (batches to one still unreachable
-/// are retried).
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an add waits for members it is not connected to before it starts. Short: a member that just died (not
+/// yet declared dead) answers no dial, and every add meanwhile would wait this long; batches to a member still not
+/// connected are retried, and follow the layout once the member is declared dead.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Blocks between the importer's thread and the sender (about 4 MiB of 256 KiB chunks).
 const IMPORT_QUEUE: usize = 16;

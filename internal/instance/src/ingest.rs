@@ -20,6 +20,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use xnode_dag::{Added, Block, BlockSink, SinkError};
 use xnode_gossip::{Member, MemberState};
+use xnode_p2p::holdings::RequestFailure;
 use xnode_p2p::ingest::{Refusal, MAX_BLOCKS};
 use xnode_p2p::{P2pError, PeerId};
 use xnode_placement::Layout;
@@ -42,6 +43,11 @@ pub(crate) const BATCH_BYTES: u64 = 2 << 20;
 /// to declare a member dead (about 3 s) and the layout to move its partitions, after which the retries go to the
 /// new holders.
 pub(crate) const MAX_ATTEMPTS: u32 = 8;
+
+/// How long one attempt of a batch may take before it is retried (the protocol allows 30 s): a member killed a
+/// moment ago may leave a connection that answers nothing until it times out, while a retry soon goes to whoever
+/// took over its partitions. A slow member only gets the batch again (it answers "already have").
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Wait before the n-th retry: n times this, at most [`RETRY_DELAY_MAX`].
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -528,7 +534,9 @@ pub(crate) async fn stream<T: Send + 'static>(
                 tokio::time::sleep((RETRY_DELAY * batch.attempt).min(RETRY_DELAY_MAX)).await;
             }
             let result = match peer {
-                Some(peer) => client.ingest(peer, session, &blocks).await,
+                Some(peer) => tokio::time::timeout(ATTEMPT_TIMEOUT, client.ingest(peer, session, &blocks))
+                    .await
+                    .unwrap_or(Err(P2pError::NoAnswer { peer, reason: RequestFailure::Timeout })),
                 None => Err(P2pError::Dial {
                     peer: PeerId::random(),
                     reason: format!("{} is not a live member", batch.member),

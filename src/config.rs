@@ -43,6 +43,7 @@ pub(crate) const KNOWN: &[&str] = &[
     "XNODE_PUBLIC_BITSWAP",
     "XNODE_SCRUB_INTERVAL",
     "XNODE_SCRUB_RATE",
+    "XNODE_STAGED_TTL",
 ];
 
 /// Variables of the test and benchmark scripts (not read by the binary, but often in its environment): no warning.
@@ -66,6 +67,11 @@ pub(crate) const MAX_NAME_LEN: usize = 63;
 /// Most copies of each block `XNODE_REPLICATION` may ask for: more is a typo, not a policy (every member holding
 /// every block is reached long before, and the placement rule's work grows with it).
 pub(crate) const MAX_REPLICATION: usize = 16;
+/// `XNODE_STAGED_TTL` bounds: shorter than a second reclaims blocks of adds still under way; longer than a week
+/// keeps the blocks of a crashed add for no reason.
+pub(crate) const STAGED_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
+/// `XNODE_STAGED_TTL` default: one hour.
+pub(crate) const STAGED_TTL_DEFAULT: Duration = Duration::from_secs(3600);
 /// `XNODE_SCRUB_INTERVAL` bounds: shorter is a busy loop, longer lets corruption sit for over a year.
 pub(crate) const SCRUB_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(365 * 86_400));
@@ -179,6 +185,9 @@ pub(crate) struct Env {
     /// XNODE_SCRUB_RATE: bytes per second the scrub reads, e.g. `16MiB`; `0` or `unlimited` for full speed (default
     /// `16MiB`). A store too large for the rate to finish within the interval is scrubbed faster.
     scrub_rate: Option<String>,
+    /// XNODE_STAGED_TTL: how long blocks another member streamed here for an add are kept when no catalog file
+    /// claims them, counted from the last block of that add (default `1h`, 1s to 7d).
+    staged_ttl: Option<String>,
 }
 
 /// What `xnode run` needs beyond the store, every value checked.
@@ -208,6 +217,7 @@ pub(crate) struct NodeSettings {
     /// XNODE_PUBLIC_BITSWAP, resolved against the cluster secret.
     pub(crate) public_bitswap: bool,
     pub(crate) scrub: xnode_instance::ScrubConfig,
+    pub(crate) staged_ttl: Duration,
 }
 
 /// Where the cluster secret comes from.
@@ -485,7 +495,21 @@ impl Env {
             None => cluster_secret == SecretSource::None,
             Some(v) => flag("XNODE_PUBLIC_BITSWAP", v, "true (Kubo and other IPFS peers may fetch) or false")?,
         };
+        let staged_ttl = match set(&self.staged_ttl) {
+            None => STAGED_TTL_DEFAULT,
+            Some(v) => match parse_duration(v) {
+                Some(d) if d >= STAGED_TTL_RANGE.0 && d <= STAGED_TTL_RANGE.1 => d,
+                _ => {
+                    return Err(invalid(
+                        "XNODE_STAGED_TTL",
+                        v,
+                        "not a duration from 1s to 7d; use e.g. 1h (how long blocks of an unfinished add are kept)",
+                    ))
+                }
+            },
+        };
         Ok(NodeSettings {
+            staged_ttl,
             name,
             gossip_port,
             api_port: self.api_port()?,
@@ -735,6 +759,15 @@ mod tests {
         assert_eq!(env(&[("XNODE_FETCH_TIMEOUT", "2m")]).node().unwrap().fetch_timeout, Duration::from_secs(120));
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("1e300"), None);
+    }
+
+    #[test]
+    fn staged_ttl_defaults_to_an_hour_and_is_bounded() {
+        assert_eq!(env(&[]).node().unwrap().staged_ttl, Duration::from_secs(3600));
+        assert_eq!(env(&[("XNODE_STAGED_TTL", "90s")]).node().unwrap().staged_ttl, Duration::from_secs(90));
+        for bad in ["0s", "soon", "8d", "-1s"] {
+            node_err("XNODE_STAGED_TTL", bad);
+        }
     }
 
     #[test]

@@ -89,6 +89,7 @@ Node settings (environment variables; README.md \"Configuration\" has every boun
   XNODE_BOOTSTRAP            DHT peers, multiaddrs ending in /p2p/ID
   XNODE_REPLICATION          copies of each block [default: 2]
   XNODE_PARTITIONS           partitions blocks hash into, the same on every member [default: 65536]
+  XNODE_STAGED_TTL           blocks members streamed here for an add no file claims are dropped after [default: 1h]
   XNODE_ADMIN_TOKEN          token for changes through the API [default: random, logged at start]
   XNODE_ADMIN_TOKEN_FILE     file with the token members share (used when XNODE_ADMIN_TOKEN is unset)
   XNODE_CLUSTER_SECRET       64 hex digits sealing gossip (or XNODE_CLUSTER_SECRET_FILE; rotation:

@@ -58,6 +58,7 @@ pub(crate) fn run(settings: NodeSettings, data_dir: PathBuf, store: StoreConfig)
         replication: settings.replication,
         partitions: settings.partitions,
         scrub: settings.scrub,
+        staged_ttl: settings.staged_ttl,
         watch_dir: settings.watch_dir,
         data_dir,
         store,

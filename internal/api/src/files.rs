@@ -340,21 +340,31 @@ pub(crate) async fn import(app: &AppState, params: UploadParams, request: Reques
             "give the file a name: POST /api/v1/files?name=FILE (no '/'), or a multipart part with a filename",
         ));
     }
-    let repo = app.node.repo().clone();
-    let result = blocking(move || {
-        let reader = ChannelReader { rx, current: Bytes::new() };
-        let mut entries = Vec::new();
-        let added = if is_tar {
-            repo.add_tar(reader, &opts, &mut |p: &Path, a| {
-                entries.push(UploadedEntry { path: p.display().to_string(), cid: a.cid.to_string() })
-            })?
-        } else {
-            repo.add_stream(name.as_deref().unwrap_or_default(), reader, &opts)?
-        };
-        let pin_name = entries.last().map(|e| e.path.clone()).or(name).unwrap_or_default();
-        Ok(Uploaded { cid: added.cid.to_string(), name: pin_name, size: added.size, entries })
-    })
-    .await;
+    // Streamed to the members placement gives each block to, as it is made (docs/allocation.md).
+    let result = app
+        .node
+        .add_with(move |sink| {
+            let reader = ChannelReader { rx, current: Bytes::new() };
+            let mut entries = Vec::new();
+            let (added, listed) = if is_tar {
+                xnode_instance::import_tar(
+                    reader,
+                    &opts,
+                    &mut |p: &Path, a| {
+                        entries.push(UploadedEntry { path: p.display().to_string(), cid: a.cid.to_string() })
+                    },
+                    sink,
+                )?
+            } else {
+                xnode_instance::import_stream(name.as_deref().unwrap_or_default(), reader, &opts, sink)?
+            };
+            let pin_name = entries.last().map(|e| e.path.clone()).or(name).unwrap_or_default();
+            let uploaded = Uploaded { cid: added.cid.to_string(), name: pin_name, size: added.size, entries };
+            Ok((added, listed, uploaded))
+        })
+        .await
+        .map(|(_, uploaded)| uploaded)
+        .map_err(ApiError::from);
     pump.abort();
     match result {
         Ok(uploaded) => {

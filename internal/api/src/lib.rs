@@ -183,6 +183,10 @@ impl From<InstanceError> for ApiError {
                 StatusCode::BAD_GATEWAY
             }
             InstanceError::Store(StoreError::Corrupted { .. }) => StatusCode::BAD_GATEWAY,
+            // A streamed upload whose blocks did not all find room: the cluster is full (507), or members did not
+            // take them (503, try again).
+            InstanceError::Unplaced(u) if u.cluster_free.is_some() => StatusCode::INSUFFICIENT_STORAGE,
+            InstanceError::Unplaced(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e)

@@ -8,6 +8,7 @@
 mod alloc;
 mod car;
 mod fetched;
+mod ingest;
 mod node;
 pub mod pinning;
 mod scrub;
@@ -20,6 +21,7 @@ pub use alloc::core as allocation;
 pub use alloc::index as allocation_index;
 pub use car::{write_car, CarImport, ImportedRoot};
 pub use fetched::FetchingSource;
+pub use ingest::Unplaced;
 pub use node::{FileHealth, Node, NodeConfig, NodeStatus, Phase, Wanted};
 pub use scrub::{RepairError, ScrubConfig, ScrubStatus};
 pub use tar_rules::{MAX_TAR_DEPTH, MAX_TAR_ENTRIES, MAX_TAR_METADATA, MAX_TAR_PATH};
@@ -69,6 +71,10 @@ pub enum InstanceError {
     /// An upload could not be read.
     #[error("{0}")]
     BadUpload(String),
+    /// A streamed add could not place every block on the members placement gives it to (they are full or did not
+    /// answer); the message names them and, when the cluster lacks room, where room is left.
+    #[error(transparent)]
+    Unplaced(ingest::Unplaced),
     /// A corrupted block could not be repaired.
     #[error(transparent)]
     Repair(scrub::RepairError),
@@ -145,7 +151,7 @@ impl Repo {
         reader: impl Read + Send,
         opts: &ImportOptions,
     ) -> Result<Added, InstanceError> {
-        self.store_and_pin(|sink| Ok((import_file(opts, reader, sink)?, name.to_string())))
+        self.store_and_pin(|sink| import_stream(name, reader, opts, sink))
     }
 
     /// Adds a tar archive (an upload of a directory) with a single top-level entry, and pins its root under that
@@ -156,53 +162,12 @@ impl Repo {
         opts: &ImportOptions,
         on_entry: &mut dyn FnMut(&Path, &Added),
     ) -> Result<Added, InstanceError> {
-        self.store_and_pin(|sink| {
-            let bad = |e: io::Error| InstanceError::BadUpload(format!("not a valid tar archive: {e}"));
-            let mut tree = TreeBuilder::new(opts);
-            let mut archive = tar::Archive::new(reader);
-            let mut root = None;
-            let mut rules = tar_rules::TarRules::default();
-            for entry in archive.entries().map_err(bad)? {
-                let mut entry = entry.map_err(bad)?;
-                let raw = entry.path().map_err(bad)?.into_owned();
-                let directory = entry.header().entry_type() == tar::EntryType::Directory;
-                let link_len = entry.link_name_bytes().map_or(0, |l| l.len());
-                // Names are checked, never rewritten: `..`, `/x` or a path under a file is refused, naming it.
-                let Some(path) = rules.check(&raw, directory, link_len).map_err(InstanceError::BadUpload)? else {
-                    continue;
-                };
-                if !opts.include_hidden && is_hidden(&path) {
-                    continue;
-                }
-                root.get_or_insert_with(|| {
-                    path.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
-                });
-                match entry.header().entry_type() {
-                    tar::EntryType::Directory => tree.add_dir(&path),
-                    tar::EntryType::Regular | tar::EntryType::Continuous => {
-                        let added = import_file_single_threaded(opts, &mut entry, sink)?;
-                        tree.add(&path, added);
-                    }
-                    tar::EntryType::Symlink => {
-                        let target = entry.link_name().map_err(bad)?.unwrap_or_default().into_owned();
-                        tree.add(&path, import_symlink(opts, &target, sink)?);
-                    }
-                    other => {
-                        return Err(InstanceError::BadUpload(format!(
-                            "{}: unsupported tar entry type {other:?}",
-                            path.display()
-                        )))
-                    }
-                }
-            }
-            let added = tree.build(sink, on_entry)?;
-            Ok((added, root.flatten().unwrap_or_default()))
-        })
+        self.store_and_pin(|sink| import_tar(reader, opts, on_entry, sink))
     }
 
     /// Runs an import against a store write session on its own thread (so disk writes overlap with hashing) and
     /// commits it with a pin of the result under the returned name: all or nothing.
-    fn store_and_pin(
+    pub(crate) fn store_and_pin(
         &self,
         import: impl FnOnce(&mut dyn BlockSink) -> Result<(Added, String), InstanceError>,
     ) -> Result<Added, InstanceError> {
@@ -320,6 +285,77 @@ impl BlockSource for Repo {
             Err(e) => Err(ReadError::Source(Box::new(e))),
         }
     }
+}
+
+/// Imports one file read from `reader` (an upload) into `sink`; the file is to be listed under `name`.
+pub fn import_stream(
+    name: &str,
+    reader: impl Read + Send,
+    opts: &ImportOptions,
+    sink: &mut dyn BlockSink,
+) -> Result<(Added, String), InstanceError> {
+    Ok((import_file(opts, reader, sink)?, name.to_string()))
+}
+
+/// Imports a tar archive (an upload of a directory) with a single top-level entry into `sink`; the directory is to
+/// be listed under that entry's name. Directories may be implied by the files under them; symlinks stay UnixFS
+/// symlinks.
+pub fn import_tar(
+    reader: impl Read + Send,
+    opts: &ImportOptions,
+    on_entry: &mut dyn FnMut(&Path, &Added),
+    sink: &mut dyn BlockSink,
+) -> Result<(Added, String), InstanceError> {
+    let bad = |e: io::Error| InstanceError::BadUpload(format!("not a valid tar archive: {e}"));
+    let mut tree = TreeBuilder::new(opts);
+    let mut archive = tar::Archive::new(reader);
+    let mut root = None;
+    let mut rules = tar_rules::TarRules::default();
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw = entry.path().map_err(bad)?.into_owned();
+        let directory = entry.header().entry_type() == tar::EntryType::Directory;
+        let link_len = entry.link_name_bytes().map_or(0, |l| l.len());
+        // Names are checked, never rewritten: `..`, `/x` or a path under a file is refused, naming it.
+        let Some(path) = rules.check(&raw, directory, link_len).map_err(InstanceError::BadUpload)? else {
+            continue;
+        };
+        if !opts.include_hidden && is_hidden(&path) {
+            continue;
+        }
+        root.get_or_insert_with(|| path.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()));
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => tree.add_dir(&path),
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let added = import_file_single_threaded(opts, &mut entry, sink)?;
+                tree.add(&path, added);
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name().map_err(bad)?.unwrap_or_default().into_owned();
+                tree.add(&path, import_symlink(opts, &target, sink)?);
+            }
+            other => {
+                return Err(InstanceError::BadUpload(format!(
+                    "{}: unsupported tar entry type {other:?}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    let added = tree.build(sink, on_entry)?;
+    Ok((added, root.flatten().unwrap_or_default()))
+}
+
+/// Imports a file or (with `recursive`) a directory from the local file system into `sink`, listed under its name.
+pub fn import_local(
+    path: &Path,
+    opts: &AddOptions,
+    on_entry: &mut dyn FnMut(&Path, &Added),
+    sink: &mut dyn BlockSink,
+) -> Result<(Added, String), InstanceError> {
+    check_addable(path, opts.recursive)?;
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok((import_path(&opts.import, path, sink, on_entry)?, name))
 }
 
 fn now() -> u64 {

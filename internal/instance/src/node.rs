@@ -122,6 +122,9 @@ pub struct NodeConfig {
     pub partitions: u32,
     /// How often and how fast the scrub re-hashes the store (`XNODE_SCRUB_INTERVAL`, `XNODE_SCRUB_RATE`).
     pub scrub: crate::ScrubConfig,
+    /// How long blocks other members streamed here for an add are kept when no catalog file claims them, counted
+    /// from the last block of that add (`XNODE_STAGED_TTL`, default 1 h).
+    pub staged_ttl: Duration,
 }
 
 /// A node's own summary, for `/api/v1/status`.
@@ -261,6 +264,7 @@ impl Node {
             // Placeholder until the allocation side answers placement evidence (issue 12).
             held.clone(),
             net_sink.clone(),
+            Arc::new(crate::ingest::StagingStore { store: repo.store().clone() }),
         )
         .await?;
         let client = p2p.client();
@@ -313,7 +317,11 @@ impl Node {
             config.scrub,
             node.stop.clone(),
         ));
-        let alloc_config = crate::alloc::AllocConfig { replication: node.replication, partitions: config.partitions };
+        let alloc_config = crate::alloc::AllocConfig {
+            replication: node.replication,
+            partitions: config.partitions,
+            staged_ttl: config.staged_ttl,
+        };
         tokio::spawn(crate::alloc::run(Arc::downgrade(&node), alloc_config, held, lost_rx, node.stop.clone()));
         if let Some(dir) = config.watch_dir.clone() {
             tokio::spawn(crate::watch::run(Arc::downgrade(&node), dir, WATCH_INTERVAL, node.stop.clone()));
@@ -673,6 +681,43 @@ impl Node {
     pub fn held(&self, limit: usize, after: Option<&Cid>) -> Result<(u64, Vec<String>), InstanceError> {
         let (count, cids) = self.repo.store().needed_blocks(limit, after)?;
         Ok((count, cids.into_iter().map(|c| c.to_string()).collect()))
+    }
+
+    /// Adds what `import` produces (a file, a directory, a tar upload; see [`crate::import_stream`],
+    /// [`crate::import_tar`], [`crate::import_local`]) to the cluster. Once this node has a partition layout, the
+    /// blocks stream to the members placement gives them to as they are made, and this answers once every leaf has
+    /// its copies, after appending the file to the catalog (docs/allocation.md, "Streaming ingest"); this node
+    /// needs room only for its share and the interior blocks. Before it has a layout (it has not joined yet), the
+    /// whole file is stored here with a staging pin, published and handed off as before. `import` runs on a
+    /// blocking thread; `T` is whatever else it returns (the entries of a directory, say).
+    pub async fn add_with<T: Send + 'static>(
+        self: &Arc<Self>,
+        import: impl FnOnce(&mut dyn xnode_dag::BlockSink) -> Result<(xnode_dag::Added, String, T), InstanceError>
+            + Send
+            + 'static,
+    ) -> Result<(xnode_dag::Added, T), InstanceError> {
+        match self.layout() {
+            Some(layout) if self.joined() || self.starts_alone() => crate::ingest::stream(self, layout, import).await,
+            _ => {
+                let repo = self.repo.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut extra = None;
+                    let added = repo.store_and_pin(|sink| {
+                        let (added, name, t) = import(sink)?;
+                        extra = Some(t);
+                        Ok((added, name))
+                    })?;
+                    Ok((added, extra.expect("set by a successful import")))
+                })
+                .await
+                .expect("adding does not panic")
+            }
+        }
+    }
+
+    /// The partition layout the allocation task last published (`None` before the first).
+    pub(crate) fn layout(&self) -> Option<Arc<xnode_placement::Layout>> {
+        self.report.borrow().layout.clone()
     }
 
     /// The libp2p client (peer id, connections, fetches).

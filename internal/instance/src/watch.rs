@@ -97,11 +97,13 @@ pub(crate) async fn run(node: std::sync::Weak<Node>, dir: PathBuf, interval: Dur
 }
 
 async fn add(node: &Arc<Node>, path: &Path) -> Result<cid::Cid, crate::InstanceError> {
-    let repo = node.repo().clone();
     let path = path.to_path_buf();
-    let added = tokio::task::spawn_blocking(move || repo.add(&path, &AddOptions::default(), &mut |_, _| {}))
-        .await
-        .expect("adding does not panic")?;
+    let (added, ()) = node
+        .add_with(move |sink| {
+            let (added, name) = crate::import_local(&path, &AddOptions::default(), &mut |_, _| {}, sink)?;
+            Ok((added, name, ()))
+        })
+        .await?;
     Ok(added.cid)
 }
 

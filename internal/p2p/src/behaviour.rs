@@ -34,6 +34,8 @@ pub(crate) struct Behaviour {
     pub(crate) bitswap: xnode_bitswap::Behaviour,
     /// `/xnode/holdings/1.0.0`: placement evidence asked of a member (crate::holdings).
     pub(crate) holdings: libp2p::request_response::cbor::Behaviour<crate::holdings::Request, crate::holdings::Response>,
+    /// `/xnode/ingest/1.0.0`: new blocks sent to the members placement gives them to (crate::ingest).
+    pub(crate) ingest: libp2p::request_response::cbor::Behaviour<crate::ingest::Request, crate::ingest::Response>,
 }
 
 /// The identify agent string of an Xnode of `group`: `xnode/<version> group/<tag>`, where the tag is a hash of the
@@ -116,6 +118,7 @@ impl Behaviour {
             dcutr: dcutr::Behaviour::new(peer_id),
             bitswap: xnode_bitswap::Behaviour::new(bitswap_config, store),
             holdings: crate::holdings::behaviour(),
+            ingest: crate::ingest::behaviour(),
         })
     }
 }

@@ -132,6 +132,21 @@ impl Client {
         }
     }
 
+    /// Sends a batch of blocks (each hashing to its CID; at most [`crate::ingest::MAX_BLOCKS`], within
+    /// [`crate::ingest::MAX_BATCH_BYTES`]) to `peer`, which stores them staged under `session`. Returns how many the
+    /// peer already had; a refusal ([`P2pError::IngestRefused`]) means it stored none of them. Batches beyond the
+    /// few a peer serves at once wait here.
+    pub async fn ingest(&self, peer: PeerId, session: u64, blocks: &[(Cid, Bytes)]) -> Result<u32, P2pError> {
+        let request = crate::ingest::Request::of(session, blocks);
+        if let Err(reason) = request.check() {
+            return Err(P2pError::IngestRefused { peer, reason });
+        }
+        match self.ask(|reply| Command::Ingest { peer, request, reply }).await?? {
+            crate::ingest::Response::Stored { already } => Ok(already),
+            crate::ingest::Response::Refused(reason) => Err(P2pError::IngestRefused { peer, reason }),
+        }
+    }
+
     async fn ask_holdings(&self, peer: PeerId, request: Request) -> Result<Response, P2pError> {
         self.ask(|reply| Command::Holdings { peer, request, reply }).await?
     }

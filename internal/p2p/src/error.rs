@@ -90,6 +90,14 @@ pub enum P2pError {
         /// Why it refused.
         reason: Refusal,
     },
+    /// The peer refused an ingest batch; nothing of it was stored.
+    #[error("peer {peer} refused the blocks: {reason}")]
+    IngestRefused {
+        /// The peer asked.
+        peer: PeerId,
+        /// Why it refused.
+        reason: crate::ingest::Refusal,
+    },
     /// A holdings request got no usable answer (a peer of another group, or one that has not admitted us, gets
     /// its stream closed: [`RequestFailure::Stream`]).
     #[error("holdings request to {peer} failed: {reason}")]

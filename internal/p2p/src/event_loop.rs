@@ -21,7 +21,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::behaviour::{classify, Behaviour, BehaviourEvent, PeerKind};
 use crate::fetch::{Action, FetchId, FetchKind, Outcome, Retriever};
 use crate::holdings::{self, InboundGate, Refusal, Request, RequestFailure, Response};
-use crate::{BlockSink, Holdings, NetEvent, P2pConfig, P2pError};
+use crate::ingest;
+use crate::{BlockSink, Holdings, Ingest, NetEvent, P2pConfig, P2pError};
 
 /// How often timers run: slow requests, fetch deadlines, ban expiry, paced provides.
 const TICK: Duration = Duration::from_millis(250);
@@ -40,6 +41,7 @@ pub(crate) enum Command {
     Fetch { root: Cid, kind: FetchKind, timeout: Duration, reply: oneshot::Sender<Result<Outcome, P2pError>> },
     Dial { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<(), P2pError>> },
     Holdings { peer: PeerId, request: Request, reply: oneshot::Sender<Result<Response, P2pError>> },
+    Ingest { peer: PeerId, request: ingest::Request, reply: IngestReply },
     SetMembers { peers: HashSet<PeerId> },
     Shutdown,
 }
@@ -81,6 +83,20 @@ struct OutboundQueue {
 /// A holdings request answered on a blocking thread, back to the loop: `None` when the `Holdings` panicked.
 type Answered = (PeerId, ResponseChannel<Response>, Option<Response>);
 
+/// An ingest batch of ours and where its answer goes.
+pub(crate) type IngestReply = oneshot::Sender<Result<ingest::Response, P2pError>>;
+
+/// Our ingest batches to one peer: at most [`ingest::MAX_INBOUND_PER_PEER`] on the wire, the rest waiting here.
+#[derive(Default)]
+struct IngestQueue {
+    in_flight: usize,
+    waiting: VecDeque<(ingest::Request, IngestReply)>,
+}
+
+/// An ingest batch answered on a blocking thread: the answer and whether the sender lied (`None`: the `Ingest`
+/// panicked).
+type Ingested = (PeerId, ResponseChannel<ingest::Response>, Option<(ingest::Response, bool)>);
+
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -100,6 +116,14 @@ pub(crate) struct EventLoop {
     parked: HashMap<PeerId, Vec<(Request, ResponseChannel<Response>)>>,
     pending_holdings: HashMap<OutboundRequestId, (PeerId, Request, HoldingsReply)>,
     outbound: HashMap<PeerId, OutboundQueue>,
+    /// Where members' verified ingest batches go.
+    ingest: Arc<dyn Ingest>,
+    ingested_tx: mpsc::UnboundedSender<Ingested>,
+    ingested_rx: mpsc::UnboundedReceiver<Ingested>,
+    /// Ingest batches being served, per peer and in all.
+    ingest_inbound: InboundGate,
+    pending_ingest: HashMap<OutboundRequestId, (PeerId, IngestReply)>,
+    ingest_outbound: HashMap<PeerId, IngestQueue>,
     pending_fetch: HashMap<FetchId, oneshot::Sender<Result<Outcome, P2pError>>>,
     pending_providers: HashMap<kad::QueryId, ProviderQuery>,
     pending_provide: HashSet<kad::QueryId>,
@@ -131,17 +155,26 @@ pub(crate) struct EventLoop {
     provider_searches: HashMap<Cid, Instant>,
 }
 
+/// What the node injects into the loop: where blocks are served from and go to, and who answers members.
+pub(crate) struct Injected {
+    /// Bitswap serves from it; retrieval skips what it has.
+    pub(crate) local: Arc<dyn xnode_bitswap::BlockStore>,
+    pub(crate) holdings: Arc<dyn Holdings>,
+    pub(crate) sink: Arc<dyn BlockSink>,
+    pub(crate) ingest: Arc<dyn Ingest>,
+}
+
 impl EventLoop {
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
         commands: mpsc::Receiver<Command>,
         events: broadcast::Sender<NetEvent>,
         config: P2pConfig,
-        local: Arc<dyn xnode_bitswap::BlockStore>,
-        holdings: Arc<dyn Holdings>,
-        sink: Arc<dyn BlockSink>,
+        injected: Injected,
     ) -> Self {
+        let Injected { local, holdings, sink, ingest } = injected;
         let (stored_tx, stored_rx) = mpsc::unbounded_channel();
+        let (ingested_tx, ingested_rx) = mpsc::unbounded_channel();
         let (answered_tx, answered_rx) = mpsc::unbounded_channel();
         let mut swarm = swarm;
         let cluster = config.bind_to_membership.then(HashSet::new);
@@ -167,6 +200,12 @@ impl EventLoop {
             parked: HashMap::new(),
             pending_holdings: HashMap::new(),
             outbound: HashMap::new(),
+            ingest,
+            ingested_tx,
+            ingested_rx,
+            ingest_inbound: InboundGate::new(ingest::MAX_INBOUND_PER_PEER, ingest::MAX_INBOUND_TOTAL),
+            pending_ingest: HashMap::new(),
+            ingest_outbound: HashMap::new(),
             pending_fetch: HashMap::new(),
             pending_providers: HashMap::new(),
             pending_provide: HashSet::new(),
@@ -213,6 +252,17 @@ impl EventLoop {
                     // Fails only when the stream is gone (the asker gave up or timed out): nothing to do.
                     let _ = self.swarm.behaviour_mut().holdings.send_response(channel, response);
                 }
+                Some((peer, channel, answer)) = self.ingested_rx.recv() => {
+                    self.ingest_inbound.release(peer);
+                    let (response, lied) = answer.unwrap_or_else(|| {
+                        tracing::warn!(%peer, "the node's ingest failed on a batch");
+                        (ingest::Response::Refused(ingest::Refusal::Failed), false)
+                    });
+                    let _ = self.swarm.behaviour_mut().ingest.send_response(channel, response);
+                    if lied {
+                        self.ban(peer, "sent an ingest block whose bytes do not match its CID".into());
+                    }
+                }
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -258,6 +308,15 @@ impl EventLoop {
                 }
                 self.outbound.entry(peer).or_default().waiting.push_back((request, reply));
                 self.send_holdings(peer);
+            }
+            Command::Ingest { peer, request, reply } => {
+                if self.other_group.contains(&peer) || self.bans.contains_key(&peer) {
+                    let reason = if self.bans.contains_key(&peer) { "banned" } else { "belongs to another group" };
+                    let _ = reply.send(Err(P2pError::Dial { peer, reason: reason.into() }));
+                    return;
+                }
+                self.ingest_outbound.entry(peer).or_default().waiting.push_back((request, reply));
+                self.send_ingest(peer);
             }
             Command::SetMembers { peers } => self.set_members(peers),
             Command::Shutdown => {}
@@ -497,6 +556,112 @@ impl EventLoop {
         }
     }
 
+    /// Puts our waiting ingest batches to `peer` on the wire, up to the number it serves at once, dialling it first
+    /// if need be (as [`EventLoop::send_holdings`]).
+    fn send_ingest(&mut self, peer: PeerId) {
+        if !self.ingest_outbound.contains_key(&peer) {
+            return;
+        }
+        if !self.swarm.is_connected(&peer) {
+            if self.bans.contains_key(&peer) || self.other_group.contains(&peer) {
+                let reason = if self.bans.contains_key(&peer) { "banned" } else { "belongs to another group" };
+                self.fail_ingest(peer, &P2pError::Dial { peer, reason: reason.into() });
+            } else if !self.pending_dial.contains_key(&peer) {
+                self.start_dial(peer, Vec::new(), None);
+            }
+            return;
+        }
+        let Some(queue) = self.ingest_outbound.get_mut(&peer) else { return };
+        while queue.in_flight < ingest::MAX_INBOUND_PER_PEER {
+            let Some((request, reply)) = queue.waiting.pop_front() else { break };
+            if reply.is_closed() {
+                continue;
+            }
+            let id = self.swarm.behaviour_mut().ingest.send_request(&peer, request);
+            self.pending_ingest.insert(id, (peer, reply));
+            queue.in_flight += 1;
+        }
+        if queue.in_flight == 0 && queue.waiting.is_empty() {
+            self.ingest_outbound.remove(&peer);
+        }
+    }
+
+    /// Fails every ingest batch to `peer` still waiting to be sent.
+    fn fail_ingest(&mut self, peer: PeerId, error: &P2pError) {
+        let Some(queue) = self.ingest_outbound.get_mut(&peer) else { return };
+        for (_, reply) in queue.waiting.drain(..) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        if queue.in_flight == 0 {
+            self.ingest_outbound.remove(&peer);
+        }
+    }
+
+    /// One of our ingest batches ended: answers its caller and sends the next one waiting for that peer.
+    fn ingest_done(&mut self, id: OutboundRequestId, result: Result<ingest::Response, RequestFailure>) {
+        let Some((peer, reply)) = self.pending_ingest.remove(&id) else { return };
+        let result = match result {
+            Ok(ingest::Response::Refused(reason)) => Err(P2pError::IngestRefused { peer, reason }),
+            Ok(response) => Ok(response),
+            Err(reason) => Err(P2pError::NoAnswer { peer, reason }),
+        };
+        let _ = reply.send(result);
+        if let Some(queue) = self.ingest_outbound.get_mut(&peer) {
+            queue.in_flight = queue.in_flight.saturating_sub(1);
+        }
+        self.send_ingest(peer);
+    }
+
+    /// An ingest batch from `peer`: taken only from live members, at most a few at a time per peer, verified and
+    /// stored on a blocking thread.
+    fn on_ingest_request(
+        &mut self,
+        peer: PeerId,
+        request: ingest::Request,
+        channel: ResponseChannel<ingest::Response>,
+    ) {
+        let refusal = if !self.is_member(&peer) {
+            // Bound to membership, whoever is not a live member by gossip gets nothing but the refusal; unbound
+            // (this crate's tests), a peer identify has not shown to be of our group.
+            tracing::debug!(%peer, "refusing an ingest batch of a peer that is not a live member");
+            Some(ingest::Refusal::NotMember)
+        } else if !self.ingest_inbound.try_acquire(peer) {
+            Some(ingest::Refusal::Busy)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            let _ = self.swarm.behaviour_mut().ingest.send_response(channel, ingest::Response::Refused(refusal));
+            return;
+        }
+        let target = self.ingest.clone();
+        let done = self.ingested_tx.clone();
+        tokio::spawn(async move {
+            let answer = tokio::task::spawn_blocking(move || ingest::answer(&*target, request)).await.ok();
+            let _ = done.send((peer, channel, answer));
+        });
+    }
+
+    fn on_ingest(&mut self, event: request_response::Event<ingest::Request, ingest::Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_ingest_request(peer, request, channel)
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.ingest_done(request_id, Ok(response))
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, .. } => {
+                self.ingest_done(request_id, Err(RequestFailure::from_outbound(error)))
+            }
+            request_response::Event::InboundFailure { peer, error, request_id, .. } => {
+                tracing::debug!(%peer, %request_id, "ingest batch failed: {error}")
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
     /// Carries out what the retriever decided.
     fn apply(&mut self, actions: Vec<Action>) {
         for action in actions {
@@ -639,7 +804,8 @@ impl EventLoop {
                 let _ = reply.send(Err(P2pError::Dial { peer, reason: reason.clone() }));
             }
         }
-        self.fail_holdings(peer, &P2pError::Dial { peer, reason });
+        self.fail_holdings(peer, &P2pError::Dial { peer, reason: reason.clone() });
+        self.fail_ingest(peer, &P2pError::Dial { peer, reason });
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -667,6 +833,7 @@ impl EventLoop {
                     let _ = self.events.send(NetEvent::PeerConnected { peer: peer_id });
                 }
                 self.send_holdings(peer_id);
+                self.send_ingest(peer_id);
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.admitted.remove(&peer_id);
@@ -722,6 +889,7 @@ impl EventLoop {
             }
             BehaviourEvent::Bitswap(event) => self.on_bitswap(event),
             BehaviourEvent::Holdings(event) => self.on_holdings(event),
+            BehaviourEvent::Ingest(event) => self.on_ingest(event),
             _ => {}
         }
     }

@@ -1,6 +1,7 @@
 //! The libp2p swarm of an Xnode: TCP and QUIC with noise and yamux, identify and ping, mDNS and Kademlia discovery
 //! restricted to the node's group, DHT provider records for stored roots, circuit relay v2 (server and client) with
-//! hole punching, verified multi-peer block retrieval over Bitswap, and placement evidence asked of members.
+//! hole punching, verified multi-peer block retrieval over Bitswap, placement evidence asked of members, and
+//! streaming ingest of new blocks to the members placement gives them to.
 //!
 //! Owns: the `Swarm` (inside one task, the [`EventLoop`](event_loop)), the identity key file, peer admission and
 //! bans, the retrieval window, and the wire side of placement evidence ([`holdings`]). Never does: storage (blocks
@@ -16,6 +17,7 @@ mod event_loop;
 mod fetch;
 pub mod holdings;
 pub mod identity;
+pub mod ingest;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,7 @@ pub use config::{P2pConfig, DEFAULT_PORT};
 pub use error::P2pError;
 pub use fetch::FetchStats;
 pub use holdings::{Holdings, NoHoldings, SetDigest};
+pub use ingest::{Ingest, NoIngest};
 pub use libp2p::{multiaddr, Multiaddr, PeerId};
 
 /// Where verified blocks fetched by [`Client::fetch_dag`] go: the node passes its store's writer.
@@ -88,13 +91,14 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 impl Node {
     /// Loads (or creates) the identity, binds every listen address, joins the bootstrap peers and starts the event
     /// loop. Bitswap serves from `store`, members' holdings requests are answered from `holdings`, fetched blocks go
-    /// to `sink`. Returns once the listeners are bound, so [`Client::listen_addrs`] shows the real ports.
+    /// to `sink`, members' ingest batches to `ingest`. Returns once the listeners are bound, so [`Client::listen_addrs`] shows the real ports.
     pub async fn spawn(
         config: P2pConfig,
         bitswap: xnode_bitswap::Config,
         store: Arc<dyn xnode_bitswap::BlockStore>,
         holdings: Arc<dyn Holdings>,
         sink: Arc<dyn BlockSink>,
+        ingest: Arc<dyn Ingest>,
     ) -> Result<Node, P2pError> {
         let key = identity::load_or_create(&config.identity_file)?;
         let peer_id = key.public().to_peer_id();
@@ -151,7 +155,13 @@ impl Node {
         let (commands_tx, commands_rx) = mpsc::channel(64);
         let (events, _) = broadcast::channel(1024);
         let bootstrap = config.bootstrap.clone();
-        let event_loop = event_loop::EventLoop::new(swarm, commands_rx, events.clone(), config, store, holdings, sink);
+        let event_loop = event_loop::EventLoop::new(
+            swarm,
+            commands_rx,
+            events.clone(),
+            config,
+            event_loop::Injected { local: store, holdings, sink, ingest },
+        );
         let task = tokio::spawn(event_loop.run());
         let client = Client::new(commands_tx, peer_id, events);
         for addr in bootstrap {

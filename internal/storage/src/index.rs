@@ -12,6 +12,7 @@
 //! | `m` ++ name | store metadata (`capacity`) |
 //! | `h` ++ cid | empty: "the node's allocation holds this block" (one reference, however often kept) |
 //! | `x` ++ cid | u32 LE: pin references of a block quarantined as corrupt, given back when it is stored again |
+//! | `s` ++ cid | [`Staged`]: "an ingest staged this block" (one reference until kept or unstaged; 16 bytes) |
 
 use crate::StoreError;
 
@@ -22,6 +23,38 @@ const PACK: u8 = b'k';
 const META: u8 = b'm';
 const HELD: u8 = b'h';
 const QUARANTINED: u8 = b'x';
+const STAGED: u8 = b's';
+
+/// Key of the staging mark on the block whose CID bytes are `cid`.
+pub(crate) fn staged_key(cid: &[u8]) -> Vec<u8> {
+    prefixed(STAGED, cid)
+}
+
+/// Prefix of every staging mark.
+pub(crate) const STAGED_PREFIX: [u8; 1] = [STAGED];
+
+/// A staging mark's value: the ingest session that sent the block and when it last did (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staged {
+    /// The sender's session (one per add).
+    pub session: u64,
+    /// When the block was last staged, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl Staged {
+    pub(crate) fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.session.to_le_bytes());
+        out[8..].copy_from_slice(&self.at_ms.to_le_bytes());
+        out
+    }
+
+    pub(crate) fn decode(raw: &[u8]) -> Staged {
+        let word = |r: std::ops::Range<usize>| raw.get(r).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+        Staged { session: word(0..8), at_ms: word(8..16) }
+    }
+}
 
 /// Key of the pin references saved for the quarantined block whose CID bytes are `cid`.
 pub(crate) fn quarantined_key(cid: &[u8]) -> Vec<u8> {

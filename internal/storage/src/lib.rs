@@ -27,6 +27,7 @@ use cid::Cid;
 use serde::{Deserialize, Serialize};
 
 pub use error::StoreError;
+pub use index::Staged;
 pub use store::Store;
 pub use writer::{BlockWriter, CommitStats};
 

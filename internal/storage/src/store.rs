@@ -1,6 +1,6 @@
 //! The [`Store`] handle: opening and recovering, reads, pins, deletion and stats.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -13,7 +13,7 @@ use cid::Cid;
 use tracing::{error, info, warn};
 
 use crate::direct;
-use crate::index::{self, Entry, PackRecord};
+use crate::index::{self, Entry, PackRecord, Staged};
 use crate::pack;
 use crate::verify;
 use crate::writer::BlockWriter;
@@ -258,12 +258,15 @@ impl Store {
             let Some(raw) = inner.db.get(&block_key)? else { return Ok(None) };
             let entry = Entry::decode(&raw)?;
             kept = inner.db.contains_key(&held_key)?;
-            let pin_refs = entry.refcount.saturating_sub(u32::from(kept));
+            let staged_key = index::staged_key(&bytes);
+            let staged = inner.db.contains_key(&staged_key)?;
+            let pin_refs = entry.refcount.saturating_sub(u32::from(kept) + u32::from(staged));
             let mut next = st.counters.clone();
             let mut batch = sled::Batch::default();
             let mut touched = BTreeSet::new();
             remove_block(&mut next, &mut batch, block_key, &entry, &mut removal, &mut touched);
             batch.remove(held_key);
+            batch.remove(staged_key);
             if pin_refs > 0 {
                 batch.insert(index::quarantined_key(&bytes), &pin_refs.to_le_bytes());
             }
@@ -359,6 +362,76 @@ impl Store {
         unref.finish(inner, st)
     }
 
+    /// Marks stored blocks as staged by an ingest (see [`BlockWriter::commit_staged`], which does the same for the
+    /// blocks it writes): each counts as one more reference (once, however often staged), so gc leaves it alone
+    /// until [`Store::keep`] claims it or [`Store::unstage`] drops it. A block staged before gets `staged`'s session
+    /// and time; blocks the allocation keeps are left as they are; blocks not stored are skipped. Returns how many
+    /// of `cids` are stored (staged or kept).
+    pub fn stage(&self, cids: &[Cid], staged: Staged) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let mut stored = 0;
+        {
+            let mut st = inner.lock();
+            let mut newly_needed = 0;
+            let mut batch = sled::Batch::default();
+            let mut seen = HashSet::new();
+            for cid in cids {
+                let bytes = cid.to_bytes();
+                if !seen.insert(bytes.clone()) {
+                    continue;
+                }
+                let block_key = index::block_key(&bytes);
+                let Some(raw) = inner.db.get(&block_key)? else { continue };
+                stored += 1;
+                if inner.db.contains_key(index::held_key(&bytes))? {
+                    continue;
+                }
+                let staged_key = index::staged_key(&bytes);
+                if !inner.db.contains_key(&staged_key)? {
+                    let mut entry = Entry::decode(&raw)?;
+                    if entry.refcount == 0 {
+                        newly_needed += 1;
+                    }
+                    entry.refcount += 1;
+                    batch.insert(block_key, &entry.encode());
+                }
+                batch.insert(staged_key, &staged.encode());
+            }
+            inner.db.apply_batch(batch)?;
+            st.counters.needed += newly_needed;
+        }
+        inner.db.flush()?;
+        Ok(stored)
+    }
+
+    /// Every staged block with its mark (a scan of the marks only: nothing when nothing is staged).
+    pub fn staged(&self) -> Result<Vec<(Cid, Staged)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.scan_prefix(index::STAGED_PREFIX) {
+            let (key, value) = item?;
+            out.push((decode_cid(&key[1..])?, Staged::decode(&value)));
+        }
+        Ok(out)
+    }
+
+    /// Drops the staging reference of each block; a block nothing else needs is deleted and its space released.
+    /// Blocks not staged are skipped.
+    pub fn unstage(&self, cids: &[Cid]) -> Result<UnpinStats, StoreError> {
+        let inner = &self.inner;
+        let st = inner.lock();
+        let mut unref = Unref::new(&st);
+        for cid in cids {
+            let bytes = cid.to_bytes();
+            let staged = index::staged_key(&bytes);
+            if !inner.db.contains_key(&staged)? {
+                continue;
+            }
+            unref.batch.remove(staged);
+            unref.drop_one(inner, &st, &bytes)?;
+        }
+        unref.finish(inner, st)
+    }
+
     /// Marks stored blocks as held by the node's allocation: each counts as one more reference (once, however often
     /// it is kept), so gc and unpins leave it alone until [`Store::release`]. Blocks not stored are skipped.
     /// Returns how many blocks were newly marked.
@@ -382,12 +455,18 @@ impl Store {
                 }
                 let block_key = index::block_key(&bytes);
                 let Some(raw) = inner.db.get(&block_key)? else { continue };
-                let mut entry = Entry::decode(&raw)?;
-                if entry.refcount == 0 {
-                    newly_needed += 1;
+                let staged = index::staged_key(&bytes);
+                if inner.db.contains_key(&staged)? {
+                    // A staged block is claimed: the staging reference becomes the allocation's.
+                    batch.remove(staged);
+                } else {
+                    let mut entry = Entry::decode(&raw)?;
+                    if entry.refcount == 0 {
+                        newly_needed += 1;
+                    }
+                    entry.refcount += 1;
+                    batch.insert(block_key, &entry.encode());
                 }
-                entry.refcount += 1;
-                batch.insert(block_key, &entry.encode());
                 batch.insert(held, &[]);
                 marked += 1;
             }

@@ -20,7 +20,7 @@ use cid::Cid;
 use tracing::warn;
 
 use crate::direct::{self, AlignedBuf};
-use crate::index::{self, Entry};
+use crate::index::{self, Entry, Staged};
 use crate::store::{Inner, Store};
 use crate::verify;
 use crate::{Pin, StoreError};
@@ -176,7 +176,19 @@ impl BlockWriter {
     /// Makes every block of this session stored, and pins `pin.root` with every distinct block put in it
     /// (each counted once; nothing changes if the root is already pinned). When this returns Ok the blocks
     /// survive a crash. On error nothing of this session is stored.
-    pub fn commit(mut self, pin: Option<Pin>) -> Result<CommitStats, StoreError> {
+    pub fn commit(self, pin: Option<Pin>) -> Result<CommitStats, StoreError> {
+        self.commit_holding(pin, None)
+    }
+
+    /// Makes every block of this session stored, as [`BlockWriter::commit`], and marks every distinct block put in
+    /// it as staged by `staged` (an ingest session, see [`crate::Store::stage`]): one reference each, so nothing
+    /// evicts them, until the allocation keeps them ([`crate::Store::keep`]) or they are unstaged. Blocks the
+    /// allocation already keeps get no mark; a block staged before gets the new session and time.
+    pub fn commit_staged(self, staged: Staged) -> Result<CommitStats, StoreError> {
+        self.commit_holding(None, Some(staged))
+    }
+
+    fn commit_holding(mut self, pin: Option<Pin>, staged: Option<Staged>) -> Result<CommitStats, StoreError> {
         if self.poisoned {
             return Err(poisoned());
         }
@@ -253,6 +265,33 @@ impl BlockWriter {
                     batch.insert(pin_key, record);
                     next.pins += 1;
                     stats.pinned = true;
+                }
+            }
+            if let Some(staged) = staged {
+                for cid in &self.session {
+                    if inner.db.contains_key(index::held_key(cid))? {
+                        continue;
+                    }
+                    let staged_key = index::staged_key(cid);
+                    let fresh = !inner.db.contains_key(&staged_key)?;
+                    batch.insert(staged_key, &staged.encode());
+                    if !fresh {
+                        continue;
+                    }
+                    if let Some(entry) = new_entries.get_mut(cid.as_slice()) {
+                        entry.refcount += 1;
+                    } else {
+                        let block_key = index::block_key(cid);
+                        let raw = inner.db.get(&block_key)?.ok_or_else(|| StoreError::IndexDamaged {
+                            what: "a block this session relies on vanished from the index".to_owned(),
+                        })?;
+                        let mut entry = Entry::decode(&raw)?;
+                        if entry.refcount == 0 {
+                            next.needed += 1;
+                        }
+                        entry.refcount = entry.refcount.saturating_add(1);
+                        batch.insert(block_key, &entry.encode());
+                    }
                 }
             }
             for (cid, entry) in &new_entries {

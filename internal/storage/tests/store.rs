@@ -498,6 +498,59 @@ fn the_needed_count_follows_every_change_without_a_scan(config: StoreConfig) {
     assert_eq!(store.stats().unwrap().blocks, 0);
 }
 
+/// Staged blocks (an ingest's, not claimed by any file yet) survive gc; keeping one claims it without a second
+/// reference; staging again moves the mark to the new session; unstaging deletes what nothing else needs.
+fn staged_blocks_survive_gc_until_kept_or_unstaged(config: StoreConfig) {
+    use xnode_storage::Staged;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), config);
+    let file = blocks(31, 4, 10 * KIB);
+    let cids: Vec<Cid> = file.iter().map(|b| b.0).collect();
+    let mut w = store.writer();
+    for (cid, body) in &file[..3] {
+        w.put(cid, body).unwrap();
+    }
+    w.commit_staged(Staged { session: 7, at_ms: 1000 }).unwrap();
+    // The fourth block arrives as a plain (cache) commit, then is staged by a later request of another session.
+    let mut w = store.writer();
+    w.put(&file[3].0, &file[3].1).unwrap();
+    w.commit(None).unwrap();
+    assert_eq!(store.stage(&[cids[3], cids[3], cid_of(b"absent")], Staged { session: 8, at_ms: 2000 }).unwrap(), 1);
+    store.gc().unwrap();
+    assert_eq!(store.stats().unwrap().blocks, 4, "gc leaves staged blocks alone");
+    let needed = |store: &Store| (store.stats().unwrap().needed_blocks, store.needed_blocks(0, None).unwrap().0);
+    assert_eq!(needed(&store), (4, 4), "staged blocks are needed, counted as a scan counts them");
+    let mut staged = store.staged().unwrap();
+    staged.sort_by_key(|(_, s)| (s.session, s.at_ms));
+    assert_eq!(staged.len(), 4);
+    assert_eq!(staged[3].1, Staged { session: 8, at_ms: 2000 });
+
+    // Kept: claimed, the staging mark goes, and one release deletes it (one reference, not two).
+    assert_eq!(store.keep(&[cids[0]]).unwrap(), 1);
+    assert!(store.is_kept(&cids[0]).unwrap());
+    assert_eq!(store.staged().unwrap().len(), 3);
+    // Staging a kept block changes nothing.
+    assert_eq!(store.stage(&[cids[0]], Staged { session: 9, at_ms: 3000 }).unwrap(), 1);
+    assert_eq!(store.staged().unwrap().len(), 3);
+    // Staging again moves the mark (no second reference).
+    store.stage(&[cids[1]], Staged { session: 9, at_ms: 4000 }).unwrap();
+    let again: Vec<_> = store.staged().unwrap().into_iter().filter(|(c, _)| *c == cids[1]).collect();
+    assert_eq!(again[0].1, Staged { session: 9, at_ms: 4000 });
+    assert_eq!(needed(&store), (4, 4));
+
+    // Reopening keeps the marks.
+    drop(store);
+    let store = open(dir.path(), config);
+    assert_eq!(store.staged().unwrap().len(), 3);
+    let gone = store.unstage(&cids[1..]).unwrap();
+    assert_eq!(gone.blocks_deleted, 3, "unstaged blocks nothing else needs are deleted");
+    assert!(store.staged().unwrap().is_empty());
+    assert_eq!(needed(&store), (1, 1), "only the kept block");
+    let released = store.release(&[cids[0]]).unwrap();
+    assert_eq!(released.blocks_deleted, 1, "the kept block had one reference");
+    assert_eq!(store.stats().unwrap().blocks, 0);
+}
+
 /// Sessions appending to the same pack, whose committed length is never a multiple of 4 KiB, with bodies of odd
 /// sizes: every pack ends exactly after its last body, and every block reads back byte for byte, also after reopening.
 fn odd_sizes_append_across_sessions_and_read_back_exactly(config: StoreConfig) {
@@ -681,6 +734,7 @@ both_modes!(
     store_handle_is_shared_across_threads,
     kept_blocks_survive_unpin_and_gc_until_released,
     the_needed_count_follows_every_change_without_a_scan,
+    staged_blocks_survive_gc_until_kept_or_unstaged,
     odd_sizes_append_across_sessions_and_read_back_exactly,
     dropping_a_writer_on_an_unaligned_pack_keeps_the_committed_bytes,
     packs_roll_at_target_size_with_odd_sizes,

@@ -84,6 +84,8 @@ pub(crate) struct AllocConfig {
     pub(crate) replication: usize,
     /// Partitions blocks hash into (a power of two, the same on every member).
     pub(crate) partitions: u32,
+    /// Staged blocks of an add quiet this long, and claimed by no catalog file, are reclaimed.
+    pub(crate) staged_ttl: Duration,
 }
 
 /// What the loop found, for the API, the dashboard and the gossiped metadata.
@@ -106,6 +108,8 @@ pub(crate) struct Report {
     pub(crate) partitions_surplus: u64,
     /// What this node keeps in its share, as gossiped ([`SetDigest::to_gossip`]).
     pub(crate) share: String,
+    /// The current partition layout: streaming ingest routes new blocks by it (`crate::ingest`).
+    pub(crate) layout: Option<Arc<xnode_placement::Layout>>,
 }
 
 /// What this node keeps, per partition, as the allocation task last published it: what the holdings protocol
@@ -197,6 +201,7 @@ struct Allocator {
     health_dirty: bool,
     /// The view the current layout was computed from.
     view_key: ViewKey,
+    staged_ttl: Duration,
     report: Report,
 }
 
@@ -309,6 +314,7 @@ impl Allocator {
             fetch_cursor: 0,
             health_dirty: true,
             view_key: ViewKey::new(),
+            staged_ttl: config.staged_ttl,
             report: Report::default(),
         })
     }
@@ -376,6 +382,7 @@ impl Allocator {
             self.expected_shares = None;
             self.incomplete_members.clear();
             self.health_dirty = true;
+            self.report.layout = self.core.layout().cloned().map(Arc::new);
             self.report_layout();
             // Show the new share now: the rest of the round may take a while.
             node.set_report(self.report.clone());
@@ -392,6 +399,9 @@ impl Allocator {
             self.indexed_version = Some(version);
             self.health_dirty = true;
         }
+
+        // Staged blocks (streamed here by an add) that no catalog file claimed within the staging time.
+        self.reclaim_staged(node).await?;
 
         // 4. Fetch what is ours and missing.
         let (missing, missing_count) = self.fetch_incomplete(node).await?;
@@ -567,6 +577,61 @@ impl Allocator {
                 Ok(())
             })
             .await?;
+        }
+        Ok(())
+    }
+
+    /// Staged blocks of adds that have been quiet for the staging time: those a catalog file lists are kept (ours
+    /// or not: a block that is not ours becomes surplus and is handed off on evidence, as any copy), the rest are
+    /// unstaged and deleted. Nothing to do (one scan of an empty key range) when nothing is staged.
+    async fn reclaim_staged(&mut self, node: &Arc<Node>) -> Result<(), InstanceError> {
+        let store = node.repo().store().clone();
+        let index = self.index.clone();
+        let cutoff = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            .saturating_sub(self.staged_ttl.as_millis() as u64);
+        let (claimed, dropped) = blocking(move || -> Result<_, InstanceError> {
+            let staged = store.staged()?;
+            if staged.is_empty() {
+                return Ok((Vec::new(), 0));
+            }
+            // A session is as old as its last block: a long add is not reclaimed while it still sends.
+            let mut last: HashMap<u64, u64> = HashMap::new();
+            for (_, s) in &staged {
+                let at = last.entry(s.session).or_default();
+                *at = (*at).max(s.at_ms);
+            }
+            tracing::debug!(staged = staged.len(), sessions = last.len(), cutoff, "staged blocks");
+            let (mut claimed, mut drop) = (Vec::new(), Vec::new());
+            for (cid, s) in staged {
+                if last[&s.session] >= cutoff {
+                    continue;
+                }
+                if index.is_leaf(&cid).map_err(index_error)? {
+                    claimed.push(cid);
+                } else {
+                    drop.push(cid);
+                }
+            }
+            store.keep(&claimed)?;
+            let gone = store.unstage(&drop)?;
+            if !drop.is_empty() {
+                tracing::info!(
+                    blocks = drop.len(),
+                    deleted = gone.blocks_deleted,
+                    bytes = gone.bytes_freed,
+                    "reclaimed staged blocks no catalog file claimed"
+                );
+            }
+            Ok((claimed, drop.len()))
+        })
+        .await?;
+        for cid in &claimed {
+            self.kept(cid);
+        }
+        if dropped > 0 || !claimed.is_empty() {
+            self.health_dirty = true;
         }
         Ok(())
     }

@@ -97,11 +97,29 @@ impl TestNode {
         holdings: Arc<dyn Holdings>,
         tweak: impl FnOnce(&mut P2pConfig),
     ) -> TestNode {
+        Self::start_all(group, served, store, holdings, Arc::new(xnode_p2p::NoIngest), tweak).await
+    }
+
+    /// A node whose members' ingest batches go to `ingest`.
+    pub async fn start_ingesting(group: &str, ingest: Arc<dyn xnode_p2p::Ingest>) -> TestNode {
+        let store = Arc::new(MemStore::default());
+        Self::start_all(group, store.clone(), store, Arc::new(NoHoldings), ingest, |_| {}).await
+    }
+
+    pub async fn start_all(
+        group: &str,
+        served: Arc<dyn xnode_bitswap::BlockStore>,
+        store: Arc<MemStore>,
+        holdings: Arc<dyn Holdings>,
+        ingest: Arc<dyn xnode_p2p::Ingest>,
+        tweak: impl FnOnce(&mut P2pConfig),
+    ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let mut config = P2pConfig::local_test(group, dir.path().join("p2p.key"));
         tweak(&mut config);
-        let node =
-            Node::spawn(config, xnode_bitswap::Config::default(), served, holdings, store.clone()).await.unwrap();
+        let node = Node::spawn(config, xnode_bitswap::Config::default(), served, holdings, store.clone(), ingest)
+            .await
+            .unwrap();
         let client = node.client();
         TestNode { node, client, store, _dir: dir }
     }

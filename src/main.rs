@@ -290,6 +290,25 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// How often a running node hands freed heap memory back to the OS.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Every [`TRIM_EVERY`], gives the memory the allocator holds free back to the OS (`malloc_trim`). A burst of
+/// work (an add of a hundred thousand blocks, a repair) leaves hundreds of MB freed but resident in glibc's arenas:
+/// measured, a node that had just added 32k blocks went from 587 MB to 362 MB resident with one trim, and a trim
+/// when nothing was freed costs microseconds (docs/benchmarks.md).
+pub(crate) async fn return_freed_memory(stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(TRIM_EVERY) => {}
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free pages of the allocator's own arenas; any thread may call it.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+    }
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();

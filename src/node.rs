@@ -213,6 +213,7 @@ async fn serve_node(
     let control = xnode_api::Control { shutdown: shutdown.clone(), kill: kill.clone() };
     let router = xnode_api::router(node.clone(), api_config, control);
     let server = tokio::spawn(xnode_api::serve(listener, router, shutdown.clone()));
+    tokio::spawn(crate::return_freed_memory(shutdown.clone()));
 
     let fatal = tokio::select! {
         () = terminate_signal() => None,

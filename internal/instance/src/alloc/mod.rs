@@ -382,7 +382,7 @@ impl Allocator {
             self.expected_shares = None;
             self.incomplete_members.clear();
             self.health_dirty = true;
-            self.report.layout = self.core.layout().cloned().map(Arc::new);
+            self.report.layout = self.core.shared_layout();
             self.report_layout();
             // Show the new share now: the rest of the round may take a while.
             node.set_report(self.report.clone());

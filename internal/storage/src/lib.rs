@@ -18,6 +18,7 @@
 mod direct;
 mod error;
 mod index;
+mod open;
 mod pack;
 mod store;
 mod verify;

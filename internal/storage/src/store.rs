@@ -114,8 +114,8 @@ impl Store {
             std::fs::create_dir_all(d)
                 .map_err(|e| StoreError::io(format!("creating storage directory {}", d.display()), e))?;
         }
-        // The index holds small entries only; a small cache keeps the node's memory flat.
-        let db = sled::Config::new().path(&index_dir).cache_capacity(32 << 20).open()?;
+        // The index holds small entries only; a small cache and small segments keep the node's memory flat.
+        let db = crate::open::open_index(&index_dir)?;
 
         let mut counters = Counters::default();
         for item in db.scan_prefix(index::PACK_PREFIX) {

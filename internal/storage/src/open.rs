@@ -57,15 +57,32 @@ pub(crate) fn open_index(dir: &Path) -> Result<sled::Db, StoreError> {
         // A copy that did not finish: the original is intact in `dir`.
         std::fs::remove_dir_all(&new).map_err(io("removing an unfinished index copy", &new))?;
     }
-    match config(dir, SEGMENT_SIZE).open() {
+    match open_when_released(&config(dir, SEGMENT_SIZE)) {
         Err(sled::Error::Unsupported(msg)) if msg.contains("io buffer size") => {
             let was = msg.rsplit(' ').next().and_then(|n| n.trim().parse::<usize>().ok()).ok_or_else(|| {
                 StoreError::IndexDamaged { what: format!("sled refused the index and named no segment size: {msg}") }
             })?;
             move_index(dir, &new, &old, was)?;
-            Ok(config(dir, SEGMENT_SIZE).open()?)
+            Ok(open_when_released(&config(dir, SEGMENT_SIZE))?)
         }
         other => Ok(other?),
+    }
+}
+
+/// Opens `config`'s database, waiting up to 5 s for a handle dropped a moment ago to let go of it: sled's flusher
+/// thread holds the file lock a little longer than the last `Db`.
+fn open_when_released(config: &sled::Config) -> sled::Result<sled::Db> {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= give_up {
+                    return Err(sled::Error::Io(e));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -79,7 +96,7 @@ fn move_index(dir: &Path, new: &Path, old: &Path, was: usize) -> Result<(), Stor
         SEGMENT_SIZE >> 10
     );
     let keys = {
-        let from = config(dir, was).open()?;
+        let from = open_when_released(&config(dir, was))?;
         let to = config(new, SEGMENT_SIZE).open()?;
         let mut keys = 0u64;
         for name in from.tree_names() {
@@ -141,7 +158,7 @@ mod tests {
         drop(db);
         assert!(!sibling(&dir, ".new").exists() && !sibling(&dir, ".old").exists());
         // Now in the new size: the plain open works and no move happens again.
-        check(&config(&dir, SEGMENT_SIZE).open().unwrap());
+        check(&open_when_released(&config(&dir, SEGMENT_SIZE)).unwrap());
         check(&open_index(&dir).unwrap());
     }
 

@@ -372,6 +372,10 @@ fn a_file_added_during_a_partition_appears_everywhere_after_the_heal() {
         let v = states(0);
         ["p4", "p5"].iter().all(|h| state_of(&v, h).as_deref() == Some("dead"))
     });
+    // p5 adds alone: wait until it knows it is alone (an add routed to a member not yet found dead fails, naming it).
+    wait_until("p5 sees the others dead", Duration::from_secs(30), || {
+        members_of(&names[4]).is_some_and(|v| ["p1", "p4"].iter().all(|h| state_of(&v, h).as_deref() == Some("dead")))
+    });
 
     // Each side adds a file while apart.
     let (majority_cid, majority_digest) = add_random_file(&names[0], 6 << 20);

@@ -12,7 +12,7 @@
 5. Halve one node's capacity and count the copies that moved, against the ideal (the copies its share lost).
 
     python3 bench/repair.py --xnode target/release/xnode --size 2560MiB
-    python3 bench/repair.py --size 4GiB --chunker size-4096 --capacity 20GiB   # 1,048,576 leaves, 2M copies
+    python3 bench/repair.py --size 4GiB --chunker size-4096 --capacity 20GiB --until repair   # 1,048,576 leaves
 
 Prints one table; nothing is asserted (tests assert behaviour, this measures).
 """
@@ -174,6 +174,12 @@ def main():
     ap.add_argument("--capacity", default="3GiB", help="each node's storage capacity")
     ap.add_argument("--chunker", default=None, help="as `xnode add --chunker`, e.g. size-4096 for many blocks")
     ap.add_argument("--idle", type=float, default=60, help="seconds of idle CPU measured once settled")
+    ap.add_argument(
+        "--until",
+        choices=["idle", "repair", "all"],
+        default="all",
+        help="stop after the idle figures or after the repair (at a million blocks the join and resize take long)",
+    )
     args = ap.parse_args()
     size = parse_size(args.size)
     cap = parse_size(args.capacity)
@@ -229,6 +235,8 @@ def main():
         rss = {n.name: rss_mb(n.proc.pid) for n in nodes}
         used = {n.name: (n.get("/api/v1/storage") or {}).get("used", 0) for n in nodes}
         print(f"[progress] idle CPU {idle}, RSS MB {rss}, used {used}", flush=True)
+        if args.until == "idle":
+            return
 
         # Repair.
         victim = max(nodes, key=lambda n: (n.get("/api/v1/storage") or {}).get("used", 0))
@@ -248,6 +256,8 @@ def main():
         print(f"[progress] repair started on every survivor {t_start:.1f} s after the kill", flush=True)
         t_repair = wait_settled(nodes, root, "after the kill")
         print(f"[progress] repaired {t_repair:.1f} s after the kill", flush=True)
+        if args.until == "repair":
+            return
         after_repair = {n.name: n.held() for n in nodes}
         # Only the victim's leaf copies should move (interior blocks are on every node already).
         everywhere = set.intersection(*before.values())

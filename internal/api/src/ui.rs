@@ -424,8 +424,9 @@ const BURST_IDLE_MS: u64 = BURST_GAP_MS + 1_500;
 /// down, so graceful shutdown never waits for open dashboards.
 async fn transfers(State(app): State<AppState>) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Transfer>(256);
+    let opened_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     tokio::spawn(local_transfers(app.clone(), tx.clone()));
-    tokio::spawn(remote_transfers(app.clone(), tx));
+    tokio::spawn(remote_transfers(app.clone(), tx, opened_ms));
     let (shown_tx, shown_rx) = tokio::sync::mpsc::channel::<Burst>(64);
     tokio::spawn(aggregate(rx, shown_tx));
     let stop = app.control.shutdown.clone();
@@ -502,8 +503,10 @@ async fn local_transfers(app: AppState, tx: tokio::sync::mpsc::Sender<Transfer>)
 /// How often an open dashboard asks the other members what they received.
 const REMOTE_POLL: Duration = Duration::from_secs(1);
 
-async fn remote_transfers(app: AppState, tx: tokio::sync::mpsc::Sender<Transfer>) {
-    // Per member: its incarnation and the last sequence number seen (None: not asked yet, so skip its history).
+/// The other members' receipts since `opened_ms` (when the page opened its stream; what came before is not live).
+async fn remote_transfers(app: AppState, tx: tokio::sync::mpsc::Sender<Transfer>, opened_ms: u64) {
+    // Per member: its incarnation and the last sequence number seen (None: not asked yet, so only what came after
+    // the page opened).
     let mut seen: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
     loop {
         tokio::select! {
@@ -524,10 +527,8 @@ async fn remote_transfers(app: AppState, tx: tokio::sync::mpsc::Sender<Transfer>
             let list: Vec<Transfer> = serde_json::from_value(list).unwrap_or_default();
             let last = list.iter().map(|t| t.seq).max().or(known).unwrap_or(0);
             seen.insert(m.name.clone(), (m.generation, last));
-            if known.is_none() {
-                continue;
-            }
-            for t in list.into_iter().filter(|t| t.to == m.name) {
+            let live = |t: &Transfer| known.is_some() || t.at_ms >= opened_ms;
+            for t in list.into_iter().filter(|t| t.to == m.name && live(t)) {
                 if tx.send(t).await.is_err() {
                     return;
                 }

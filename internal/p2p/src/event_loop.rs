@@ -93,9 +93,9 @@ struct IngestQueue {
     waiting: VecDeque<(ingest::Request, IngestReply)>,
 }
 
-/// An ingest batch answered on a blocking thread: the answer and whether the sender lied (`None`: the `Ingest`
-/// panicked).
-type Ingested = (PeerId, ResponseChannel<ingest::Response>, Option<(ingest::Response, bool)>);
+/// An ingest batch answered on a blocking thread: the blocks it carried, the answer and whether the sender lied
+/// (`None`: the `Ingest` panicked).
+type Ingested = (PeerId, ResponseChannel<ingest::Response>, Vec<(Cid, u64)>, Option<(ingest::Response, bool)>);
 
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -122,7 +122,7 @@ pub(crate) struct EventLoop {
     ingested_rx: mpsc::UnboundedReceiver<Ingested>,
     /// Ingest batches being served, per peer and in all.
     ingest_inbound: InboundGate,
-    pending_ingest: HashMap<OutboundRequestId, (PeerId, IngestReply)>,
+    pending_ingest: HashMap<OutboundRequestId, (PeerId, Vec<(Cid, u64)>, IngestReply)>,
     ingest_outbound: HashMap<PeerId, IngestQueue>,
     pending_fetch: HashMap<FetchId, oneshot::Sender<Result<Outcome, P2pError>>>,
     pending_providers: HashMap<kad::QueryId, ProviderQuery>,
@@ -252,12 +252,15 @@ impl EventLoop {
                     // Fails only when the stream is gone (the asker gave up or timed out): nothing to do.
                     let _ = self.swarm.behaviour_mut().holdings.send_response(channel, response);
                 }
-                Some((peer, channel, answer)) = self.ingested_rx.recv() => {
+                Some((peer, channel, carried, answer)) = self.ingested_rx.recv() => {
                     self.ingest_inbound.release(peer);
                     let (response, lied) = answer.unwrap_or_else(|| {
                         tracing::warn!(%peer, "the node's ingest failed on a batch");
                         (ingest::Response::Refused(ingest::Refusal::Failed), false)
                     });
+                    if let ingest::Response::Stored { .. } = response {
+                        self.transferred(peer, *self.swarm.local_peer_id(), carried);
+                    }
                     let _ = self.swarm.behaviour_mut().ingest.send_response(channel, response);
                     if lied {
                         self.ban(peer, "sent an ingest block whose bytes do not match its CID".into());
@@ -577,8 +580,9 @@ impl EventLoop {
             if reply.is_closed() {
                 continue;
             }
+            let carried = request.carried();
             let id = self.swarm.behaviour_mut().ingest.send_request(&peer, request);
-            self.pending_ingest.insert(id, (peer, reply));
+            self.pending_ingest.insert(id, (peer, carried, reply));
             queue.in_flight += 1;
         }
         if queue.in_flight == 0 && queue.waiting.is_empty() {
@@ -599,10 +603,13 @@ impl EventLoop {
 
     /// One of our ingest batches ended: answers its caller and sends the next one waiting for that peer.
     fn ingest_done(&mut self, id: OutboundRequestId, result: Result<ingest::Response, RequestFailure>) {
-        let Some((peer, reply)) = self.pending_ingest.remove(&id) else { return };
+        let Some((peer, carried, reply)) = self.pending_ingest.remove(&id) else { return };
         let result = match result {
             Ok(ingest::Response::Refused(reason)) => Err(P2pError::IngestRefused { peer, reason }),
-            Ok(response) => Ok(response),
+            Ok(response) => {
+                self.transferred(*self.swarm.local_peer_id(), peer, carried);
+                Ok(response)
+            }
             Err(reason) => Err(P2pError::NoAnswer { peer, reason }),
         };
         let _ = reply.send(result);
@@ -636,10 +643,18 @@ impl EventLoop {
         }
         let target = self.ingest.clone();
         let done = self.ingested_tx.clone();
+        let carried = request.carried();
         tokio::spawn(async move {
             let answer = tokio::task::spawn_blocking(move || ingest::answer(&*target, request)).await.ok();
-            let _ = done.send((peer, channel, answer));
+            let _ = done.send((peer, channel, carried, answer));
         });
+    }
+
+    /// Reports the blocks of a stored ingest batch to the transfer log and the metrics, as Bitswap's are.
+    fn transferred(&self, from: PeerId, to: PeerId, blocks: Vec<(Cid, u64)>) {
+        for (cid, bytes) in blocks {
+            let _ = self.events.send(NetEvent::Transfer { from, to, cid, bytes });
+        }
     }
 
     fn on_ingest(&mut self, event: request_response::Event<ingest::Request, ingest::Response>) {

@@ -150,6 +150,12 @@ impl Request {
         }
     }
 
+    /// The CID and size of each block whose CID parses: what the transfer log and the metrics count once the batch
+    /// is stored.
+    pub(crate) fn carried(&self) -> Vec<(Cid, u64)> {
+        self.blocks.iter().filter_map(|b| Some((Cid::try_from(b.cid.as_slice()).ok()?, b.data.len() as u64))).collect()
+    }
+
     /// Builds a request from verified blocks (the caller keeps within the bounds).
     pub fn of(session: u64, blocks: &[(Cid, Bytes)]) -> Request {
         Request {

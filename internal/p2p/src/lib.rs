@@ -66,7 +66,7 @@ pub enum NetEvent {
         /// What it did.
         reason: String,
     },
-    /// A block went over Bitswap (either way: `from` or `to` is this node).
+    /// A block went over Bitswap or in a stored ingest batch (either way: `from` or `to` is this node).
     Transfer {
         /// The sender.
         from: PeerId,

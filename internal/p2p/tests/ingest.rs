@@ -1,5 +1,6 @@
-//! `/xnode/ingest/1.0.0` between real swarms on loopback: a member's batch is stored through the receiver's `Ingest`;
-//! a full receiver's refusal reaches the sender; a batch with one block that does not match its CID is refused
+//! `/xnode/ingest/1.0.0` between real swarms on loopback: a member's batch is stored through the receiver's `Ingest`
+//! and both sides report its blocks as transfers (the dashboard's log, the metrics); a full receiver's refusal reaches
+//! the sender and reports none; a batch with one block that does not match its CID is refused
 //! whole and its sender banned; a peer that is not a live member is refused.
 
 mod common;
@@ -37,6 +38,23 @@ impl Ingest for Fake {
     }
 }
 
+/// The next `n` transfers among `events` (fewer if none comes for a second).
+async fn transfers(
+    events: &mut tokio::sync::broadcast::Receiver<NetEvent>,
+    n: usize,
+) -> Vec<(libp2p::PeerId, libp2p::PeerId, Cid, u64)> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
+            Ok(Ok(NetEvent::Transfer { from, to, cid, bytes })) => seen.push((from, to, cid, bytes)),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("network events: {e}"),
+            Err(_) => break,
+        }
+    }
+    seen
+}
+
 async fn pair(group: &str, fake: Arc<Fake>) -> (TestNode, TestNode) {
     let a = TestNode::start(group, |_| {}).await;
     let b = TestNode::start_ingesting(group, fake).await;
@@ -51,11 +69,15 @@ async fn a_members_batch_is_stored_and_a_full_receiver_says_so() {
     common::init_tracing();
     let fake = Arc::new(Fake { room: 4_000, staged: Mutex::new(Vec::new()) });
     let (a, b) = pair("ingest-store", fake.clone()).await;
+    let (mut sent, mut received) = (a.client.events(), b.client.events());
     let peer = b.client.peer_id();
     let batch: Vec<(Cid, Bytes)> = (0..3).map(|n| block(n, 996)).collect();
     assert_eq!(a.client.ingest(peer, 42, &batch).await.unwrap(), 0);
     let staged = fake.staged.lock().unwrap().clone();
     assert_eq!(staged, batch.iter().map(|(c, _)| (42, *c)).collect::<Vec<_>>());
+    let expected: Vec<_> = batch.iter().map(|(c, d)| (a.client.peer_id(), peer, *c, d.len() as u64)).collect();
+    assert_eq!(transfers(&mut sent, 3).await, expected, "the sender reports each block it sent");
+    assert_eq!(transfers(&mut received, 3).await, expected, "the receiver reports each block it got");
 
     let more: Vec<(Cid, Bytes)> = (3..5).map(|n| block(n, 996)).collect();
     match a.client.ingest(peer, 42, &more).await {
@@ -65,6 +87,7 @@ async fn a_members_batch_is_stored_and_a_full_receiver_says_so() {
         other => panic!("expected a full refusal, got {other:?}"),
     }
     assert_eq!(fake.staged.lock().unwrap().len(), 3, "nothing of a refused batch is stored");
+    assert_eq!(transfers(&mut sent, 1).await, [], "a refused batch is no transfer");
     a.node.shutdown().await;
     b.node.shutdown().await;
 }

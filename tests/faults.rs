@@ -5,7 +5,8 @@
 //! Faults here: a flipped byte in one member's pack file (a leaf and an interior block, found by a read or by the
 //! scrub), a read of a file whose blocks are gone (honest failures: before the headers, or cut short of the
 //! Content-Length, and `xnode cat` exiting non-zero naming the CID), kill -9 of a member during an upload to
-//! another, two members killed one after the other at RF 2. Faults that need a network between hosts (a 3/2
+//! another, two members killed one after the other at RF 2, a member whose store fills up while it reads a file
+//! larger than its capacity. Faults that need a network between hosts (a 3/2
 //! partition, `docker restart`) are the containers tier's.
 
 use std::collections::HashSet;
@@ -453,4 +454,43 @@ fn kill_9_of_a_member_during_an_upload_to_another() {
         "kill -9 during an upload: RF 2 on the survivors {:?} after the kill ({took:?} after the upload)",
         killed.elapsed()
     );
+}
+
+/// A member with a 2 MiB store reads a 16 MiB file it holds almost none of: its store fills up during the read, and
+/// still it gets the right bytes, its store never goes past its capacity (what does not fit streams through
+/// memory), and the file stays at RF 2 everywhere.
+#[test]
+fn a_full_member_reads_a_file_it_does_not_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_guard, dir) = keep_dir(tmp);
+    let names = ["a", "b", "small"];
+    let a = start(&dir, "a", "", &[("XNODE_STORAGE_MAX", "256MiB")]);
+    let b = start(&dir, "b", &a.gossip, &[("XNODE_STORAGE_MAX", "256MiB")]);
+    let small = start(&dir, "small", &a.gossip, &[("XNODE_STORAGE_MAX", "2MiB")]);
+    let nodes = [a, b, small];
+    let refs: Vec<&RunningNode> = nodes.iter().collect();
+    wait_until(Duration::from_secs(30), "three members", || {
+        refs.iter().all(|n| get_json(n, "/api/v1/status")["members_alive"] == 3)
+    });
+    // 16 MiB at RF 2: the small member's capacity share is about 1/257 of the copies (some 128 KiB), and a read
+    // of the whole file needs eight times its capacity.
+    let data = random_bytes(16 << 20, 21);
+    let root = add(&nodes[0], &data);
+    wait_until(Duration::from_secs(60), "RF 2 on three", || healthy(&refs, &names, &root));
+    let storage = |n: &RunningNode| get_json(n, "/api/v1/storage");
+    let before = storage(&nodes[2]);
+    eprintln!("the small member before the read: {before}");
+    let capacity = before["capacity"].as_u64().unwrap();
+    assert_eq!(capacity, 2 << 20);
+
+    let started = Instant::now();
+    let body = download(&nodes[2], &root).expect("the full member reads the file");
+    eprintln!("the full member read {} MiB in {:?}", body.len() >> 20, started.elapsed());
+    assert_eq!(sha(&body), sha(&data), "the right bytes");
+    let after = storage(&nodes[2]);
+    eprintln!("the small member after the read: {after}");
+    let used = after["used"].as_u64().unwrap();
+    assert!(used <= capacity, "the store stays within its capacity: {after}");
+    assert!(used > capacity / 2, "the read filled the store first (else this tests nothing): {after}");
+    wait_until(Duration::from_secs(30), "RF 2 on three after the read", || healthy(&refs, &names, &root));
 }

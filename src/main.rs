@@ -276,7 +276,31 @@ struct AddArgs {
     chunker: Option<String>,
 }
 
-/// glibc's allocator, tuned for a process that moves 256 KiB blocks around all day:
+/// The Rust heap: jemalloc. On glibc's heap, a node that had indexed a million blocks spent most of its idle time
+/// in `_int_malloc`: sled's churn left the heap fragmented, and every gossip datagram allocates zstd contexts (in
+/// chitchat) from it. With Rust's allocations on jemalloc (zstd's stay on glibc's, now a small heap), the same
+/// settled nodes idle at 1.4-1.7% of a core instead of 3.2-4.5% and settle 1.5x faster (docs/benchmarks.md,
+/// "Session 9").
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A C string for jemalloc to read at start.
+#[cfg(target_os = "linux")]
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+// SAFETY: points to a static, immutable, NUL-terminated string.
+#[cfg(target_os = "linux")]
+unsafe impl Sync for MallocConf {}
+
+/// jemalloc's settings (`_RJEM_MALLOC_CONF` in the environment overrides them one by one): pages freed stay
+/// mapped for at most a second, then a background thread returns them to the OS.
+#[cfg(target_os = "linux")]
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: MallocConf = MallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
+/// glibc's allocator, which still serves the C libraries (zstd) and every platform without jemalloc, tuned for a
+/// process that moves 256 KiB blocks around all day:
 /// - it gives each thread that allocates under contention an arena of its own (up to 8 per core) and rarely returns
 ///   their memory: with tokio's workers and blocking threads moving blocks around, a node settled at 1 GiB held
 ///   190-225 MB resident against about 120 MB with two arenas, at no measurable cost in speed (bench/repair.py);

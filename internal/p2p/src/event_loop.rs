@@ -93,9 +93,12 @@ struct IngestQueue {
     waiting: VecDeque<(ingest::Request, IngestReply)>,
 }
 
+/// The CIDs and sizes of an ingest batch's blocks, reported as transfers once it is stored.
+type Carried = Vec<(Cid, u64)>;
+
 /// An ingest batch answered on a blocking thread: the blocks it carried, the answer and whether the sender lied
 /// (`None`: the `Ingest` panicked).
-type Ingested = (PeerId, ResponseChannel<ingest::Response>, Vec<(Cid, u64)>, Option<(ingest::Response, bool)>);
+type Ingested = (PeerId, ResponseChannel<ingest::Response>, Carried, Option<(ingest::Response, bool)>);
 
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -122,7 +125,7 @@ pub(crate) struct EventLoop {
     ingested_rx: mpsc::UnboundedReceiver<Ingested>,
     /// Ingest batches being served, per peer and in all.
     ingest_inbound: InboundGate,
-    pending_ingest: HashMap<OutboundRequestId, (PeerId, Vec<(Cid, u64)>, IngestReply)>,
+    pending_ingest: HashMap<OutboundRequestId, (PeerId, Carried, IngestReply)>,
     ingest_outbound: HashMap<PeerId, IngestQueue>,
     pending_fetch: HashMap<FetchId, oneshot::Sender<Result<Outcome, P2pError>>>,
     pending_providers: HashMap<kad::QueryId, ProviderQuery>,
@@ -651,7 +654,7 @@ impl EventLoop {
     }
 
     /// Reports the blocks of a stored ingest batch to the transfer log and the metrics, as Bitswap's are.
-    fn transferred(&self, from: PeerId, to: PeerId, blocks: Vec<(Cid, u64)>) {
+    fn transferred(&self, from: PeerId, to: PeerId, blocks: Carried) {
         for (cid, bytes) in blocks {
             let _ = self.events.send(NetEvent::Transfer { from, to, cid, bytes });
         }

@@ -299,6 +299,8 @@ fn multipart_upload_blocks_metrics_and_the_openapi_document() {
         "xnode_peers",
         "xnode_bitswap_received_bytes_total",
         "xnode_bitswap_sent_bytes_total",
+        "xnode_ingest_received_bytes_total",
+        "xnode_ingest_sent_bytes_total",
         "xnode_members{state=\"alive\"}",
         "xnode_members{state=\"dead\"}",
     ] {

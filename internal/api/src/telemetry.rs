@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use xnode_gossip::MemberState;
 use xnode_instance::Node;
-use xnode_p2p::NetEvent;
+use xnode_p2p::{NetEvent, Via};
 
 use crate::{files, ApiError, AppState};
 
@@ -65,6 +65,10 @@ struct Metrics {
     sent_bytes: Counter,
     received_blocks: Counter,
     sent_blocks: Counter,
+    ingest_received_bytes: Counter,
+    ingest_sent_bytes: Counter,
+    ingest_received_blocks: Counter,
+    ingest_sent_blocks: Counter,
     http: Family<HttpLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -85,7 +89,7 @@ struct HttpLabels {
     status: u16,
 }
 
-/// One block that went over Bitswap between this node and a peer.
+/// One block that went between this node and a peer (over Bitswap, or pushed as a file was added).
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct Transfer {
     /// Increases by one per transfer this node saw (restarts at 1 with the process).
@@ -122,6 +126,10 @@ impl Telemetry {
             sent_bytes: Counter::default(),
             received_blocks: Counter::default(),
             sent_blocks: Counter::default(),
+            ingest_received_bytes: Counter::default(),
+            ingest_sent_bytes: Counter::default(),
+            ingest_received_blocks: Counter::default(),
+            ingest_sent_blocks: Counter::default(),
             http: Family::new_with_constructor(http_histogram),
         };
         let mut registry = Registry::with_prefix("xnode");
@@ -157,6 +165,27 @@ impl Telemetry {
         r.register("bitswap_sent_bytes", "Block bytes sent over Bitswap", metrics.sent_bytes.clone());
         r.register("bitswap_received_blocks", "Blocks received over Bitswap", metrics.received_blocks.clone());
         r.register("bitswap_sent_blocks", "Blocks sent over Bitswap", metrics.sent_blocks.clone());
+        let m = &metrics;
+        r.register(
+            "ingest_received_bytes",
+            "New block bytes received as members added files",
+            m.ingest_received_bytes.clone(),
+        );
+        r.register(
+            "ingest_sent_bytes",
+            "New block bytes sent to their holders as files were added here",
+            m.ingest_sent_bytes.clone(),
+        );
+        r.register(
+            "ingest_received_blocks",
+            "New blocks received as members added files",
+            m.ingest_received_blocks.clone(),
+        );
+        r.register(
+            "ingest_sent_blocks",
+            "New blocks sent to their holders as files were added here",
+            m.ingest_sent_blocks.clone(),
+        );
         r.register(
             "http_request_duration_seconds",
             "Time to answer API requests (until the response head), by method, route and status",
@@ -277,8 +306,8 @@ async fn follow_network(node: Arc<Node>, telemetry: Arc<Telemetry>, stop: Cancel
             () = stop.cancelled() => return,
             event = events.recv() => event,
         };
-        let (from, to, cid, bytes) = match event {
-            Ok(NetEvent::Transfer { from, to, cid, bytes }) => (from, to, cid, bytes),
+        let (via, from, to, cid, bytes) = match event {
+            Ok(NetEvent::Transfer { via, from, to, cid, bytes }) => (via, from, to, cid, bytes),
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::debug!(missed, "transfer log fell behind the network events");
@@ -287,12 +316,18 @@ async fn follow_network(node: Arc<Node>, telemetry: Arc<Telemetry>, stop: Cancel
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let m = &telemetry.metrics;
+        let (received_bytes, received_blocks, sent_bytes, sent_blocks) = match via {
+            Via::Bitswap => (&m.received_bytes, &m.received_blocks, &m.sent_bytes, &m.sent_blocks),
+            Via::Ingest => {
+                (&m.ingest_received_bytes, &m.ingest_received_blocks, &m.ingest_sent_bytes, &m.ingest_sent_blocks)
+            }
+        };
         if to == local {
-            m.received_bytes.inc_by(bytes);
-            m.received_blocks.inc();
+            received_bytes.inc_by(bytes);
+            received_blocks.inc();
         } else {
-            m.sent_bytes.inc_by(bytes);
-            m.sent_blocks.inc();
+            sent_bytes.inc_by(bytes);
+            sent_blocks.inc();
         }
         let (from, _) = if from == local { (node.name().to_string(), true) } else { names.name(&node, &from) };
         let (to, to_member) = if to == local { (node.name().to_string(), true) } else { names.name(&node, &to) };

@@ -22,7 +22,7 @@ use crate::behaviour::{classify, Behaviour, BehaviourEvent, PeerKind};
 use crate::fetch::{Action, FetchId, FetchKind, Outcome, Retriever};
 use crate::holdings::{self, InboundGate, Refusal, Request, RequestFailure, Response};
 use crate::ingest;
-use crate::{BlockSink, Holdings, Ingest, NetEvent, P2pConfig, P2pError};
+use crate::{BlockSink, Holdings, Ingest, NetEvent, P2pConfig, P2pError, Via};
 
 /// How often timers run: slow requests, fetch deadlines, ban expiry, paced provides.
 const TICK: Duration = Duration::from_millis(250);
@@ -656,7 +656,7 @@ impl EventLoop {
     /// Reports the blocks of a stored ingest batch to the transfer log and the metrics, as Bitswap's are.
     fn transferred(&self, from: PeerId, to: PeerId, blocks: Carried) {
         for (cid, bytes) in blocks {
-            let _ = self.events.send(NetEvent::Transfer { from, to, cid, bytes });
+            let _ = self.events.send(NetEvent::Transfer { via: Via::Ingest, from, to, cid, bytes });
         }
     }
 
@@ -1019,13 +1019,19 @@ impl EventLoop {
             xnode_bitswap::Event::Block { peer, cid, data } => {
                 let bytes = data.len() as u64;
                 self.retriever.on_block(peer, cid, data, now, &mut out);
-                let _ = self.events.send(NetEvent::Transfer { from: peer, to: local, cid, bytes });
+                let _ = self.events.send(NetEvent::Transfer { via: Via::Bitswap, from: peer, to: local, cid, bytes });
             }
             xnode_bitswap::Event::InvalidBlock { peer, cid, reason } => {
                 self.retriever.on_invalid(peer, cid, reason.to_string(), now, &mut out)
             }
             xnode_bitswap::Event::Sent { peer, cid, bytes } => {
-                let _ = self.events.send(NetEvent::Transfer { from: local, to: peer, cid, bytes: bytes as u64 });
+                let _ = self.events.send(NetEvent::Transfer {
+                    via: Via::Bitswap,
+                    from: local,
+                    to: peer,
+                    cid,
+                    bytes: bytes as u64,
+                });
             }
         }
         self.apply(out);

@@ -68,6 +68,8 @@ pub enum NetEvent {
     },
     /// A block went over Bitswap or in a stored ingest batch (either way: `from` or `to` is this node).
     Transfer {
+        /// Which protocol carried it.
+        via: Via,
         /// The sender.
         from: PeerId,
         /// The receiver.
@@ -77,6 +79,15 @@ pub enum NetEvent {
         /// Its size in bytes.
         bytes: u64,
     },
+}
+
+/// The protocol a [`NetEvent::Transfer`] went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Bitswap: a block someone asked for (a read, a repair, a rebalance).
+    Bitswap,
+    /// `/xnode/ingest/1.0.0`: a new block pushed to a member that must hold it, as a file is added.
+    Ingest,
 }
 
 /// A running swarm: its [`Client`] and its task.

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use cid::Cid;
 use common::TestNode;
 use xnode_p2p::ingest::Refusal;
-use xnode_p2p::{Ingest, NetEvent, P2pError};
+use xnode_p2p::{Ingest, NetEvent, P2pError, Via};
 
 fn block(n: u32, len: usize) -> (Cid, Bytes) {
     let data: Vec<u8> = (0..len).map(|i| (i as u32).wrapping_mul(n + 1) as u8).chain(n.to_le_bytes()).collect();
@@ -46,7 +46,10 @@ async fn transfers(
     let mut seen = Vec::new();
     while seen.len() < n {
         match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
-            Ok(Ok(NetEvent::Transfer { from, to, cid, bytes })) => seen.push((from, to, cid, bytes)),
+            Ok(Ok(NetEvent::Transfer { via, from, to, cid, bytes })) => {
+                assert_eq!(via, Via::Ingest);
+                seen.push((from, to, cid, bytes))
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => panic!("network events: {e}"),
             Err(_) => break,

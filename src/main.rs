@@ -293,11 +293,12 @@ struct MallocConf(*const std::ffi::c_char);
 #[cfg(target_os = "linux")]
 unsafe impl Sync for MallocConf {}
 
-/// jemalloc's settings (`_RJEM_MALLOC_CONF` in the environment overrides them one by one): pages freed stay
-/// mapped for at most a second, then a background thread returns them to the OS.
+/// jemalloc's settings (`_RJEM_MALLOC_CONF` in the environment overrides them one by one): a background thread
+/// returns freed pages to the OS after 100 ms. Streaming a fetched 1 GiB CAR, the member's peak RSS was 142-168 MiB
+/// with 1 s, 117-150 MiB with 100 ms at the same speed, 110 MiB with 0 but at half the speed (docs/benchmarks.md).
 #[cfg(target_os = "linux")]
 #[export_name = "_rjem_malloc_conf"]
-static MALLOC_CONF: MallocConf = MallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+static MALLOC_CONF: MallocConf = MallocConf(c"background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0".as_ptr());
 
 /// glibc's allocator, which still serves the C libraries (zstd) and every platform without jemalloc, tuned for a
 /// process that moves 256 KiB blocks around all day:

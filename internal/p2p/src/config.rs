@@ -28,8 +28,10 @@ pub struct P2pConfig {
     /// rather than trusting identify's group tag, which anyone can announce. The node sets it; this crate's own
     /// tests, which run no gossip, leave it off. Default: false.
     pub bind_to_membership: bool,
-    /// Blocks in flight per fetch (wanted and not yet received, or received and not yet stored). Default: 128
-    /// (32 MiB of 256 KiB blocks), so every holder can have a full pipeline of requests.
+    /// Blocks in flight per fetch (wanted and not yet received, or received and not yet stored). Default: 64
+    /// (16 MiB of 256 KiB blocks): a full pipeline for one fast holder, half of one each for two. With 128, a
+    /// member streaming a 1 GiB CAR it fetched peaked at 142-168 MiB resident; with 64 at 122-126 MiB, and
+    /// 251-271 MiB/s instead of 231-283 (bench/gateway.sh, docs/benchmarks.md).
     pub fetch_window: usize,
     /// Blocks requested from one peer at once, so a fetch spreads over every holder. Default: 64 (16 MiB of
     /// 256 KiB blocks): enough to keep one fast peer's connection busy while answers travel (docs/p2p.md).
@@ -73,7 +75,7 @@ impl P2pConfig {
             mdns: true,
             public_bitswap: true,
             bind_to_membership: false,
-            fetch_window: 128,
+            fetch_window: 64,
             max_inflight_per_peer: 64,
             block_request_timeout: Duration::from_secs(10),
             ban_duration: Duration::from_secs(10 * 60),

@@ -83,6 +83,21 @@ impl Api {
         }
     }
 
+    /// As [`Client::explain`], for an upload: a node that refuses a streamed body while it is still being sent
+    /// answers and closes the connection, and the sender sees its write fail, not the answer.
+    fn explain_upload(&self, e: ureq::Error) -> anyhow::Error {
+        match e {
+            ureq::Error::Transport(t) if t.kind() == ureq::ErrorKind::Io => anyhow::anyhow!(
+                "the node at {} closed the connection before it had read the whole upload ({t}): it refused it, for \
+                 example over its XNODE_MAX_UPLOAD or an archive of more than {} entries (add the subdirectories \
+                 separately), or it stopped; its log says which",
+                self.base,
+                xnode_instance::MAX_TAR_ENTRIES
+            ),
+            e => self.explain(e),
+        }
+    }
+
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         let mut req = self.agent.request(method, &format!("{}{path}", self.base));
         if let Some(t) = &self.token {
@@ -133,7 +148,7 @@ impl Api {
                 .set("Content-Type", "application/x-tar")
                 .send(reader);
             let produced = producer.join().expect("tar thread panicked");
-            let response = sent.map_err(|e| self.explain(e))?;
+            let response = sent.map_err(|e| self.explain_upload(e))?;
             produced.with_context(|| format!("reading {}", path.display()))?;
             response
         } else {
@@ -142,7 +157,7 @@ impl Api {
             self.request("POST", &format!("/api/v1/files?{}", query.join("&")))
                 .set("Content-Type", "application/octet-stream")
                 .send(file)
-                .map_err(|e| self.explain(e))?
+                .map_err(|e| self.explain_upload(e))?
         };
         let uploaded: Uploaded = response.into_json().context("reading the node's answer")?;
         if uploaded.entries.is_empty() {

@@ -352,3 +352,26 @@ fn each_command_help_lists_its_own_flags() {
         assert!(top.contains(cmd), "{top}");
     }
 }
+
+/// An upload the node refuses while it is still being sent (here over its `XNODE_MAX_UPLOAD`) cuts the connection
+/// under the sender: `add -r` says the node refused or stopped and where to look, never that no node answers.
+#[test]
+fn an_upload_refused_midway_is_not_reported_as_no_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = support::RunningNode::start(
+        tmp.path(),
+        "upload-cut",
+        &[("XNODE_ADMIN_TOKEN", "cut-token"), ("XNODE_MAX_UPLOAD", "1MiB")],
+    );
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    for i in 0..8 {
+        write(&tree, &format!("part{i}.bin"), &random_bytes(&format!("cut{i}"), 8 << 20));
+    }
+    let err = fails(remote(&node.api).args(["--token", "cut-token", "add", "-r", "-Q"]).arg(&tree));
+    eprintln!("{err}");
+    assert!(!err.contains("no node answers"), "{err}");
+    assert!(err.contains("XNODE_MAX_UPLOAD"), "names the limit it may have hit: {err}");
+    // The node is still there and took nothing.
+    assert!(ok(remote(&node.api).arg("ls")).trim().is_empty());
+}

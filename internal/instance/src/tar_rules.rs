@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-/// Most entries (files, directories, symlinks) in one archive. Each costs about 3 KB while the tree is built.
-pub const MAX_TAR_ENTRIES: usize = 65_536;
+/// Most entries (files, directories, symlinks) in one archive: a tree of 100,000 small files (and its folders)
+/// fits. Each costs about 3 KB while the tree is built, so at most about 400 MB.
+pub const MAX_TAR_ENTRIES: usize = 131_072;
 /// Most path components of one entry: deeper trees are not a real directory layout.
 pub const MAX_TAR_DEPTH: usize = 64;
 /// Longest entry path or symlink target, in bytes (Linux's `PATH_MAX`).

@@ -132,6 +132,17 @@ impl Client {
         }
     }
 
+    /// What each of `cids` (at most [`holdings::MAX_KINDS`]) is in `peer`'s store, in the order asked: a leaf (no
+    /// links) with its size, interior, or absent.
+    pub async fn kinds(&self, peer: PeerId, cids: Vec<Cid>) -> Result<Vec<holdings::BlockKind>, P2pError> {
+        bounded("CIDs", cids.len(), holdings::MAX_KINDS)?;
+        let cids = cids.iter().map(|c| serde_bytes::ByteBuf::from(c.to_bytes())).collect();
+        match self.ask_holdings(peer, Request::Kinds { cids }).await? {
+            Response::Kinds(kinds) => Ok(kinds),
+            _ => Err(mismatch(peer)),
+        }
+    }
+
     /// Sends a batch of blocks (each hashing to its CID; at most [`crate::ingest::MAX_BLOCKS`], within
     /// [`crate::ingest::MAX_BATCH_BYTES`]) to `peer`, which stores them staged under `session`. Returns how many the
     /// peer already had; a refusal ([`P2pError::IngestRefused`]) means it stored none of them. Batches beyond the

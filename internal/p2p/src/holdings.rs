@@ -25,6 +25,10 @@ pub const MAX_PARTITIONS: usize = 65_536;
 /// CIDs one [`Request::Have`] may name.
 pub const MAX_CIDS: usize = 8_192;
 
+/// CIDs one [`Request::Kinds`] may name: each is read from the store to answer (blocks asked this way are at most
+/// one chunk, 256 KiB, so at most 128 MiB are read for one request; a directory of small files, 2 MiB).
+pub const MAX_KINDS: usize = 512;
+
 /// Bytes of one [`Request::Summary`] bitmap: 8 KiB, one bit for each of 65,536 partitions.
 pub const MAX_BITMAP: usize = 8 * 1024;
 
@@ -113,6 +117,24 @@ pub trait Holdings: Send + Sync + 'static {
     fn summary(&self, bitmap: &[u8]) -> SetDigest;
     /// Whether this node stores each block, in the order asked.
     fn have(&self, cids: &[Cid]) -> Vec<bool>;
+    /// What each block is, read from this node's store, in the order asked ([`BlockKind::Absent`] for a block it
+    /// does not hold, or holds corrupted). The default knows nothing.
+    fn kinds(&self, cids: &[Cid]) -> Vec<BlockKind> {
+        vec![BlockKind::Absent; cids.len()]
+    }
+}
+
+/// What a block is, as far as placement cares: a block without links (a leaf, placed at the replication factor) or
+/// one with links (interior, kept by every member). Answers [`Request::Kinds`], so a member indexing a directory of
+/// small files learns which entries are files of one block without fetching each of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlockKind {
+    /// The node does not hold the block (or its copy failed verification).
+    Absent,
+    /// The block has no links: a raw block, or a dag-pb node without links (a file of one block). Its size in bytes.
+    Leaf(u32),
+    /// The block has links (a directory, or a file of several blocks).
+    Interior,
 }
 
 /// Holdings of a node that keeps nothing: empty digests, `false` for every block. A placeholder until the
@@ -151,6 +173,11 @@ pub enum Request {
         /// CIDs in their binary form; at most [`MAX_CIDS`].
         cids: Vec<ByteBuf>,
     },
+    /// [`Holdings::kinds`] of these blocks.
+    Kinds {
+        /// CIDs in their binary form; at most [`MAX_KINDS`].
+        cids: Vec<ByteBuf>,
+    },
 }
 
 /// An answer on the wire (CBOR).
@@ -162,6 +189,8 @@ pub enum Response {
     Summary(SetDigest),
     /// One answer per CID asked, in order.
     Have(Vec<bool>),
+    /// One kind per CID asked, in order.
+    Kinds(Vec<BlockKind>),
     /// The request was not answered, and why.
     Refused(Refusal),
 }
@@ -229,6 +258,7 @@ impl Request {
             Request::Digests { partitions } => partitions.len() <= MAX_PARTITIONS,
             Request::Summary { bitmap } => bitmap.len() <= MAX_BITMAP,
             Request::Have { cids } => cids.len() <= MAX_CIDS,
+            Request::Kinds { cids } => cids.len() <= MAX_KINDS,
         };
         if fits {
             Ok(())
@@ -243,6 +273,7 @@ impl Request {
             (Request::Digests { partitions }, Response::Digests(d)) => d.len() == partitions.len(),
             (Request::Summary { .. }, Response::Summary(_)) => true,
             (Request::Have { cids }, Response::Have(h)) => h.len() == cids.len(),
+            (Request::Kinds { cids }, Response::Kinds(k)) => k.len() == cids.len(),
             (_, Response::Refused(_)) => true,
             _ => false,
         }
@@ -264,14 +295,22 @@ pub(crate) fn answer(holdings: &dyn Holdings, request: Request) -> Response {
         }
         Request::Summary { bitmap } => Response::Summary(holdings.summary(&bitmap)),
         Request::Have { cids } => {
-            let Ok(cids) = cids.iter().map(|c| Cid::try_from(c.as_slice())).collect::<Result<Vec<Cid>, _>>() else {
-                return Response::Refused(Refusal::Malformed);
-            };
+            let Ok(cids) = decode_cids(&cids) else { return Response::Refused(Refusal::Malformed) };
             let mut have = holdings.have(&cids);
             have.resize(cids.len(), false);
             Response::Have(have)
         }
+        Request::Kinds { cids } => {
+            let Ok(cids) = decode_cids(&cids) else { return Response::Refused(Refusal::Malformed) };
+            let mut kinds = holdings.kinds(&cids);
+            kinds.resize(cids.len(), BlockKind::Absent);
+            Response::Kinds(kinds)
+        }
     }
+}
+
+fn decode_cids(cids: &[ByteBuf]) -> Result<Vec<Cid>, cid::Error> {
+    cids.iter().map(|c| Cid::try_from(c.as_slice())).collect()
 }
 
 /// The request-response behaviour of this protocol, with its size limits, timeout and stream cap.
@@ -390,6 +429,10 @@ mod tests {
             // Short on purpose: the answer must still have one entry per CID asked.
             cids.iter().skip(1).map(|c| *c == cid(7)).collect()
         }
+        fn kinds(&self, cids: &[Cid]) -> Vec<BlockKind> {
+            // Short on purpose too.
+            cids.iter().skip(1).map(|c| if *c == cid(7) { BlockKind::Leaf(7) } else { BlockKind::Interior }).collect()
+        }
     }
 
     #[test]
@@ -413,6 +456,25 @@ mod tests {
         assert_eq!(answer(&fake, over), Response::Refused(Refusal::TooLarge));
         let bad = Request::Have { cids: vec![ByteBuf::from(vec![0x01, 0x55])] };
         assert_eq!(answer(&fake, bad), Response::Refused(Refusal::Malformed));
+
+        let kinds = Request::Kinds {
+            cids: vec![
+                ByteBuf::from(cid(1).to_bytes()),
+                ByteBuf::from(cid(7).to_bytes()),
+                ByteBuf::from(cid(2).to_bytes()),
+            ],
+        };
+        assert_eq!(
+            answer(&fake, kinds),
+            Response::Kinds(vec![BlockKind::Leaf(7), BlockKind::Interior, BlockKind::Absent]),
+            "padded with Absent to one answer per CID"
+        );
+        let over = Request::Kinds { cids: vec![ByteBuf::from(cid(1).to_bytes()); MAX_KINDS + 1] };
+        assert_eq!(answer(&fake, over), Response::Refused(Refusal::TooLarge));
+        let bad = Request::Kinds { cids: vec![ByteBuf::from(vec![0x01, 0x55])] };
+        assert_eq!(answer(&fake, bad), Response::Refused(Refusal::Malformed));
+        // The default of the trait knows nothing.
+        assert_eq!(NoHoldings.kinds(&[cid(1), cid(2)]), vec![BlockKind::Absent; 2]);
     }
 
     #[test]
@@ -424,6 +486,9 @@ mod tests {
         assert!(digests.answered_by(&Response::Refused(Refusal::Busy)));
         let have = Request::Have { cids: vec![ByteBuf::from(cid(1).to_bytes())] };
         assert!(!have.answered_by(&Response::Have(vec![])));
+        let kinds = Request::Kinds { cids: vec![ByteBuf::from(cid(1).to_bytes())] };
+        assert!(kinds.answered_by(&Response::Kinds(vec![BlockKind::Interior])));
+        assert!(!kinds.answered_by(&Response::Have(vec![true])));
     }
 
     fn encoded_request(request: Request) -> usize {
@@ -450,6 +515,7 @@ mod tests {
             Request::Digests { partitions: vec![u32::MAX; MAX_PARTITIONS] },
             Request::Summary { bitmap: vec![0xff; MAX_BITMAP] },
             Request::Have { cids: vec![ByteBuf::from(biggest_cid.to_bytes()); MAX_CIDS] },
+            Request::Kinds { cids: vec![ByteBuf::from(biggest_cid.to_bytes()); MAX_KINDS] },
         ];
         for request in requests {
             let len = encoded_request(request);
@@ -457,6 +523,8 @@ mod tests {
         }
         let full = SetDigest { count: u64::MAX, xor: [0xff; 32] };
         let len = encoded_response(Response::Digests(vec![full; MAX_PARTITIONS]));
+        assert!(len as u64 <= MAX_RESPONSE_BYTES, "{len} bytes");
+        let len = encoded_response(Response::Kinds(vec![BlockKind::Leaf(u32::MAX); MAX_KINDS]));
         assert!(len as u64 <= MAX_RESPONSE_BYTES, "{len} bytes");
         // The xor travels as a byte string, not an array of 32 integers.
         assert!(encoded_response(Response::Summary(full)) < 64);

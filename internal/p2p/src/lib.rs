@@ -33,7 +33,7 @@ pub use client::Client;
 pub use config::{P2pConfig, DEFAULT_PORT};
 pub use error::P2pError;
 pub use fetch::FetchStats;
-pub use holdings::{Holdings, NoHoldings, SetDigest};
+pub use holdings::{BlockKind, Holdings, NoHoldings, SetDigest};
 pub use ingest::{Ingest, NoIngest};
 pub use libp2p::{multiaddr, Multiaddr, PeerId};
 

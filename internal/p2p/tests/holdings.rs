@@ -17,7 +17,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use serde_bytes::ByteBuf;
 use xnode_p2p::holdings::{self, Refusal, Request, Response};
-use xnode_p2p::{agent_version, Holdings, P2pError, SetDigest};
+use xnode_p2p::{agent_version, BlockKind, Holdings, P2pError, SetDigest};
 
 fn cid(n: u32) -> Cid {
     use sha2::Digest;
@@ -72,6 +72,18 @@ impl Holdings for Fake {
         let held: HashSet<&Cid> = self.partitions.values().flatten().collect();
         cids.iter().map(|c| held.contains(c)).collect()
     }
+    fn kinds(&self, cids: &[Cid]) -> Vec<BlockKind> {
+        self.called();
+        let held: HashSet<&Cid> = self.partitions.values().flatten().collect();
+        // Held blocks of even number are leaves of that size, odd ones interior.
+        cids.iter()
+            .map(|c| match (0..100).find(|n| cid(*n) == *c) {
+                Some(n) if held.contains(c) && n % 2 == 0 => BlockKind::Leaf(n),
+                Some(_) if held.contains(c) => BlockKind::Interior,
+                _ => BlockKind::Absent,
+            })
+            .collect()
+    }
 }
 
 /// Two connected members of one group: `a` asks, `b` holds `fake`.
@@ -106,6 +118,17 @@ async fn members_answer_digests_summary_and_have() {
     let have = a.client.have(peer, vec![cid(3), cid(9), cid(1)]).await.unwrap();
     assert_eq!(have, vec![true, false, true]);
 
+    let held: Vec<u32> = (0..100).filter(|n| fake.partitions.values().flatten().any(|c| *c == cid(*n))).collect();
+    let (even, odd) = (
+        *held.iter().find(|n| *n % 2 == 0).expect("an even block held"),
+        *held.iter().find(|n| *n % 2 == 1).expect("an odd block held"),
+    );
+    let absent = (0..100).find(|n| !held.contains(n)).unwrap();
+    let kinds = a.client.kinds(peer, vec![cid(even), cid(absent), cid(odd)]).await.unwrap();
+    assert_eq!(kinds, vec![BlockKind::Leaf(even), BlockKind::Absent, BlockKind::Interior]);
+    let over = a.client.kinds(peer, vec![cid(1); holdings::MAX_KINDS + 1]).await;
+    assert!(matches!(over, Err(P2pError::RequestTooLarge { .. })), "{over:?}");
+
     // Many requests at once from a well-behaved member: queued on the asking side, none refused as busy.
     let asks = (0..12u32).map(|i| {
         let client = a.client.clone();
@@ -115,7 +138,7 @@ async fn members_answer_digests_summary_and_have() {
     for (i, answer) in answers.into_iter().enumerate() {
         assert_eq!(answer.unwrap(), vec![fake.digest(i as u32 % 6)]);
     }
-    assert_eq!(fake.calls.load(Ordering::SeqCst), 15);
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 16);
     a.node.shutdown().await;
     b.node.shutdown().await;
 }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use xnode_catalog::{FileRecord, Head, Heads, Op};
 use xnode_dag::pb::{DataType, PbNode, UnixFsData};
 use xnode_gossip::{Member, MemberState};
-use xnode_p2p::PeerId;
+use xnode_p2p::{BlockKind, PeerId};
 use xnode_placement::NodeInfo;
 
 use self::core::{AllocCore, SetDigest};
@@ -155,6 +155,29 @@ impl xnode_p2p::Holdings for HeldDigests {
 
     fn have(&self, cids: &[Cid]) -> Vec<bool> {
         cids.iter().map(|c| self.store.has(c).unwrap_or(false)).collect()
+    }
+
+    fn kinds(&self, cids: &[Cid]) -> Vec<BlockKind> {
+        cids.iter()
+            .map(|c| match self.store.get(c) {
+                Ok(Some(data)) => kind_of(c, &data),
+                _ => BlockKind::Absent,
+            })
+            .collect()
+    }
+}
+
+/// What `data`, the block `cid`, is to placement: a leaf (no links) or interior; `Absent` when it does not decode
+/// (whoever asked then fetches it and finds out for itself).
+fn kind_of(cid: &Cid, data: &Bytes) -> BlockKind {
+    let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    if cid.codec() == xnode_dag::RAW {
+        return BlockKind::Leaf(size);
+    }
+    match PbNode::decode(data) {
+        Ok(pb) if pb.links.is_empty() => BlockKind::Leaf(size),
+        Ok(_) => BlockKind::Interior,
+        Err(_) => BlockKind::Absent,
     }
 }
 
@@ -477,9 +500,15 @@ impl Allocator {
             let root = f.root;
             let pinned = pins.iter().any(|p| p.root == root);
             let (mut pairs, mut bytes, mut listed, mut kept) = (0u64, 0u64, 0usize, 0usize);
+            let started = Instant::now();
+            let (mut walking, mut indexing) = (Duration::ZERO, Duration::ZERO);
             let mut walk = Walk::new(&f);
             let walked = loop {
-                let batch = match walk.next(node).await {
+                let step = Instant::now();
+                let next = walk.next(node).await;
+                walking += step.elapsed();
+                let step = Instant::now();
+                let batch = match next {
                     Ok(Some(batch)) => batch,
                     Ok(None) => break Ok(walk.interior()),
                     Err(e) => break Err(e),
@@ -512,6 +541,7 @@ impl Allocator {
                 bytes += added.bytes;
                 listed += added.listed.len();
                 kept += newly_kept.len();
+                indexing += step.elapsed();
             };
             let interior = match walked {
                 Ok(interior) => interior,
@@ -532,7 +562,7 @@ impl Allocator {
                 Ok(())
             })
             .await?;
-            tracing::debug!(%root, new_leaves = listed, kept, "file indexed");
+            tracing::debug!(%root, new_leaves = listed, kept, took = ?started.elapsed(), ?walking, ?indexing, "file indexed");
         }
         for root in removed {
             let index = self.index.clone();
@@ -650,6 +680,7 @@ impl Allocator {
         let store = node.repo().store().clone();
         // Per partition: leaves stored but not kept yet (a read cache, an add), and leaves to fetch. The scan stops
         // once a round's worth is found: a round's disk work follows what it fetches, not the size of the share.
+        let started = Instant::now();
         let (present, absent, scanned_all, next) = blocking(move || -> Result<_, InstanceError> {
             let (mut present, mut absent) = (Vec::new(), Vec::new());
             for &p in &partitions {
@@ -673,6 +704,9 @@ impl Allocator {
         })
         .await?;
         self.fetch_cursor = next;
+        if !present.is_empty() {
+            tracing::debug!(kept = present.len(), took = ?started.elapsed(), "kept blocks already stored");
+        }
         for cid in &present {
             self.kept(cid);
         }
@@ -1116,12 +1150,14 @@ struct Walk {
     file: FileRecord,
     queue: Vec<Cid>,
     interior: Vec<Cid>,
+    /// Directory entries small enough to be files of one block, to be told apart ([`classify`]).
+    small: Vec<Cid>,
     started: bool,
 }
 
 impl Walk {
     fn new(file: &FileRecord) -> Self {
-        Walk { file: file.clone(), queue: Vec::new(), interior: Vec::new(), started: false }
+        Walk { file: file.clone(), queue: Vec::new(), interior: Vec::new(), small: Vec::new(), started: false }
     }
 
     /// The next batch of leaves, or `None` once the whole DAG was walked.
@@ -1142,7 +1178,16 @@ impl Walk {
             // round trip each would make its walk as slow as the network's latency.
             let batch: Vec<Cid> = self.queue.split_off(self.queue.len().saturating_sub(WALK_AHEAD));
             for (cid, data) in read_or_fetch(node, batch).await? {
-                self.walk_block(node, cid, &data, &mut leaves).await?;
+                self.walk_block(cid, &data, &mut leaves)?;
+            }
+            // A directory of 1,000 small files has 1,000 entries to tell apart: all of them at once.
+            if !self.small.is_empty() {
+                for (cid, leaf) in classify(node, std::mem::take(&mut self.small)).await? {
+                    match leaf {
+                        Some(size) => leaves.push((cid, size)),
+                        None => self.queue.push(cid),
+                    }
+                }
             }
             if leaves.len() >= LEAF_BATCH {
                 return Ok(Some(leaves));
@@ -1151,14 +1196,9 @@ impl Walk {
         Ok((!leaves.is_empty()).then_some(leaves))
     }
 
-    /// Takes one interior block: its leaves go to `leaves`, its other children to the queue.
-    async fn walk_block(
-        &mut self,
-        node: &Arc<Node>,
-        cid: Cid,
-        data: &Bytes,
-        leaves: &mut Vec<(Cid, u32)>,
-    ) -> Result<(), InstanceError> {
+    /// Takes one interior block: its leaves go to `leaves`, its small directory entries to `small`, its other
+    /// children to the queue.
+    fn walk_block(&mut self, cid: Cid, data: &Bytes, leaves: &mut Vec<(Cid, u32)>) -> Result<(), InstanceError> {
         self.interior.push(cid);
         if cid.codec() != xnode_dag::DAG_PB {
             return Ok(());
@@ -1173,12 +1213,9 @@ impl Walk {
             if leaf {
                 leaves.push((link.cid, u32::try_from(link.tsize).unwrap_or(u32::MAX)));
             } else if !is_file && link.tsize <= PROBE_MAX {
-                // An entry of a directory small enough to be a file of one block: look at it (without keeping it)
-                // to tell a one-block file, which is data placed at RF, from a small subtree.
-                match probe(node, link.cid).await? {
-                    Some(size) => leaves.push((link.cid, size)),
-                    None => self.queue.push(link.cid),
-                }
+                // An entry of a directory small enough to be a file of one block: to be told apart from a small
+                // subtree, since a one-block file is data placed at RF.
+                self.small.push(link.cid);
             } else {
                 self.queue.push(link.cid);
             }
@@ -1237,6 +1274,100 @@ fn local_copy(
         Err(xnode_storage::StoreError::Corrupted { .. }) => Ok(None),
         other => other,
     }
+}
+
+/// Tells directory entries that are files of one block (`Some(size)`: data, placed at RF) from small subtrees
+/// (`None`: interior, walked). Entries this node holds are read here; the rest are asked of their placement holders
+/// ([`BlockKind`] over the holdings protocol, [`xnode_p2p::holdings::MAX_KINDS`] at a time), which hold them once an
+/// add has streamed them; only entries no holder could tell are fetched ([`probe`], a few at a time). A directory of
+/// 1,000 small files thus costs a few questions, not 1,000 fetches one after the other.
+async fn classify(node: &Arc<Node>, cids: Vec<Cid>) -> Result<Vec<(Cid, Option<u32>)>, InstanceError> {
+    if cids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let store = node.repo().store().clone();
+    let wanted = cids.clone();
+    let local: Vec<BlockKind> = blocking(move || {
+        wanted
+            .iter()
+            .map(|c| match local_copy(store.get(c)) {
+                Ok(Some(data)) => kind_of(c, &data),
+                _ => BlockKind::Absent,
+            })
+            .collect()
+    })
+    .await;
+    let mut out = Vec::with_capacity(cids.len());
+    let mut unknown = Vec::new();
+    for (cid, kind) in cids.into_iter().zip(local) {
+        match kind {
+            BlockKind::Leaf(size) => out.push((cid, Some(size))),
+            BlockKind::Interior => out.push((cid, None)),
+            BlockKind::Absent => unknown.push(cid),
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(out);
+    }
+    for cid in &unknown {
+        node.report_if_corrupt(*cid);
+    }
+    // Ask the first live holder of each entry's partition (not us: we just looked).
+    if let Some(layout) = node.layout() {
+        let members = node.view();
+        let peers: HashMap<&str, PeerId> = members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive && m.name != node.name())
+            .filter_map(|m| Some((m.name.as_str(), m.meta.peer_id.parse().ok()?)))
+            .collect();
+        let mut by_peer: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        let mut nobody = Vec::new();
+        for cid in unknown {
+            let partition = layout.partition_of_cid(&cid.to_bytes());
+            match layout.holders(partition).find_map(|h| peers.get(h)) {
+                Some(peer) => by_peer.entry(*peer).or_default().push(cid),
+                None => nobody.push(cid),
+            }
+        }
+        let questions: Vec<(PeerId, Vec<Cid>)> = by_peer
+            .into_iter()
+            .flat_map(|(peer, cids)| {
+                cids.chunks(xnode_p2p::holdings::MAX_KINDS).map(|c| (peer, c.to_vec())).collect::<Vec<_>>()
+            })
+            .collect();
+        let answers: Vec<(Vec<Cid>, Option<Vec<BlockKind>>)> = futures::stream::iter(questions)
+            .map(|(peer, cids)| async move {
+                let kinds = ask::kinds(node, peer, cids.clone()).await.ok();
+                (cids, kinds)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        unknown = nobody;
+        for (cids, kinds) in answers {
+            match kinds {
+                Some(kinds) => {
+                    for (cid, kind) in cids.into_iter().zip(kinds) {
+                        match kind {
+                            BlockKind::Leaf(size) => out.push((cid, Some(size))),
+                            BlockKind::Interior => out.push((cid, None)),
+                            BlockKind::Absent => unknown.push(cid),
+                        }
+                    }
+                }
+                None => unknown.extend(cids),
+            }
+        }
+    }
+    let probed: Vec<Result<(Cid, Option<u32>), InstanceError>> = futures::stream::iter(unknown)
+        .map(|cid| async move { probe(node, cid).await.map(|leaf| (cid, leaf)) })
+        .buffer_unordered(WALK_AHEAD)
+        .collect()
+        .await;
+    for p in probed {
+        out.push(p?);
+    }
+    Ok(out)
 }
 
 /// Whether the dag-pb block `cid` is a block without links (a file of one block), and its size if so. Read from

@@ -174,6 +174,8 @@ def main():
     ap.add_argument("--capacity", default="3GiB", help="each node's storage capacity")
     ap.add_argument("--chunker", default=None, help="as `xnode add --chunker`, e.g. size-4096 for many blocks")
     ap.add_argument("--idle", type=float, default=60, help="seconds of idle CPU measured once settled")
+    ap.add_argument("--idle-again", type=float, default=0,
+                    help="measure idle CPU once more this many seconds after the first measurement")
     ap.add_argument(
         "--until",
         choices=["idle", "repair", "all"],
@@ -229,12 +231,31 @@ def main():
         time.sleep(5)
         cpu0 = {n.name: cpu_seconds(n.proc.pid) for n in nodes}
         t0 = time.monotonic()
+        # XNODE_BENCH_PERF=FILE: a `perf record` of the second node's idle window, to see where it goes.
+        perf = None
+        if os.environ.get("XNODE_BENCH_PERF"):
+            perf = subprocess.Popen(["perf", "record", "-F", "499", "--call-graph", "dwarf,16384", "-o",
+                                     os.environ["XNODE_BENCH_PERF"], "-p", str(nodes[1].proc.pid), "--", "sleep",
+                                     str(args.idle)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(args.idle)
+        if perf:
+            perf.wait()
         elapsed = time.monotonic() - t0
         idle = {n.name: (cpu_seconds(n.proc.pid) - cpu0[n.name]) / elapsed for n in nodes}
         rss = {n.name: rss_mb(n.proc.pid) for n in nodes}
         used = {n.name: (n.get("/api/v1/storage") or {}).get("used", 0) for n in nodes}
         print(f"[progress] idle CPU {idle}, RSS MB {rss}, used {used}", flush=True)
+        if args.idle_again:
+            # sled compacts its log in the background after heavy writes (its flusher's segment GC): measured again
+            # later, the idle figure shows what is left once that backlog is done.
+            time.sleep(args.idle_again)
+            cpu0 = {n.name: cpu_seconds(n.proc.pid) for n in nodes}
+            t0 = time.monotonic()
+            time.sleep(args.idle)
+            elapsed = time.monotonic() - t0
+            later = {n.name: (cpu_seconds(n.proc.pid) - cpu0[n.name]) / elapsed for n in nodes}
+            rss_later = {n.name: rss_mb(n.proc.pid) for n in nodes}
+            print(f"[progress] idle CPU {args.idle_again:.0f} s later {later}, RSS MB {rss_later}", flush=True)
         if args.until == "idle":
             return
 

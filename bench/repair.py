@@ -202,12 +202,9 @@ def main():
         if args.chunker:
             add += ["--chunker", args.chunker]
         t_add = time.monotonic()
-        out = subprocess.run(
-            add + [payload],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        out = subprocess.run(add + [payload], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"the add failed after {time.monotonic() - t_add:.1f} s: {out.stderr.strip()}")
         root = out.stdout.strip()
         t_add = time.monotonic() - t_add
         os.remove(payload)

@@ -44,6 +44,12 @@ pub(crate) const BATCH_BYTES: u64 = 2 << 20;
 /// new holders.
 pub(crate) const MAX_ATTEMPTS: u32 = 8;
 
+/// How long a member that membership still lists alive may go without acknowledging any batch of an add before its
+/// failed batches count against [`MAX_ATTEMPTS`]. A live member on a slow or overloaded disk (a commit taking longer
+/// than [`ATTEMPT_TIMEOUT`], refusals as busy) keeps the add waiting rather than failing it; a dead one is declared
+/// dead within about 3 s, and its partitions move to other members, so this never delays that case.
+const PATIENCE: Duration = Duration::from_secs(60);
+
 /// How long one attempt of a batch may take before it is retried (the protocol allows 30 s): a member killed a
 /// moment ago may leave a connection that answers nothing until it times out, while a retry soon goes to whoever
 /// took over its partitions. A slow member only gets the batch again (it answers "already have").
@@ -93,6 +99,36 @@ pub(crate) fn route(layout: &Layout, me: &str, cid: &Cid, leaf: bool) -> Route {
         }
     }
     Route { local, remote }
+}
+
+/// When a member last acknowledged a batch of this add, so a slow but live member is waited for ([`PATIENCE`]).
+/// No I/O: the caller says what time it is and whether membership lists the member alive.
+#[derive(Debug)]
+pub(crate) struct Patience {
+    heard: HashMap<String, std::time::Instant>,
+    limit: Duration,
+}
+
+impl Patience {
+    pub(crate) fn new(limit: Duration) -> Self {
+        Patience { heard: HashMap::new(), limit }
+    }
+
+    /// `member` acknowledged a batch at `now`.
+    pub(crate) fn heard(&mut self, member: &str, now: std::time::Instant) {
+        self.heard.insert(member.to_string(), now);
+    }
+
+    /// Whether a batch to `member` that failed at `now` is sent again without counting against its attempts: only
+    /// while the member is alive and has acknowledged something within the limit (a member never heard from gets
+    /// the limit from its first failure).
+    pub(crate) fn waits_for(&mut self, member: &str, alive: bool, now: std::time::Instant) -> bool {
+        if !alive {
+            return false;
+        }
+        let since = *self.heard.entry(member.to_string()).or_insert(now);
+        now.saturating_duration_since(since) < self.limit
+    }
 }
 
 /// A batch of blocks for one member.
@@ -545,6 +581,8 @@ pub(crate) async fn stream<T: Send + 'static>(
             (batch, result)
         })
     };
+    let mut patience = Patience::new(PATIENCE);
+    let alive = |member: &str| node.view().iter().any(|m| m.name == member && m.state == MemberState::Alive);
     let mut seen: HashSet<Cid> = HashSet::new();
     let mut local_gone = false;
     let mut imported_all = false;
@@ -589,11 +627,23 @@ pub(crate) async fn stream<T: Send + 'static>(
                 }
             }
             Some((batch, result)) = sends.next(), if !sends.is_empty() => match result {
-                Ok(already) => window.acked(&batch, already),
+                Ok(already) => {
+                    patience.heard(&batch.member, std::time::Instant::now());
+                    window.acked(&batch, already);
+                }
                 Err(e) => {
                     let (retry, reason) = judge(&e);
                     tracing::debug!(member = %batch.member, attempt = batch.attempt, error = %e, "ingest batch failed");
-                    if let Some(again) = window.failed(batch, reason, retry) {
+                    let again = if retry && patience.waits_for(&batch.member, alive(&batch.member), std::time::Instant::now()) {
+                        // Alive and heard from lately: slow, not gone. Sent again, keeping a few attempts for the
+                        // case it dies after all (then its blocks follow the new layout).
+                        let mut batch = batch;
+                        batch.attempt = (batch.attempt + 1).min(MAX_ATTEMPTS - 2);
+                        Some(batch)
+                    } else {
+                        window.failed(batch, reason, retry)
+                    };
+                    if let Some(again) = again {
                         // Each block goes where the layout of the moment puts it: after a member died, to the
                         // member that took over its partitions (or here).
                         if let Some(now) = node.layout() {
@@ -768,6 +818,26 @@ mod tests {
         assert!(text.contains("1 on d: its store is full (10 bytes free, 104 needed)"), "{text}");
         assert!(text.contains("The cluster has 3.0 MiB free (a 3.0 MiB, d 10 B)"), "{text}");
         assert!(text.contains(&cid.to_string()), "{text}");
+    }
+
+    #[test]
+    fn a_live_member_is_waited_for_until_it_goes_quiet_for_the_limit() {
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut p = Patience::new(Duration::from_secs(60));
+        // Never heard from: the limit runs from its first failure.
+        assert!(p.waits_for("b", true, at(0)));
+        assert!(p.waits_for("b", true, at(59)));
+        assert!(!p.waits_for("b", true, at(60)), "silent for the whole limit");
+        // An acknowledgement starts the limit again.
+        p.heard("b", at(70));
+        assert!(p.waits_for("b", true, at(125)));
+        assert!(!p.waits_for("b", true, at(131)));
+        // A member membership no longer lists alive is never waited for: its blocks follow the new layout.
+        p.heard("c", at(0));
+        assert!(!p.waits_for("c", false, at(1)));
+        // Members are independent.
+        assert!(p.waits_for("d", true, at(200)));
     }
 
     #[test]

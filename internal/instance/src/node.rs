@@ -221,6 +221,9 @@ pub struct Node {
     replication: usize,
     /// Bumped whenever the catalog grows.
     catalog_version: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever the allocation loop publishes new file health, so watchers (the dashboard's timeline) see
+    /// every report, not only those still current when they happen to look.
+    health_version: tokio::sync::watch::Sender<u64>,
     /// Copies this node no longer has though the allocation task counts them (found corrupt and dropped by a scrub
     /// or a read): the task drains this at once and fetches them again. See [`Node::copy_lost`].
     lost: tokio::sync::mpsc::UnboundedSender<cid::Cid>,
@@ -305,6 +308,7 @@ impl Node {
             key,
             replication: config.replication.max(1),
             catalog_version: tokio::sync::watch::Sender::new(0),
+            health_version: tokio::sync::watch::Sender::new(0),
             lost,
             liveness: std::sync::Mutex::new(Liveness::new(std::time::Instant::now())),
             integrity,
@@ -565,7 +569,16 @@ impl Node {
 
     pub(crate) fn set_report(&self, report: crate::alloc::Report) {
         self.liveness.lock().expect("not poisoned").report_at = std::time::Instant::now();
+        let new_health = !Arc::ptr_eq(&self.report.borrow().health, &report.health);
         self.report.send_replace(report);
+        if new_health {
+            self.health_version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// A receiver that changes whenever the allocation loop publishes new file health ([`Node::files_health`]).
+    pub fn health_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.health_version.subscribe()
     }
 
     /// Why this node is stuck (its allocation loop has not reported for [`ALLOCATION_STALL`], or blocking work,

@@ -355,6 +355,12 @@ impl Node {
         self.membership.read().expect("not poisoned").as_ref().map(Membership::watch)
     }
 
+    /// Gossip traffic since the node started: datagrams and bytes sent and received, and those dropped because they
+    /// did not open with the cluster secret or were replays (all zero once the node has left).
+    pub fn gossip_traffic(&self) -> xnode_gossip::Traffic {
+        self.membership.read().expect("not poisoned").as_ref().map(Membership::traffic).unwrap_or_default()
+    }
+
     /// The local store.
     pub fn repo(&self) -> &Repo {
         &self.repo

@@ -683,6 +683,24 @@ impl Node {
         }
     }
 
+    /// What removing the catalog file `root` would free in the cluster: its blocks that no other catalog file
+    /// lists, from the allocation index (`None` while the file is not indexed yet, or before the node has a
+    /// partition layout).
+    pub async fn freed_by(&self, root: Cid) -> Result<Option<crate::allocation_index::Exclusive>, InstanceError> {
+        let Some(layout) = self.layout() else { return Ok(None) };
+        let partitions = layout.partitions();
+        let store = self.repo.store().clone();
+        let kept: std::collections::HashSet<Cid> = self.catalog_files().into_iter().map(|f| f.root).collect();
+        tokio::task::spawn_blocking(move || -> Result<_, InstanceError> {
+            let index_error = |e: crate::allocation_index::IndexError| InstanceError::BadUpload(e.to_string());
+            let index = crate::allocation_index::Index::existing(store.tree("alloc")?, partitions);
+            let Some(index) = index.map_err(index_error)? else { return Ok(None) };
+            index.exclusive_to(&root, &kept).map_err(index_error)
+        })
+        .await
+        .expect("reading the index does not panic")
+    }
+
     /// The catalog's files with their replication health, as of the last allocation round.
     pub fn files_health(&self) -> Arc<Vec<FileHealth>> {
         self.report.borrow().health.clone()

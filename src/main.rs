@@ -5,16 +5,15 @@ mod client;
 mod config;
 mod dag;
 mod node;
+mod output;
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 use xnode_dag::{ImportOptions, Profile};
-use xnode_gossip::Member;
 use xnode_instance::{AddOptions, Repo};
 use xnode_storage::StoreConfig;
 
@@ -446,20 +445,20 @@ fn run(cli: Cli, env: Env) -> Result<()> {
         Command::Status { cid, json, remote } => {
             let ctx = Ctx::new(env, &cli, Some(&local_of(remote)))?;
             match cid {
-                None => status(&ctx.api(), *json),
+                None => output::status(&ctx.api(), *json),
                 Some(cid) => {
                     parse_cid(cid)?;
-                    holders(&ctx.api(), cid, *json)
+                    output::holders(&ctx.api(), cid, *json)
                 }
             }
         }
         Command::Members { json, remote } => {
             let ctx = Ctx::new(env, &cli, Some(&local_of(remote)))?;
-            members(&ctx.api().members()?, *json)
+            output::members(&ctx.api().members()?, *json)
         }
         Command::Peers { json, remote } => {
             let ctx = Ctx::new(env, &cli, Some(&local_of(remote)))?;
-            peers(&ctx.api().members()?, *json)
+            output::peers(&ctx.api().members()?, *json)
         }
         Command::Health { remote } => {
             let ctx = Ctx::new(env, &cli, Some(&local_of(remote)))?;
@@ -534,71 +533,23 @@ fn run(cli: Cli, env: Env) -> Result<()> {
             if ctx.offline {
                 bail!("`ls CID` asks a running node; drop --offline (`xnode ls --offline` lists the local files)");
             }
-            let listing = ctx.api().ls_cid(cid)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&listing)?);
-                return Ok(());
-            }
-            for e in listing.as_array().into_iter().flatten() {
-                let size =
-                    e["size"].as_u64().map_or_else(|| "-".to_string(), |s| ByteSize(s).display().iec().to_string());
-                let name = e["name"].as_str().unwrap_or_default();
-                let shown = if e["kind"] == "directory" { format!("{name}/") } else { name.to_string() };
-                println!("{}\t{size}\t{shown}", e["cid"].as_str().unwrap_or_default());
-            }
-            Ok(())
+            output::listing(&ctx.api().ls_cid(cid)?, *json)
         }
         Command::Ls { cid: None, json, local } => {
             let ctx = Ctx::new(env, &cli, Some(local))?;
             if ctx.offline {
-                let pins = ctx.open_existing()?.pins()?;
-                if *json {
-                    println!("{}", serde_json::to_string_pretty(&pins)?);
-                } else {
-                    for p in pins {
-                        println!("{}\t{}\t{}", p.root, ByteSize(p.size).display().iec(), p.name);
-                    }
-                }
-                return Ok(());
+                return output::pins(&ctx.open_existing()?.pins()?, *json);
             }
-            let files = ctx.api().files()?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&files)?);
-            } else {
-                for f in files.as_array().into_iter().flatten() {
-                    let size = ByteSize(f["size"].as_u64().unwrap_or(0)).display().iec().to_string();
-                    println!(
-                        "{}\t{size}\t{}",
-                        f["root"].as_str().unwrap_or_default(),
-                        f["name"].as_str().unwrap_or_default()
-                    );
-                }
-            }
-            Ok(())
+            output::files(&ctx.api().files()?, *json)
         }
         Command::Rm { cid, local } => {
             let ctx = Ctx::new(env, &cli, Some(local))?;
             if ctx.offline {
-                let s = ctx.open()?.remove(&parse_cid(cid)?)?;
-                println!(
-                    "removed {cid} from this data dir: {} blocks deleted, {} freed",
-                    s.blocks_deleted,
-                    ByteSize(s.bytes_freed).display().iec()
-                );
+                output::removed_here(cid, &ctx.open()?.remove(&parse_cid(cid)?)?);
                 return Ok(());
             }
             parse_cid(cid)?;
-            let v = ctx.api().rm(cid)?;
-            let n = |k: &str| v[k].as_u64().unwrap_or(0);
-            println!(
-                "removed {cid} from the cluster: its {} blocks ({} copies, about {}) are freed on the members \
-                 that hold them (blocks another file shares stay); this node freed {} blocks, {}",
-                n("cluster_blocks"),
-                n("cluster_copies"),
-                ByteSize(n("cluster_bytes")).display().iec(),
-                n("blocks_deleted"),
-                ByteSize(n("bytes_freed")).display().iec()
-            );
+            output::removed_from_cluster(cid, &ctx.api().rm(cid)?);
             Ok(())
         }
         Command::Resize { member, size, admin } => {
@@ -626,18 +577,7 @@ fn run(cli: Cli, env: Env) -> Result<()> {
         }
         Command::Blocks { limit, json, remote } => {
             let ctx = Ctx::new(env, &cli, Some(&local_of(remote)))?;
-            let blocks = ctx.api().blocks(*limit)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&blocks)?);
-                return Ok(());
-            }
-            for (what, list) in [("held", &blocks["held"]), ("wanted", &blocks["wanted"])] {
-                println!("{what}: {}", list["count"].as_u64().unwrap_or(0));
-                for cid in list["cids"].as_array().into_iter().flatten().filter_map(|c| c.as_str()) {
-                    println!("  {cid}");
-                }
-            }
-            Ok(())
+            output::blocks(&ctx.api().blocks(*limit)?, *json)
         }
         Command::Stats { json, local } => {
             let ctx = Ctx::new(env, &cli, Some(local))?;
@@ -647,124 +587,14 @@ fn run(cli: Cli, env: Env) -> Result<()> {
             } else {
                 let v = ctx.api().storage()?;
                 if *json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
-                    return Ok(());
+                    return output::json(&v);
                 }
                 let n = |k: &str| v[k].as_u64().unwrap_or(0);
                 (n("files"), n("blocks"), n("used"), n("disk_bytes"), n("capacity"))
             };
-            if *json {
-                let v = serde_json::json!({"files": files, "blocks": blocks, "used": held, "disk_bytes": disk, "capacity": capacity});
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            println!("files:    {files} pinned here");
-            println!("blocks:   {blocks}");
-            println!("held:     {} ({held} bytes)", ByteSize(held).display().iec());
-            println!("on disk:  {} ({disk} bytes)", ByteSize(disk).display().iec());
-            println!("capacity: {}", size_or_unlimited(capacity));
-            if held > capacity {
-                println!(
-                    "over capacity: handing off {} to the other members",
-                    ByteSize(held - capacity).display().iec()
-                );
-            }
-            Ok(())
+            output::stats(files, blocks, held, disk, capacity, *json)
         }
     }
-}
-
-fn size_or_unlimited(bytes: u64) -> String {
-    if bytes == u64::MAX {
-        "unlimited".to_string()
-    } else {
-        ByteSize(bytes).display().iec().to_string()
-    }
-}
-
-/// `xnode status`: the cluster at a glance, from one node's view.
-fn status(api: &client::Api, json: bool) -> Result<()> {
-    let node = api.status()?;
-    let members = api.members()?;
-    let files = api.files()?;
-    let files = files.as_array().cloned().unwrap_or_default();
-    let alive: Vec<&Member> = members.iter().filter(|m| m.state == xnode_gossip::MemberState::Alive).collect();
-    let count = |s| members.iter().filter(|m| m.state == s).count();
-    let capacity = alive.iter().map(|m| m.meta.capacity).fold(0u64, u64::saturating_add);
-    let used: u64 = alive.iter().map(|m| m.meta.used).sum();
-    let health = |k: &str| files.iter().filter(|f| f["health"][k].as_u64().unwrap_or(0) > 0).count();
-    let (under, missing) = (health("under_replicated"), health("missing"));
-    let replication = node["replication"].as_u64().unwrap_or(0);
-    if json {
-        let v = serde_json::json!({
-            "node": node,
-            "members_alive": alive.len(),
-            "members_dead": count(xnode_gossip::MemberState::Dead),
-            "members_left": count(xnode_gossip::MemberState::Left),
-            "capacity": capacity,
-            "used": used,
-            "files": files.len(),
-            "files_under_replicated": under,
-            "files_missing_blocks": missing,
-            "replication": replication,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    println!(
-        "members:  {} alive, {} dead, {} left",
-        alive.len(),
-        count(xnode_gossip::MemberState::Dead),
-        count(xnode_gossip::MemberState::Left)
-    );
-    println!(
-        "storage:  {} used of {} pooled (alive members)",
-        ByteSize(used).display().iec(),
-        size_or_unlimited(capacity)
-    );
-    println!("files:    {} in the catalog; {under} under-replicated, {missing} with missing blocks", files.len());
-    if replication > 0 {
-        println!("replication factor: {replication}");
-    }
-    println!(
-        "this node: {} ({}), {} blocks held",
-        node["name"].as_str().unwrap_or_default(),
-        node["phase"].as_str().unwrap_or_default(),
-        node["blocks"].as_u64().unwrap_or(0)
-    );
-    Ok(())
-}
-
-/// `xnode status CID`: which members hold how many of a file's blocks.
-fn holders(api: &client::Api, cid: &str, json: bool) -> Result<()> {
-    let h = api.holders(cid)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&h)?);
-        return Ok(());
-    }
-    let blocks = h["blocks"].as_u64().unwrap_or(0);
-    let rf = h["replication"].as_u64().unwrap_or(0);
-    let partial = if h["complete"] == false { " (the first ones; the DAG is larger)" } else { "" };
-    println!("{cid}: {blocks} blocks{partial}, replication factor {rf}");
-    let mut copies = 0;
-    println!("{:<20} {:<6} {:>10}", "MEMBER", "STATE", "BLOCKS");
-    for m in h["members"].as_array().into_iter().flatten() {
-        let held = match (m["blocks"].as_u64(), m["error"].as_str()) {
-            (Some(n), _) => {
-                copies += n;
-                n.to_string()
-            }
-            (None, Some(e)) => format!("? ({e})"),
-            (None, None) => "-".to_string(),
-        };
-        println!(
-            "{:<20} {:<6} {held:>10}",
-            m["name"].as_str().unwrap_or_default(),
-            m["state"].as_str().unwrap_or_default()
-        );
-    }
-    println!("copies: {copies} of the {} wanted ({blocks} blocks x {rf})", blocks * rf);
-    Ok(())
 }
 
 fn add(args: &AddArgs, open: impl FnOnce() -> Result<Repo>) -> Result<()> {
@@ -811,48 +641,4 @@ fn http_get(url: &str) -> Result<ureq::Response> {
         .timeout(std::time::Duration::from_secs(5))
         .call()
         .map_err(|e| anyhow::anyhow!("no answer from {url}: {e}; is `xnode run` up there? (set --api or XNODE_API)"))
-}
-
-fn members(members: &[Member], json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&members)?);
-        return Ok(());
-    }
-    println!("{:<20} {:<6} {:<22} {:<18} {:>22} {:>8}", "NAME", "STATE", "GOSSIP", "PHASE", "STORAGE", "BLOCKS");
-    for m in members {
-        let cap = if m.meta.capacity == u64::MAX {
-            "unlimited".to_string()
-        } else {
-            ByteSize(m.meta.capacity).display().iec().to_string()
-        };
-        let storage = format!("{} / {cap}", ByteSize(m.meta.used).display().iec());
-        let name = if m.is_self { format!("{} (self)", m.name) } else { m.name.clone() };
-        let state = format!("{:?}", m.state).to_lowercase();
-        println!("{name:<20} {state:<6} {:<22} {:<18} {storage:>22} {:>8}", m.gossip_addr, m.meta.phase, m.meta.blocks);
-    }
-    Ok(())
-}
-
-/// `xnode peers`: each member's network identities.
-fn peers(members: &[Member], json: bool) -> Result<()> {
-    if json {
-        let v: Vec<_> = members
-            .iter()
-            .map(|m| {
-                serde_json::json!({
-                    "name": m.name, "state": format!("{:?}", m.state).to_lowercase(), "peer_id": m.meta.peer_id,
-                    "gossip": m.gossip_addr.to_string(), "api": m.meta.api_url, "version": m.meta.version,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    println!("{:<20} {:<6} {:<54} {:<22} API", "NAME", "STATE", "PEER ID", "GOSSIP");
-    for m in members {
-        let name = if m.is_self { format!("{} (self)", m.name) } else { m.name.clone() };
-        let state = format!("{:?}", m.state).to_lowercase();
-        println!("{name:<20} {state:<6} {:<54} {:<22} {}", m.meta.peer_id, m.gossip_addr, m.meta.api_url);
-    }
-    Ok(())
 }

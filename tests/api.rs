@@ -684,3 +684,54 @@ fn counters_agree_and_a_resize_survives_a_restart() {
     assert_eq!(storage["capacity"], 7 << 20, "{storage}");
     assert_eq!(storage["over_capacity"], 0);
 }
+
+/// `rm` reports what the cluster frees: blocks another catalog file shares are not counted (here `longer.bin`
+/// starts with all of `shared.bin`, 256 KiB chunks, so its first four leaves are `shared.bin`'s).
+#[test]
+fn rm_counts_only_the_blocks_no_other_file_shares() {
+    let node = Node::start("", "");
+    let chunk = 256 * 1024;
+    let shared = pattern(4 * chunk);
+    let mut longer = shared.clone();
+    longer.extend_from_slice(&random_bytes(2 * chunk, 77));
+    let cid_of = |name: &str, body: &[u8]| -> String {
+        let (code, body) = status_of(node.upload(name, body));
+        assert_eq!(code, 201, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["cid"].as_str().unwrap().to_string()
+    };
+    let (a, b) = (cid_of("shared.bin", &shared), cid_of("longer.bin", &longer));
+    // Both indexed: the allocation loop has counted their health.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let files: serde_json::Value = ureq::get(&node.url("/api/v1/files")).call().unwrap().into_json().unwrap();
+        let counted = files.as_array().unwrap().iter().filter(|f| f["health"].is_object()).count();
+        if counted == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the files were not indexed: {files}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rm = |cid: &str| -> serde_json::Value {
+        ureq::delete(&node.url(&format!("/api/v1/files/{cid}")))
+            .set("Authorization", &format!("Bearer {}", node.token))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    };
+    // longer.bin: 6 leaves and a root; 4 leaves are shared.bin's. One member: one copy of each.
+    let freed = rm(&b);
+    assert_eq!(freed["cluster_blocks"], 3, "its 2 own leaves and its root: {freed}");
+    assert_eq!(freed["cluster_copies"], 3, "{freed}");
+    let bytes = freed["cluster_bytes"].as_u64().unwrap();
+    assert!((2 * chunk as u64..2 * chunk as u64 + 64).contains(&bytes), "the 2 own leaves' bytes: {freed}");
+    // What stays is whole: shared.bin still reads back.
+    let mut back = Vec::new();
+    ureq::get(&node.url(&format!("/api/v1/files/{a}"))).call().unwrap().into_reader().read_to_end(&mut back).unwrap();
+    assert_eq!(back, shared);
+    // Now nothing shares shared.bin's leaves.
+    let freed = rm(&a);
+    assert_eq!(freed["cluster_blocks"], 5, "4 leaves and a root: {freed}");
+    let bytes = freed["cluster_bytes"].as_u64().unwrap();
+    assert!((4 * chunk as u64..4 * chunk as u64 + 128).contains(&bytes), "{freed}");
+}

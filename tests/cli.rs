@@ -375,3 +375,89 @@ fn an_upload_refused_midway_is_not_reported_as_no_node() {
     // The node is still there and took nothing.
     assert!(ok(remote(&node.api).arg("ls")).trim().is_empty());
 }
+
+/// A directory DAG no importer would make: a flat UnixFS directory whose links are `entries`, in this order (the
+/// dag crate's encoders, so any name and any repetition), with the blocks below it. Returns the CAR of it all.
+fn crafted_directory(entries: &[(&str, xnode_dag::Added)], mut blocks: Vec<xnode_dag::Block>) -> (String, Vec<u8>) {
+    use xnode_dag::pb::{DataType, PbLink, PbNode, UnixFsData};
+    let links = entries
+        .iter()
+        .map(|(name, added)| PbLink { cid: added.cid, name: name.to_string(), tsize: added.tsize })
+        .collect();
+    let node = PbNode { links, data: Some(UnixFsData::new(DataType::Directory).encode().into()) };
+    let data = node.encode();
+    let root = xnode_dag::cid_v0(&data);
+    blocks.push(xnode_dag::Block { cid: root, data: data.into() });
+    let mut car = xnode_dag::car::CarWriter::new(Vec::new(), &[root]).unwrap();
+    for b in &blocks {
+        car.write(&b.cid, &b.data).unwrap();
+    }
+    (root.to_string(), car.into_inner())
+}
+
+fn crafted_file(content: &[u8], blocks: &mut Vec<xnode_dag::Block>) -> xnode_dag::Added {
+    xnode_dag::import_file(&xnode_dag::ImportOptions::default(), content, blocks).unwrap()
+}
+
+fn crafted_symlink(target: &Path, blocks: &mut Vec<xnode_dag::Block>) -> xnode_dag::Added {
+    xnode_dag::import_symlink(&xnode_dag::ImportOptions::default(), target, blocks).unwrap()
+}
+
+/// The two crafted directories of the `get` tests: `same` listed twice, and a symlink `a` to `outside` followed
+/// by a file `a` (which a naive writer would write through the symlink, outside the target).
+fn hostile_directories(dir: &Path, outside: &Path) -> [(String, PathBuf); 2] {
+    let mut blocks = Vec::new();
+    let one = crafted_file(b"first", &mut blocks);
+    let two = crafted_file(b"second", &mut blocks);
+    let (twice, car) = crafted_directory(&[("same", one), ("same", two)], blocks);
+    let twice_car = write(dir, "twice.car", &car);
+    let mut blocks = Vec::new();
+    let link = crafted_symlink(outside, &mut blocks);
+    let payload = crafted_file(b"written through the symlink", &mut blocks);
+    let (through, car) = crafted_directory(&[("a", link), ("a", payload)], blocks);
+    let through_car = write(dir, "through.car", &car);
+    [(twice, twice_car), (through, through_car)]
+}
+
+/// Asserts `get` refused `root` into `dest`, wrote nothing outside it, and says why.
+fn assert_refused(err: &str, dest: &Path, outside: &Path) {
+    assert!(err.contains("twice") || err.contains("repeated"), "says a name repeats: {err}");
+    assert!(!outside.exists(), "a file was written outside the target, at {}", outside.display());
+    if let Ok(entries) = fs::read_dir(dest) {
+        for e in entries {
+            let e = e.unwrap();
+            let meta = fs::symlink_metadata(e.path()).unwrap();
+            assert!(meta.is_symlink() || meta.len() == 5, "only the first entry may be there: {}", e.path().display());
+        }
+    }
+}
+
+#[test]
+fn get_refuses_a_directory_listing_a_name_twice_and_never_writes_through_a_symlink_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let outside = tmp.path().join("outside").join("victim.txt");
+    fs::create_dir_all(outside.parent().unwrap()).unwrap();
+    for (root, car) in hostile_directories(tmp.path(), &outside) {
+        let out = ok(xnode(&data).args(["dag", "import"]).arg(&car));
+        assert!(out.contains(&root), "{out}");
+        let dest = tmp.path().join(format!("got-{root}"));
+        let err = fails(xnode(&data).args(["get", &root, "-o"]).arg(&dest));
+        assert_refused(&err, &dest, &outside);
+    }
+}
+
+#[test]
+fn get_refuses_a_directory_listing_a_name_twice_and_never_writes_through_a_symlink_from_a_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = support::RunningNode::start(tmp.path(), "get-hostile", &[("XNODE_ADMIN_TOKEN", "get-token")]);
+    let outside = tmp.path().join("outside").join("victim.txt");
+    fs::create_dir_all(outside.parent().unwrap()).unwrap();
+    for (root, car) in hostile_directories(tmp.path(), &outside) {
+        let out = ok(remote(&node.api).args(["--token", "get-token", "dag", "import"]).arg(&car));
+        assert!(out.contains(&root), "{out}");
+        let dest = tmp.path().join(format!("got-{root}"));
+        let err = fails(remote(&node.api).args(["get", &root, "-o"]).arg(&dest));
+        assert_refused(&err, &dest, &outside);
+    }
+}

@@ -518,3 +518,54 @@ fn sighup_reloads_the_cluster_secret_file() {
     assert!(!text.contains("not a secret"), "the file's content is not logged: {text}");
     assert_eq!(ureq::get(&node.url("/healthz")).call().unwrap().status(), 200, "the node runs on");
 }
+
+/// One series of `/metrics`, 0 when absent.
+fn metric(node: &RunningNode, series: &str) -> f64 {
+    let text = ureq::get(&node.url("/metrics")).call().unwrap().into_string().unwrap();
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .map_or(0.0, |(_, v)| v.parse().unwrap())
+}
+
+/// Gossip datagrams that do not open with the cluster secret are counted in `/metrics`, beside the gossip the
+/// members exchange (docs/api.md, "Metrics").
+#[test]
+fn gossip_datagrams_refused_for_want_of_the_secret_are_counted_in_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = ("XNODE_CLUSTER_SECRET", "1f".repeat(32));
+    let a = start(tmp.path(), &[(secret.0, secret.1.as_str())]);
+    let b = RunningNode::start(
+        tmp.path(),
+        "sec-b",
+        &[("XNODE_ADMIN_TOKEN", TOKEN), (secret.0, secret.1.as_str()), ("XNODE_KNOWN_PEERS", a.gossip.as_str())],
+    );
+    let rejected = r#"xnode_gossip_datagrams_total{outcome="rejected"}"#;
+    let received = r#"xnode_gossip_datagrams_total{outcome="received"}"#;
+    let sent = r#"xnode_gossip_datagrams_total{outcome="sent"}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&a, received) == 0.0 || metric(&b, sent) == 0.0 {
+        assert!(Instant::now() < deadline, "no gossip between the two members");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric(&a, rejected), 0.0, "nothing refused between members of one secret");
+    assert!(metric(&a, r#"xnode_gossip_bytes_total{outcome="received"}"#) > 0.0);
+
+    // An outsider's datagrams: plaintext gossip-looking bytes, and random bytes of a sealed datagram's size.
+    let outsider = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sent_by_outsider: u32 = 7;
+    for i in 0..sent_by_outsider {
+        let junk = if i % 2 == 0 { b"xnode-test gossip syn".to_vec() } else { random_bytes(200, u64::from(i)) };
+        outsider.send_to(&junk, &a.gossip).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&a, rejected) < f64::from(sent_by_outsider) {
+        assert!(Instant::now() < deadline, "refused datagrams counted: {}", metric(&a, rejected));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&a, rejected), f64::from(sent_by_outsider), "exactly the outsider's datagrams");
+    assert_eq!(metric(&a, r#"xnode_gossip_datagrams_total{outcome="replayed"}"#), 0.0);
+    let text = ureq::get(&a.url("/metrics")).call().unwrap().into_string().unwrap();
+    assert!(text.contains("# TYPE xnode_gossip_datagrams counter"), "{text}");
+    drop(b);
+}

@@ -5,7 +5,9 @@ Checks, in order: the page shows 3 live members; a file uploaded through the pag
 reaches "at RF" (every block on as many members as the replication factor); the transfer log shows the upload's blocks
 going to their holders and blocks moving when a member that lacks some reads the file; a resize through the form changes that member's storage bar; a kill through another
 member's button marks it dead (exit 0, with how to bring it back); the pooled totals and a file's holders match
-the API; the event timeline shows the death and the resize; a catalog file is removed from the page; the favicon;
+the API; the event timeline shows the death and the resize; a file added through the killed member is back at RF
+(the API and the page) and the timeline of a member that had copies to make shows its repair start and finish; a
+catalog file is removed from the page; the favicon;
 nothing scrolls sideways or is clipped at 1280x800 nor at phone width (390x844).
 Screenshots go to target/artifacts/dashboard/.
 
@@ -250,8 +252,28 @@ def main():
             shot("05-resized")
         checks.run("resize_changes_the_storage_bar", resize)
 
+        def at_rf_in_api(cid):
+            f = next((f for f in alpha.get_json("/api/v1/files") if f["root"] == cid), None)
+            h = f and f.get("health")
+            return bool(h and h["at_rf"] == h["blocks"] and h["under_replicated"] == 0 and h["missing"] == 0)
+
         def kill():
-            driver.find_element(By.CSS_SELECTOR, "#members [data-name='gamma'] button.kill").click()
+            # A file added through gamma and read by nobody, so alpha and beta hold only their shares of it (the
+            # first file was read everywhere and is cached whole on every member): what gamma takes with it when it
+            # dies is what the API's holders say alpha and beta lack. 3 leaves: beta's 4 MiB still fit both files.
+            body = random.Random(7).randbytes(3 * 256 * 1024)
+            req = urllib.request.Request(f"{gamma.api}/api/v1/files?name=repair-me.bin", data=body, method="POST",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                state["repair_cid"] = json.load(r)["cid"]
+            wait_until("repair-me.bin at RF before the kill", lambda: at_rf_in_api(state["repair_cid"]), 30)
+            state["repair_holders"] = alpha.get_json(f"/api/v1/files/{state['repair_cid']}/holders")
+
+            def click_kill():
+                # The members card is swapped every 2 s: a button found just before a swap is stale (not clicked).
+                driver.find_element(By.CSS_SELECTOR, "#members [data-name='gamma'] button.kill").click()
+                return True
+            wait_until("gamma's kill button clicked", click_kill, 10)
             try:
                 driver.switch_to.alert.accept()
             except NoAlertPresentException:
@@ -294,6 +316,54 @@ def main():
             shot("08-timeline")
         checks.run("event_timeline_shows_the_death_and_the_resize", timeline)
 
+        def repair():
+            cid, before = state["repair_cid"], state["repair_holders"]
+            # With gamma dead and RF 2, alpha and beta must each hold every block: a member that held fewer before
+            # the kill (the API's holders) has copies to make, so its own timeline must show the repair.
+            held = {m["name"]: m["blocks"] for m in before["members"]}
+            repairers = [n for n in ("alpha", "beta") if held[n] < before["blocks"]]
+
+            def both_hold_all():
+                h = alpha.get_json(f"/api/v1/files/{cid}/holders")
+                return at_rf_in_api(cid) and all(
+                    m["blocks"] == h["blocks"] for m in h["members"] if m["name"] in ("alpha", "beta"))
+            wait_until("repair-me.bin back at RF on alpha and beta (API)", both_hold_all, 60)
+            row = f"#files tr[data-root='{cid}']"
+            wait_until("repair-me.bin shown at RF again", lambda: js(
+                "const r = document.querySelector(arguments[0]); return r && r.dataset.status;", row) == "at-rf", 20)
+            if not repairers:
+                print(f"  note: alpha and beta held every block of repair-me.bin before the kill ({held}); "
+                      "no copy to make, no repair to show", flush=True)
+                return
+            watcher = next(n for n in nodes if n.name == repairers[0])
+            if watcher is not alpha:
+                driver.get(watcher.api + "/")
+            events = lambda: js("return [...document.querySelectorAll('#events li.event')]"
+                                ".map(li => [li.dataset.kind, li.textContent])")
+
+            def started_then_finished():
+                # After gamma's death: the repair is the one it caused, not anything before it.
+                after = events()[::-1]  # the page lists the newest first
+                died = next((i for i, (k, t) in enumerate(after) if k == "died" and "gamma" in t), None)
+                if died is None:
+                    return False
+                seen = [(k, t) for k, t in after[died + 1:]
+                        if "repair-me.bin" in t and k in ("repair-started", "repair-finished")]
+                kinds = [k for k, _ in seen]
+                return ("repair-started" in kinds and "repair-finished" in kinds[kinds.index("repair-started"):]
+                        and seen)
+            try:
+                seen = wait_until(f"the repair started and finished in {watcher.name}'s timeline",
+                                  started_then_finished, 20)
+                started = next(t for k, t in seen if k == "repair-started")
+                assert re.search(r"started: \d+ blocks below the replication factor", started), started
+                shot("09-repaired")
+            finally:
+                if watcher is not alpha:
+                    driver.get(alpha.api + "/")
+                    wait_until("alpha's page again", lambda: driver.find_elements(By.ID, "signed-in"), 15)
+        checks.run("repair_after_the_kill_is_back_at_rf_and_in_the_timeline", repair)
+
         def remove_file():
             row = f"#files tr[data-root='{state['cid']}']"
             driver.find_element(By.CSS_SELECTOR, f"{row} button.remove").click()
@@ -330,10 +400,10 @@ def main():
         def layouts():
             assert no_horizontal_scroll(), "horizontal scroll at 1280x800"
             assert not clipped(), f"clipped at 1280x800: {clipped()}"
-            shot("09-desktop-1280x800")
+            shot("10-desktop-1280x800")
             driver.set_window_size(390, 844)
             time.sleep(0.5)
-            shot("10-phone-390x844")
+            shot("11-phone-390x844")
             assert no_horizontal_scroll(), f"horizontal scroll at phone width; too wide: {too_wide()}"
             assert not clipped(), f"clipped at 390 px: {clipped()}"
             driver.set_window_size(1280, 800)

@@ -753,26 +753,33 @@ pub(crate) async fn stat(
 #[utoipa::path(delete, path = "/api/v1/files/{cid}", tag = "files", params(("cid" = String, Path)), security(("admin" = [])),
     responses(
         (status = 200, description = "removed; blocks_deleted and bytes_freed on this node; cluster_blocks, \
-            cluster_copies and cluster_bytes: what the members free between them (the file's blocks times their \
-            copies; blocks another file shares stay)", body = Object),
+            cluster_copies and cluster_bytes: what the members free between them (the file's blocks that no other \
+            catalog file lists, times their copies; cluster_bytes counts leaf bytes)", body = Object),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "not pinned here", body = ErrorBody)))]
 pub(crate) async fn remove(State(app): State<AppState>, UrlPath(cid): UrlPath<String>) -> Result<Response, ApiError> {
     let cid = parse_cid(&cid)?;
-    // What the cluster frees: every copy of the file's blocks, as the last health sweep counted them.
+    // What the cluster frees: the copies of the file's blocks that no other catalog file lists (the allocation
+    // index knows who lists what); leaves are kept at the replication factor, interior blocks by every member.
     let root = cid.to_string();
+    let alive = app.node.members().iter().filter(|m| m.state == xnode_gossip::MemberState::Alive).count().max(1) as u64;
+    let copies = (app.node.replication() as u64).min(alive);
+    let freed = app.node.freed_by(cid).await?;
     let health = app.node.files_health().iter().find(|h| h.root == root).cloned();
-    let alive = app.node.members().iter().filter(|m| m.state == xnode_gossip::MemberState::Alive).count();
-    let copies = app.node.replication().min(alive.max(1)) as u64;
     let stats = app.node.remove_file(cid).await?;
-    let (blocks, size) = health.map_or((stats.blocks_deleted, stats.bytes_freed), |h| (h.blocks, h.size));
+    let (blocks, block_copies, bytes) = match (freed, health) {
+        (Some(f), _) => (f.leaves + f.interior, f.leaves * copies + f.interior * alive, f.leaf_bytes * copies),
+        // Not indexed yet (added a moment ago): what the health sweep counted, or this node's own figures.
+        (None, Some(h)) => (h.blocks, h.blocks * copies, h.size * copies),
+        (None, None) => (stats.blocks_deleted, stats.blocks_deleted * copies, stats.bytes_freed * copies),
+    };
     Ok(Json(serde_json::json!({
         "removed": root,
         "blocks_deleted": stats.blocks_deleted,
         "bytes_freed": stats.bytes_freed,
         "cluster_blocks": blocks,
-        "cluster_copies": blocks * copies,
-        "cluster_bytes": size * copies,
+        "cluster_copies": block_copies,
+        "cluster_bytes": bytes,
     }))
     .into_response())
 }

@@ -70,6 +70,19 @@ struct Metrics {
     ingest_received_blocks: Counter,
     ingest_sent_blocks: Counter,
     http: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    /// Gossip datagrams by what became of them (see [`GossipLabel`]), copied from the membership's own counters.
+    gossip_datagrams: Family<GossipLabel, Counter>,
+    /// Gossip payload bytes, by direction.
+    gossip_bytes: Family<GossipLabel, Counter>,
+    /// Held while the gossip counters catch up, so two scrapes at once do not both add the same difference.
+    gossip_sync: Mutex<()>,
+}
+
+/// `sent`, `received`, `rejected` (did not open with the cluster secret, or not gossip once opened) or `replayed`
+/// (opened, but already received or stamped outside the replay window; also counted as rejected).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GossipLabel {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,6 +144,9 @@ impl Telemetry {
             ingest_received_blocks: Counter::default(),
             ingest_sent_blocks: Counter::default(),
             http: Family::new_with_constructor(http_histogram),
+            gossip_datagrams: Family::default(),
+            gossip_bytes: Family::default(),
+            gossip_sync: Mutex::new(()),
         };
         let mut registry = Registry::with_prefix("xnode");
         let r = &mut registry;
@@ -186,6 +202,13 @@ impl Telemetry {
             "New blocks sent to their holders as files were added here",
             m.ingest_sent_blocks.clone(),
         );
+        r.register(
+            "gossip_datagrams",
+            "Gossip datagrams by outcome: sent, received, rejected (did not open with the cluster secret or were not \
+             gossip: outsiders, another secret, tampering) and replayed (opened but already seen or stale; also rejected)",
+            m.gossip_datagrams.clone(),
+        );
+        r.register("gossip_bytes", "Gossip payload bytes, sent and received", m.gossip_bytes.clone());
         r.register(
             "http_request_duration_seconds",
             "Time to answer API requests (until the response head), by method, route and status",
@@ -376,10 +399,32 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Result<Response, Api
     ] {
         m.scrub.get_or_create(&ScrubLabel { figure: figure.into() }).set(gauge(value));
     }
+    let synced = m.gossip_sync.lock().expect("not poisoned");
+    let gossip = app.node.gossip_traffic();
+    for (outcome, value) in [
+        ("sent", gossip.messages_sent),
+        ("received", gossip.messages_received),
+        ("rejected", gossip.messages_rejected),
+        ("replayed", gossip.messages_replayed),
+    ] {
+        catch_up(&m.gossip_datagrams.get_or_create(&GossipLabel { outcome }), value);
+    }
+    for (outcome, value) in [("sent", gossip.bytes_sent), ("received", gossip.bytes_received)] {
+        catch_up(&m.gossip_bytes.get_or_create(&GossipLabel { outcome }), value);
+    }
+    drop(synced);
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &t.registry)
         .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
+}
+
+/// Moves a counter up to `total`, a count kept elsewhere.
+fn catch_up(counter: &Counter, total: u64) {
+    let shown = counter.get();
+    if total > shown {
+        counter.inc_by(total - shown);
+    }
 }
 
 /// Times every routed request into `xnode_http_request_duration_seconds`.

@@ -208,12 +208,15 @@ fn same(a: &Sources, b: &Sources) -> bool {
 async fn watch(node: Arc<Node>, timeline: Arc<Timeline>, stop: CancellationToken) {
     let mut before: Option<Look> = None;
     let mut seen = None;
+    // New health wakes the task at once: a repair can start and end within a second, between two looks.
+    let mut health = node.health_changes();
     loop {
         let now_sources = sources(&node);
         if seen.as_ref().is_some_and(|s| same(s, &now_sources)) {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(EVERY) => {}
+                Ok(()) = health.changed() => {}
             }
             continue;
         }
@@ -232,6 +235,7 @@ async fn watch(node: Arc<Node>, timeline: Arc<Timeline>, stop: CancellationToken
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(EVERY) => {}
+            Ok(()) = health.changed() => {}
         }
     }
 }

@@ -165,6 +165,9 @@ struct MemberRow {
     /// Bytes held above the capacity (after a shrink), being handed off; 0 normally.
     over: u64,
     over_h: String,
+    /// Why the member says it is stuck (its allocation loop or blocking work not making progress; the gossiped
+    /// `meta.stuck`, what its `/readyz` answers 503 with); empty while it makes progress.
+    stuck: String,
 }
 
 fn state_name(state: MemberState) -> &'static str {
@@ -201,6 +204,7 @@ fn members_view(app: &AppState, authed: bool) -> Members {
                 under_replicated: m.meta.under_replicated,
                 over: used.saturating_sub(capacity),
                 over_h: human(used.saturating_sub(capacity)),
+                stuck: if m.state == MemberState::Alive { m.meta.stuck.clone() } else { String::new() },
                 name: m.name,
             }
         })
@@ -743,4 +747,134 @@ async fn events_fragment(State(app): State<AppState>) -> Html<String> {
 pub(crate) fn clock(at_ms: u64) -> String {
     let secs = at_ms / 1000;
     format!("{:02}:{:02}:{:02} UTC", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name a hostile member could gossip (it bypasses the name rules here, as a forged view would), so that a
+    /// naive `/ui/members/{name}/kill` resolves to `/api/v1/shutdown` in the browser.
+    const HOSTILE: &str = "x/../../../api/v1/shutdown?";
+
+    fn row(name: &str) -> MemberRow {
+        MemberRow {
+            name: name.to_string(),
+            is_self: false,
+            state: "alive",
+            phase: "seeding".into(),
+            used: 1 << 20,
+            capacity: 4 << 20,
+            used_h: human(1 << 20),
+            capacity_h: human(4 << 20),
+            pct: 25,
+            blocks: 4,
+            wanted: 1,
+            under_replicated: 0,
+            over: 0,
+            over_h: human(0),
+            stuck: String::new(),
+        }
+    }
+
+    fn totals() -> Totals {
+        Totals {
+            alive: 2,
+            dead: 0,
+            left: 0,
+            capacity_h: human(8 << 20),
+            used_h: human(2 << 20),
+            pct: 25,
+            files: 1,
+            replication: 2,
+        }
+    }
+
+    /// Every URL the fragment makes the browser request: `hx-post`, `hx-get` and `href` values, HTML-unescaped.
+    fn urls(html: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for attr in ["hx-post=\"", "hx-get=\"", "href=\""] {
+            let mut rest = html;
+            while let Some(at) = rest.find(attr) {
+                let value = &rest[at + attr.len()..];
+                let end = value.find('"').expect("a closed attribute");
+                out.push(value[..end].replace("&amp;", "&").replace("&#x2f;", "/").replace("&#47;", "/"));
+                rest = &value[end..];
+            }
+        }
+        out
+    }
+
+    /// The path a browser requests for `url`: dot segments resolved (RFC 3986 5.2.4), query and fragment cut.
+    fn resolved_path(url: &str) -> String {
+        let path = url.split(['?', '#']).next().unwrap_or_default();
+        let mut segments: Vec<&str> = Vec::new();
+        for s in path.split('/').skip(1) {
+            match s {
+                "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                s => segments.push(s),
+            }
+        }
+        format!("/{}", segments.join("/"))
+    }
+
+    fn assert_member_urls_are_encoded(html: &str, want: &[&str]) {
+        let encoded = "x%2F..%2F..%2F..%2Fapi%2Fv1%2Fshutdown%3F";
+        let urls = urls(html);
+        for action in want {
+            let expected = format!("/ui/members/{encoded}/{action}");
+            assert!(urls.contains(&expected), "no {expected} among {urls:?}");
+        }
+        for url in urls.iter().filter(|u| u.starts_with("/ui/members/")) {
+            assert!(!url.contains('?'), "a query survived in {url}");
+            let resolved = resolved_path(url);
+            assert_eq!(resolved, *url, "{url} resolves to another path in a browser");
+            let segments: Vec<&str> = url.split('/').collect();
+            assert_eq!(segments.len(), 5, "{url}: /ui/members/NAME/ACTION");
+            assert!(segments[3] == encoded || segments[3] == "alpha", "{url}");
+            assert!(!segments.contains(&"..") && !segments.contains(&"."), "{url}");
+        }
+        for url in &urls {
+            assert!(!resolved_path(url).starts_with("/api/v1/shutdown"), "{url} would shut a node down");
+        }
+    }
+
+    #[test]
+    fn a_hostile_member_name_cannot_change_what_the_members_card_posts() {
+        let view = Members { members: vec![row("alpha"), row(HOSTILE)], authed: true, totals: totals() };
+        let html = render(&view);
+        assert_member_urls_are_encoded(&html, &["storage", "kill"]);
+        assert!(html.contains("/ui/members/alpha/kill"), "an ordinary name keeps its plain URL");
+    }
+
+    #[test]
+    fn a_hostile_member_name_cannot_change_what_the_wanted_list_fetches() {
+        let view = WantedList {
+            members: vec![WantedRow { name: HOSTILE.into(), wanted: 3, under_replicated: 0 }],
+            scrub: String::new(),
+        };
+        assert_member_urls_are_encoded(&render(&view), &["wanted"]);
+    }
+
+    #[test]
+    fn a_stuck_member_card_says_so_and_why() {
+        let why = "blocking work has not run for 20 s (store reads and writes, so the API, cannot make progress)";
+        let mut stuck = row("beta");
+        stuck.stuck = why.to_string();
+        let html = render(&Members { members: vec![row("alpha"), stuck], authed: false, totals: totals() });
+        let card = |name: &str| {
+            let start = html.find(&format!("data-name=\"{name}\"")).expect("the member's card");
+            let end = html[start..].find("</article>").expect("a closed card") + start;
+            html[start..end].to_string()
+        };
+        let beta = card("beta");
+        assert!(beta.contains("class=\"small stuck\"") && beta.contains("role=\"alert\""), "{beta}");
+        assert!(beta.contains("stuck:") && beta.contains(why) && beta.contains("503"), "{beta}");
+        assert!(html.contains("class=\"member alive is-stuck\" data-name=\"beta\""), "{html}");
+        let alpha = card("alpha");
+        assert!(!alpha.contains("stuck"), "a member making progress shows no warning: {alpha}");
+    }
 }

@@ -221,6 +221,9 @@ pub struct Node {
     replication: usize,
     /// Bumped whenever the catalog grows.
     catalog_version: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever the allocation loop publishes new file health, so watchers (the dashboard's timeline) see
+    /// every report, not only those still current when they happen to look.
+    health_version: tokio::sync::watch::Sender<u64>,
     /// Copies this node no longer has though the allocation task counts them (found corrupt and dropped by a scrub
     /// or a read): the task drains this at once and fetches them again. See [`Node::copy_lost`].
     lost: tokio::sync::mpsc::UnboundedSender<cid::Cid>,
@@ -305,6 +308,7 @@ impl Node {
             key,
             replication: config.replication.max(1),
             catalog_version: tokio::sync::watch::Sender::new(0),
+            health_version: tokio::sync::watch::Sender::new(0),
             lost,
             liveness: std::sync::Mutex::new(Liveness::new(std::time::Instant::now())),
             integrity,
@@ -349,6 +353,12 @@ impl Node {
     /// node has left the cluster).
     pub(crate) fn members_watch(&self) -> Option<tokio::sync::watch::Receiver<Arc<Vec<Member>>>> {
         self.membership.read().expect("not poisoned").as_ref().map(Membership::watch)
+    }
+
+    /// Gossip traffic since the node started: datagrams and bytes sent and received, and those dropped because they
+    /// did not open with the cluster secret or were replays (all zero once the node has left).
+    pub fn gossip_traffic(&self) -> xnode_gossip::Traffic {
+        self.membership.read().expect("not poisoned").as_ref().map(Membership::traffic).unwrap_or_default()
     }
 
     /// The local store.
@@ -565,7 +575,16 @@ impl Node {
 
     pub(crate) fn set_report(&self, report: crate::alloc::Report) {
         self.liveness.lock().expect("not poisoned").report_at = std::time::Instant::now();
+        let new_health = !Arc::ptr_eq(&self.report.borrow().health, &report.health);
         self.report.send_replace(report);
+        if new_health {
+            self.health_version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// A receiver that changes whenever the allocation loop publishes new file health ([`Node::files_health`]).
+    pub fn health_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.health_version.subscribe()
     }
 
     /// Why this node is stuck (its allocation loop has not reported for [`ALLOCATION_STALL`], or blocking work,
@@ -662,6 +681,24 @@ impl Node {
             }
             *meta = next;
         }
+    }
+
+    /// What removing the catalog file `root` would free in the cluster: its blocks that no other catalog file
+    /// lists, from the allocation index (`None` while the file is not indexed yet, or before the node has a
+    /// partition layout).
+    pub async fn freed_by(&self, root: Cid) -> Result<Option<crate::allocation_index::Exclusive>, InstanceError> {
+        let Some(layout) = self.layout() else { return Ok(None) };
+        let partitions = layout.partitions();
+        let store = self.repo.store().clone();
+        let kept: std::collections::HashSet<Cid> = self.catalog_files().into_iter().map(|f| f.root).collect();
+        tokio::task::spawn_blocking(move || -> Result<_, InstanceError> {
+            let index_error = |e: crate::allocation_index::IndexError| InstanceError::BadUpload(e.to_string());
+            let index = crate::allocation_index::Index::existing(store.tree("alloc")?, partitions);
+            let Some(index) = index.map_err(index_error)? else { return Ok(None) };
+            index.exclusive_to(&root, &kept).map_err(index_error)
+        })
+        .await
+        .expect("reading the index does not panic")
     }
 
     /// The catalog's files with their replication health, as of the last allocation round.

@@ -798,7 +798,8 @@ impl EventLoop {
             .flat_map(|(relay, addrs)| {
                 addrs
                     .iter()
-                    .map(move |a| with_peer(a.clone(), *relay).with(Protocol::P2pCircuit).with(Protocol::P2p(peer)))
+                    .filter_map(move |a| circuit_through(a.clone(), *relay))
+                    .map(move |a| a.with(Protocol::P2p(peer)))
             })
             .collect();
         if circuits.is_empty() {
@@ -833,7 +834,7 @@ impl EventLoop {
                 // Cluster nodes share a LAN or a container network, where what we listen on is what peers dial;
                 // the relay server needs an external address to hand out in reservations. Circuit addresses are
                 // announced by the relay client itself.
-                if !address.iter().any(|p| p == Protocol::P2pCircuit) {
+                if !is_circuit(&address) {
                     self.swarm.add_external_address(address);
                 }
             }
@@ -929,8 +930,7 @@ impl EventLoop {
                 self.apply(out);
             }
             kind @ (PeerKind::SameGroup | PeerKind::Foreign) => {
-                let addrs: Vec<Multiaddr> =
-                    info.listen_addrs.into_iter().filter(|a| !a.iter().any(|p| p == Protocol::P2pCircuit)).collect();
+                let addrs = direct_only(info.listen_addrs);
                 if info.protocols.contains(&kad::PROTOCOL_NAME) {
                     for addr in &addrs {
                         self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
@@ -959,7 +959,7 @@ impl EventLoop {
             return;
         }
         let Some(addr) = self.dialed.get(&relay).cloned().or_else(|| addrs.first().cloned()) else { return };
-        let addr = with_peer(addr, relay).with(Protocol::P2pCircuit);
+        let Some(addr) = circuit_through(addr, relay) else { return };
         match self.swarm.listen_on(addr.clone()) {
             Ok(id) => {
                 self.reservations.insert(id, relay);
@@ -1053,10 +1053,27 @@ fn log_inbound_failure(peer: PeerId, id: InboundRequestId, error: &request_respo
 /// of QUIC (quinn encrypts and sends every ~1.4 KiB datagram in user space), and a QUIC handshake, being one round
 /// trip shorter, would win every concurrent dial; QUIC stays the fallback when TCP cannot connect (docs/p2p.md).
 fn tcp_first(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
-    let is_tcp =
-        |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::Tcp(_))) && !a.iter().any(|p| p == Protocol::P2pCircuit);
+    let is_tcp = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::Tcp(_))) && !is_circuit(a);
     addrs.sort_by_key(|a| !is_tcp(a));
     addrs
+}
+
+/// Whether `addr` goes through a relay (has a `/p2p-circuit`).
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// The direct addresses among those a peer announces: a circuit address is never dialled, reserved through or
+/// relayed through, so nothing we build from them can nest one circuit in another (`/p2p-circuit/.../p2p-circuit`,
+/// which peers refuse and mDNS cannot announce).
+fn direct_only(addrs: impl IntoIterator<Item = Multiaddr>) -> Vec<Multiaddr> {
+    addrs.into_iter().filter(|a| !is_circuit(a)).collect()
+}
+
+/// `/<relay's direct address>/p2p/<relay>/p2p-circuit`: where to reserve, or (followed by `/p2p/<peer>`) dial
+/// through `relay`. `None` for an address that is itself a circuit.
+fn circuit_through(relay_addr: Multiaddr, relay: PeerId) -> Option<Multiaddr> {
+    (!is_circuit(&relay_addr)).then(|| with_peer(relay_addr, relay).with(Protocol::P2pCircuit))
 }
 
 /// `addr` ending in exactly one `/p2p/<peer>`.
@@ -1094,5 +1111,55 @@ mod tests {
                 "/ip4/10.0.0.2/udp/2/quic-v1",
             ]
         );
+    }
+
+    /// What a relay or a peer may announce: direct addresses, and circuits (one, or nested by a peer that built
+    /// its address from another circuit).
+    fn announced() -> (PeerId, PeerId, Vec<Multiaddr>) {
+        let relay: PeerId = "12D3KooWKmFQjvWNUAaZv8EvvtQP7UBcfGkMgg2Jy4HLwFiqdBrJ".parse().unwrap();
+        let other = PeerId::random();
+        let addrs = [
+            "/ip4/10.0.0.2/tcp/2".to_string(),
+            "/ip4/10.0.0.2/udp/2/quic-v1".to_string(),
+            format!("/ip4/10.0.0.2/tcp/2/p2p/{relay}"),
+            format!("/ip4/10.0.0.3/tcp/3/p2p/{other}/p2p-circuit"),
+            format!("/ip4/10.0.0.3/tcp/3/p2p/{other}/p2p-circuit/p2p/{relay}"),
+            format!("/ip4/10.0.0.3/tcp/3/p2p/{other}/p2p-circuit/p2p/{relay}/p2p-circuit"),
+            "/dns4/relay.example/tcp/4/p2p-circuit".to_string(),
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        (relay, other, addrs)
+    }
+
+    fn circuits(a: &Multiaddr) -> usize {
+        a.iter().filter(|p| *p == Protocol::P2pCircuit).count()
+    }
+
+    #[test]
+    fn addresses_we_reserve_or_dial_through_never_nest_circuits() {
+        let (relay, peer, announced) = announced();
+        let direct = direct_only(announced.clone());
+        assert_eq!(direct.len(), 3, "{direct:?}");
+        assert!(direct.iter().all(|a| circuits(a) == 0), "{direct:?}");
+        // Reservations and relayed dials are built only from what identify left (see `on_identify`).
+        for addr in &direct {
+            let reserve = circuit_through(addr.clone(), relay).unwrap();
+            assert_eq!(circuits(&reserve), 1, "{reserve}");
+            assert_eq!(reserve.iter().filter(|p| matches!(p, Protocol::P2p(_))).count(), 1, "{reserve}");
+            let dial = reserve.with(Protocol::P2p(peer));
+            assert_eq!(circuits(&dial), 1, "{dial}");
+        }
+        // Even handed a circuit directly (a dialed address, a relay's first address), nothing nests.
+        for addr in announced.iter().filter(|a| is_circuit(a)) {
+            assert_eq!(circuit_through(addr.clone(), relay), None, "{addr}");
+        }
+        // And every address built from anything announced carries at most one circuit.
+        for addr in announced {
+            if let Some(built) = circuit_through(addr, relay) {
+                assert!(circuits(&built) <= 1, "{built}");
+            }
+        }
     }
 }

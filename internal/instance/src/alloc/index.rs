@@ -13,7 +13,7 @@
 //! | `D` ++ partition (u32 BE) | [`SetDigest`] of the distinct leaves listed in the partition (40 bytes) |
 //! | `Mpartitions` | the partition count the keys were written for (u32 LE); another count empties the tree |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use cid::Cid;
 
@@ -52,6 +52,17 @@ pub struct Delta {
     pub leaves: Vec<(u32, Cid, u32)>,
     /// Interior blocks that no other file lists any more (on unindex).
     pub interior: Vec<Cid>,
+}
+
+/// A file's blocks that no other file lists ([`Index::exclusive_to`]): what its removal frees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exclusive {
+    /// Leaves only this file lists.
+    pub leaves: u64,
+    /// Their bytes.
+    pub leaf_bytes: u64,
+    /// Interior blocks only this file lists.
+    pub interior: u64,
 }
 
 /// A file's leaves (with their sizes) and its interior blocks.
@@ -155,6 +166,13 @@ impl Index {
             tree.insert(PARTITIONS_KEY, &partitions.to_le_bytes())?;
         }
         Ok(Index { tree, partitions })
+    }
+
+    /// The index in `tree` as it is, to read: `None` if it was not written for `partitions` (not yet, or being
+    /// rebuilt for another count). Unlike [`Index::open`], never changes the tree.
+    pub fn existing(tree: sled::Tree, partitions: u32) -> Result<Option<Index>, IndexError> {
+        let stored = tree.get(PARTITIONS_KEY)?.map(|v| size_of(&v));
+        Ok((stored == Some(partitions)).then_some(Index { tree, partitions }))
     }
 
     fn partition_of(&self, cid: &[u8]) -> u32 {
@@ -352,6 +370,39 @@ impl Index {
         Ok(delta)
     }
 
+    /// What removing `root` would free: its blocks that no other file of `kept` lists (`None`: `root` is not
+    /// indexed). `kept` is the catalog's other files: a file the catalog removed but the index still lists (the
+    /// allocation loop unindexes it next round) shares nothing. Changes nothing.
+    pub fn exclusive_to(&self, root: &Cid, kept: &HashSet<Cid>) -> Result<Option<Exclusive>, IndexError> {
+        if self.file(root)?.is_none() {
+            return Ok(None);
+        }
+        let kept: HashSet<Vec<u8>> = kept.iter().filter(|c| *c != root).map(Cid::to_bytes).collect();
+        let shared = |prefix: &[u8]| -> Result<bool, IndexError> {
+            for key in self.tree.scan_prefix(prefix).keys() {
+                if kept.contains(&key?[prefix.len()..]) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        let (leaves, interior) = self.blocks_of(root)?;
+        let mut out = Exclusive::default();
+        for (cid, size) in leaves {
+            let bytes = cid.to_bytes();
+            if !shared(&leaf_prefix(self.partition_of(&bytes), &bytes))? {
+                out.leaves += 1;
+                out.leaf_bytes += u64::from(size);
+            }
+        }
+        for cid in interior {
+            if !shared(&with_len(b'I', &cid.to_bytes()))? {
+                out.interior += 1;
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Whether some key under `prefix` other than `own` exists: another file lists the same block.
     fn listed_by_another(&self, prefix: &[u8], own: &[u8]) -> Result<bool, IndexError> {
         for key in self.tree.scan_prefix(prefix).keys() {
@@ -417,7 +468,18 @@ mod tests {
         assert!(index.leaves_in(p2).unwrap().contains(&(cid(2), 20)));
         assert_eq!(index.leaves_in(p2).unwrap().iter().filter(|(c, _)| *c == cid(2)).count(), 1);
 
+        // What each removal would free: the blocks no other kept file lists.
+        let both: HashSet<Cid> = [f1, f2].into();
+        assert_eq!(index.exclusive_to(&f1, &both).unwrap(), Some(Exclusive { leaves: 1, leaf_bytes: 10, interior: 1 }));
+        assert_eq!(index.exclusive_to(&f2, &both).unwrap(), Some(Exclusive { leaves: 1, leaf_bytes: 30, interior: 1 }));
+        assert_eq!(index.exclusive_to(&cid(2000), &both).unwrap(), None, "not indexed");
+        // f1 gone from the catalog but still indexed: it shares nothing any more.
+        let only_f2: HashSet<Cid> = [f2].into();
+        let all_of_f2 = Some(Exclusive { leaves: 2, leaf_bytes: 50, interior: 1 });
+        assert_eq!(index.exclusive_to(&f2, &only_f2).unwrap(), all_of_f2);
+
         let r1 = index.remove_file(&f1).unwrap();
+        assert_eq!(index.exclusive_to(&f2, &both).unwrap(), all_of_f2, "unindexed: shares nothing either");
         assert_eq!(r1.leaves.iter().map(|l| l.1).collect::<Vec<_>>(), vec![cid(1)]);
         assert_eq!(r1.interior, vec![f1]);
         assert!(index.is_leaf(&cid(2)).unwrap());

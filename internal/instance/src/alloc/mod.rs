@@ -407,6 +407,13 @@ impl Allocator {
             self.health_dirty = true;
             self.report.layout = self.core.shared_layout();
             self.report_layout();
+            // A member died or left: count the copies it took with it now, before this round fetches them again,
+            // so the report (and the dashboard's timeline) shows the repair start, however fast it then ends.
+            if !departed.is_empty() {
+                let start = Instant::now();
+                self.sweep_health(node, &alive).await?;
+                self.last_sweep_took = start.elapsed();
+            }
             // Show the new share now: the rest of the round may take a while.
             node.set_report(self.report.clone());
         }

@@ -634,7 +634,7 @@ pub(crate) async fn stream<T: Send + 'static>(
                 cluster_free: None,
             });
             unplaced.copies += 1;
-            let here = unplaced.members.entry(me.clone()).or_insert((0, String::new()));
+            let here = unplaced.members.entry(me.clone()).or_default();
             here.0 += 1;
             here.1 = Refusal::Full { free, needed }.to_string();
             unplaced.cluster_free = Some(cluster_free(&node.members()));

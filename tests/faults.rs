@@ -494,3 +494,218 @@ fn a_full_member_reads_a_file_it_does_not_hold() {
     assert!(used > capacity / 2, "the read filled the store first (else this tests nothing): {after}");
     wait_until(Duration::from_secs(30), "RF 2 on three after the read", || healthy(&refs, &names, &root));
 }
+
+/// Posts `data` as a file on `node`: the root CID, or the status and the error message of a refusal.
+fn try_add(node: &RunningNode, data: &[u8]) -> Result<String, (u16, String)> {
+    let request = ureq::post(&node.url("/api/v1/files?name=payload.bin"))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .set("Content-Type", "application/octet-stream")
+        .timeout(Duration::from_secs(120));
+    match request.send_bytes(data) {
+        Ok(r) => Ok(r.into_json::<serde_json::Value>().unwrap()["cid"].as_str().unwrap().to_string()),
+        Err(ureq::Error::Status(code, r)) => {
+            let body: serde_json::Value = r.into_json().unwrap_or_default();
+            Err((code, body["error"].as_str().unwrap_or_default().to_string()))
+        }
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+/// Whether every node lists every one of `roots` at RF with nothing missing, and its metrics count no block under
+/// replicated. Says what it saw when `XNODE_TEST_VERBOSE` is set.
+fn all_at_rf(nodes: &[&RunningNode], names: &[&str], roots: &[String]) -> bool {
+    if std::env::var_os("XNODE_TEST_VERBOSE").is_some() {
+        for n in nodes {
+            let files = get_json(n, "/api/v1/files");
+            let seen: Vec<String> = files
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    format!(
+                        "{} {}",
+                        &f["root"].as_str().unwrap_or("?")[..8.min(f["root"].as_str().unwrap_or("?").len())],
+                        f["health"]
+                    )
+                })
+                .collect();
+            let metrics =
+                ureq::get(&n.url("/metrics")).call().ok().and_then(|r| r.into_string().ok()).unwrap_or_default();
+            let under: Vec<&str> = metrics.lines().filter(|l| l.starts_with("xnode_blocks_under")).collect();
+            eprintln!("{}: {seen:?} {under:?}", n.api);
+        }
+    }
+    roots.iter().all(|root| healthy(nodes, names, root))
+        && nodes.iter().all(|n| {
+            ureq::get(&n.url("/metrics"))
+                .call()
+                .ok()
+                .and_then(|r| r.into_string().ok())
+                .is_some_and(|m| m.lines().any(|l| l == "xnode_blocks_under_replicated 0"))
+        })
+}
+
+/// A cluster filled to the brim: three members of 4 MiB at RF 2 take 1 MiB files until one does not fit. That add
+/// fails with 507 naming the room the cluster has left and where; nothing stored before is dropped (every file
+/// reads back with the right bytes from every member, health stays at RF 2 everywhere, no member goes past its
+/// capacity) and the refused file is not listed anywhere. Once room is freed (a file removed), the refused add
+/// goes through; once every member is resized up, a further add does too.
+#[test]
+fn a_cluster_filled_to_the_brim_refuses_clearly_and_drops_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_guard, dir) = keep_dir(tmp);
+    let extra = [("XNODE_STORAGE_MAX", "4MiB"), ("XNODE_SCRUB_INTERVAL", "365d")];
+    let a = start(&dir, "a", "", &extra);
+    let b = start(&dir, "b", &a.gossip, &extra);
+    let c = start(&dir, "c", &a.gossip, &extra);
+    let nodes = [a, b, c];
+    let refs: Vec<&RunningNode> = nodes.iter().collect();
+    wait_until(Duration::from_secs(30), "three members", || {
+        refs.iter().all(|n| get_json(n, "/api/v1/status")["members_alive"] == 3)
+    });
+    let capacity = 4u64 << 20;
+    let within_capacity = |when: &str| {
+        for (n, name) in nodes.iter().zip(NAMES) {
+            let s = get_json(n, "/api/v1/storage");
+            let (used, cap) = (s["used"].as_u64().unwrap(), s["capacity"].as_u64().unwrap());
+            eprintln!("{when}: {name} holds {used} of {cap} bytes");
+            assert!(used <= cap, "{name} went past its capacity {when}: {s}");
+            assert!(cap >= capacity, "{name}'s capacity is what it was given or more: {s}");
+        }
+    };
+
+    // 12 MiB of stores at RF 2 hold some 6 MiB of files; a placement holder of some leaf fills up first.
+    let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
+    let (refused, code, message) = loop {
+        assert!(stored.len() < 12, "twelve 1 MiB files at RF 2 cannot fit in 12 MiB of stores");
+        // Odd seeds, two apart: `random_bytes` makes a seed odd, so 2k and 2k + 1 would give the same file.
+        let data = random_bytes(1 << 20, 1001 + 2 * stored.len() as u64);
+        let adder = &nodes[stored.len() % 3];
+        match try_add(adder, &data) {
+            Ok(root) => {
+                stored.push((root, data));
+                let roots: Vec<String> = stored.iter().map(|(r, _)| r.clone()).collect();
+                wait_until(Duration::from_secs(60), "every file so far at RF 2", || all_at_rf(&refs, &NAMES, &roots));
+            }
+            Err((code, message)) => break (data, code, message),
+        }
+    };
+    let roots: Vec<String> = stored.iter().map(|(r, _)| r.clone()).collect();
+    eprintln!("{} files of 1 MiB stored; the next was refused with {code}: {message}", stored.len());
+    assert!(stored.len() >= 3, "the cluster took a few files before filling up");
+    assert_eq!(code, 507, "a full cluster is 507 Insufficient Storage: {message}");
+    assert!(message.contains("full"), "says a store is full: {message}");
+    assert!(message.contains("The cluster has") && message.contains(" free ("), "says what is free: {message}");
+    for name in NAMES {
+        assert!(message.contains(&format!("{name} ")), "names where the room is ({name}): {message}");
+    }
+    let refused_root = dag_of(&refused).last().unwrap().0.clone();
+    assert!(!roots.contains(&refused_root));
+
+    // Nothing dropped: every earlier file at RF 2 on every member, the refused one listed nowhere, every store
+    // within its capacity, and every file's bytes right from every member.
+    wait_until(Duration::from_secs(30), "health at RF 2 after the refusal", || all_at_rf(&refs, &NAMES, &roots));
+    for n in &nodes {
+        let files = get_json(n, "/api/v1/files");
+        assert!(
+            files.as_array().unwrap().iter().all(|f| f["root"] != refused_root.as_str()),
+            "the refused file is not listed: {files}"
+        );
+    }
+    within_capacity("after the refusal");
+    for (root, data) in &stored {
+        for n in &nodes {
+            assert_eq!(sha(&download(n, root).expect("every stored file reads back")), sha(data));
+        }
+    }
+    within_capacity("after reading every file from every member");
+    assert!(all_at_rf(&refs, &NAMES, &roots));
+
+    // Room freed by removing the first file: the refused add goes through (what it staged is still there).
+    let removed = stored.remove(0).0;
+    let response = ureq::delete(&nodes[0].url(&format!("/api/v1/files/{removed}")))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .expect("the remove is accepted");
+    assert!(response.status() < 300);
+    let freed = Instant::now();
+    let mut last = String::new();
+    wait_until(Duration::from_secs(60), "the refused add fits once a file is removed", || {
+        match try_add(&nodes[0], &refused) {
+            Ok(root) => {
+                assert_eq!(root, refused_root);
+                true
+            }
+            Err((code, message)) => {
+                assert_eq!(code, 507, "{message}");
+                last = message;
+                false
+            }
+        }
+    });
+    let after_remove = freed.elapsed();
+    stored.push((refused_root.clone(), refused.clone()));
+    let roots: Vec<String> = stored.iter().map(|(r, _)| r.clone()).collect();
+    wait_until(Duration::from_secs(60), "every file at RF 2 after the remove", || all_at_rf(&refs, &NAMES, &roots));
+    within_capacity("after the remove and the add");
+
+    // Fill it again, then resize every member up: the add that did not fit goes through.
+    let mut extra_file = 0u64;
+    let refused = loop {
+        assert!(extra_file < 12, "the cluster fills up again");
+        let data = random_bytes(1 << 20, 3001 + 2 * extra_file);
+        extra_file += 1;
+        match try_add(&nodes[1], &data) {
+            Ok(root) => {
+                stored.push((root, data));
+                let roots: Vec<String> = stored.iter().map(|(r, _)| r.clone()).collect();
+                wait_until(Duration::from_secs(60), "every file at RF 2", || all_at_rf(&refs, &NAMES, &roots));
+            }
+            Err((code, message)) => {
+                assert_eq!(code, 507, "{message}");
+                break data;
+            }
+        }
+    };
+    let resized = Instant::now();
+    for name in NAMES {
+        ureq::put(&nodes[0].url(&format!("/api/v1/members/{name}/storage")))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .send_json(serde_json::json!({ "capacity": "8MiB" }))
+            .expect("the resize is accepted");
+    }
+    let root = wait_until_ok(Duration::from_secs(60), "the refused add fits once every member is resized up", || {
+        try_add(&nodes[1], &refused).map_err(|(code, message)| {
+            assert_eq!(code, 507, "{message}");
+            message
+        })
+    });
+    let after_resize = resized.elapsed();
+    stored.push((root, refused));
+    let roots: Vec<String> = stored.iter().map(|(r, _)| r.clone()).collect();
+    wait_until(Duration::from_secs(60), "every file at RF 2 after the resize", || all_at_rf(&refs, &NAMES, &roots));
+    for (root, data) in &stored {
+        for n in &nodes {
+            assert_eq!(sha(&download(n, root).expect("every stored file reads back")), sha(data));
+        }
+    }
+    within_capacity("at the end");
+    eprintln!(
+        "a cluster filled to the brim: a refused add fitted {after_remove:?} after a file was removed (last refusal \
+         before it: {last}) and {after_resize:?} after every member was resized up; {} files at RF 2, all read back \
+         from every member",
+        stored.len()
+    );
+}
+
+/// Calls `f` until it succeeds, at most `within`; its value.
+fn wait_until_ok<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => assert!(start.elapsed() < within, "{what}: not within {within:?} (last: {e})"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

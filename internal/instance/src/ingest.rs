@@ -380,7 +380,8 @@ impl std::fmt::Display for Unplaced {
             let each: Vec<String> = free.iter().map(|(n, b)| format!("{n} {}", bytes(*b))).collect();
             write!(
                 f,
-                ". The cluster has {} free ({}); add members or raise XNODE_STORAGE_MAX on them",
+                ". The cluster has {} free ({}); remove files, add members or raise their capacity (xnode resize \
+                 NAME SIZE, the dashboard, or PUT /api/v1/members/NAME/storage)",
                 bytes(total),
                 each.join(", ")
             )?;
@@ -671,12 +672,31 @@ pub(crate) async fn stream<T: Send + 'static>(
     let imported = importer.await.expect("the importer does not panic");
     let written = writer.await.expect("the writer does not panic");
     let ((added, name, extra), (writer, local_count)) = match (imported, written) {
+        // This member's own store is full, with other members in the cluster: the cluster is full for this file as
+        // surely as when another member refuses, so the answer is the same (507 naming where room is left), not a
+        // lone node's "raise this node's capacity".
+        (_, Err(StoreError::Full { needed, free, .. })) if !peers.is_empty() => {
+            let mut unplaced = window.unplaced().unwrap_or_else(|| Unplaced {
+                copies: 0,
+                blocks_sent: window.blocks_sent,
+                members: BTreeMap::new(),
+                examples: Vec::new(),
+                cluster_free: None,
+            });
+            unplaced.copies += 1;
+            let here = unplaced.members.entry(me.clone()).or_default();
+            here.0 += 1;
+            here.1 = Refusal::Full { free, needed }.to_string();
+            unplaced.cluster_free = Some(cluster_free(&node.members()));
+            return Err(InstanceError::Unplaced(unplaced));
+        }
         (_, Err(store)) => return Err(store.into()),
         (Err(e), Ok(_)) => return Err(e),
         (Ok(_), Ok(_)) if window.unplaced().is_some() => {
             let mut unplaced = window.unplaced().expect("checked");
             if unplaced.members.values().any(|(_, why)| why.contains("full")) {
-                unplaced.cluster_free = Some(cluster_free(&members));
+                // The figures of the moment (members gossip their use), not those of the add's start.
+                unplaced.cluster_free = Some(cluster_free(&node.members()));
             }
             // What the members staged is reclaimed after their staging time; nothing here was committed.
             return Err(InstanceError::Unplaced(unplaced));

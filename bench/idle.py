@@ -47,3 +47,5 @@ try:
     if perf: perf.wait()
 finally:
     for n in nodes: n.stop()
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)

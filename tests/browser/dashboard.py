@@ -357,6 +357,10 @@ def main():
                                   started_then_finished, 20)
                 started = next(t for k, t in seen if k == "repair-started")
                 assert re.search(r"started: \d+ blocks below the replication factor", started), started
+                # The files table (polled every 3 s) agrees with the timeline: the repaired file shows at RF.
+                wait_until("repair-me.bin at RF in the files table", lambda: js(
+                    "return [...document.querySelectorAll('#files tr[data-status]')]"
+                    ".some(tr => tr.textContent.includes('repair-me.bin') && tr.dataset.status === 'at-rf')"), 15)
                 shot("09-repaired")
             finally:
                 if watcher is not alpha:

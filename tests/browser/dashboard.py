@@ -98,6 +98,22 @@ def wait_until(what, check, timeout=30.0, interval=0.25):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
 
 
+def chrome(chromedriver=None):
+    """Headless Chromium at 1280x800 through chromedriver (Debian's `chromium` and `chromium-driver`)."""
+    opts = webdriver.ChromeOptions()
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1280,800"]:
+        opts.add_argument(flag)
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary:
+        opts.binary_location = binary
+    chromedriver = chromedriver or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=opts)
+    driver.set_window_size(1280, 800)
+    driver.implicitly_wait(0)
+    return driver
+
+
 class Checks:
     def __init__(self, pending):
         self.results = []
@@ -129,7 +145,7 @@ def main():
         sys.exit(f"error: XNODE_BROWSER_PENDING is not allowed in CI (got {sorted(pending)}); every check must pass")
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
+    for old in ARTIFACTS.glob("[0-9]*.png"):
         old.unlink()
     workdir = Path(tempfile.mkdtemp(prefix="xnode-browser-"))
     nodes = []
@@ -143,16 +159,7 @@ def main():
         alpha, beta, gamma = nodes
         wait_until("the nodes' APIs", lambda: all(n.get_json("/readyz", 2)["ready"] for n in nodes), 30)
 
-        opts = webdriver.ChromeOptions()
-        for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--disable-component-update", "--disable-dev-shm-usage", "--window-size=1280,800"]:
-            opts.add_argument(flag)
-        binary = shutil.which("chromium") or shutil.which("chromium-browser")
-        if binary:
-            opts.binary_location = binary
-        driver = webdriver.Chrome(service=Service(executable_path=args.chromedriver), options=opts)
-        driver.set_window_size(1280, 800)
-        driver.implicitly_wait(0)
+        driver = chrome(args.chromedriver)
 
         def shot(name):
             driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))

@@ -361,11 +361,8 @@ pub struct Unplaced {
 
 impl std::fmt::Display for Unplaced {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the upload failed: {} copies of its {} blocks could not be placed (",
-            self.copies, self.blocks_sent
-        )?;
+        let copies = if self.copies == 1 { "copy" } else { "copies" };
+        write!(f, "the upload failed: {} block {copies} could not be placed (", self.copies)?;
         for (i, (member, (n, why))) in self.members.iter().enumerate() {
             let sep = if i == 0 { "" } else { "; " };
             write!(f, "{sep}{n} on {member}: {why}")?;

@@ -8,6 +8,11 @@
 //! A rate of 0 is full speed. CPU is this process's (`getrusage`); disk bytes are `read_bytes` of
 //! `/proc/self/io` (what the block layer read for us, so page-cache hits count nothing). `--keep` reuses a store
 //! filled by an earlier run.
+//!
+//! `--flip N` flips one byte in each of N blocks on disk before the first pass, as a failing disk would (the last N
+//! blocks written, found by content in the newest pack; the pass walks blocks in CID order, so where they fall in
+//! it is random), and prints when the pass reached each one: the time from a flipped byte to the scrub finding it,
+//! which is when the node's repair task starts (`docs/reliability.md`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,16 +36,15 @@ fn main() {
     let rates: Vec<u64> =
         arg("--rates").unwrap_or_else(|| "16MiB,0".into()).split(',').map(|r| parse_size(r.trim())).collect();
     let keep = args.iter().any(|a| a == "--keep");
+    let flips: u64 = arg("--flip").map_or(0, |n| n.parse().expect("--flip takes a count"));
     let blocks = (size / BLOCK as u64) as usize;
 
     let store = Store::open(&dir, StoreConfig::default()).unwrap();
     if !keep || store.stats().unwrap().blocks == 0 {
         let fill = Instant::now();
-        let mut body = vec![0; BLOCK];
-        rand::rngs::StdRng::seed_from_u64(1).fill(&mut body[..]);
         let mut w = store.writer();
         for i in 0..blocks as u64 {
-            body[..8].copy_from_slice(&i.to_le_bytes());
+            let body = block_body(i);
             let cid = Cid::new_v1(0x55, Multihash::wrap(0x12, &Sha256::digest(&body)).unwrap());
             w.put(&cid, &body).unwrap();
             if i % 4096 == 4095 {
@@ -55,6 +59,7 @@ fn main() {
     println!("store: {} MiB in {}", held >> 20, dir.display());
     println!("| rate | wall (s) | MiB/s | CPU user + sys (s) | CPU % of one core | disk read (MiB) | corrupt |");
     println!("|---|---|---|---|---|---|---|");
+    let flipped = flip_last(&dir.join("packs"), blocks as u64, flips);
     for rate in rates {
         drop_cached_pages(&dir.join("packs"));
         let (user0, sys0) = rusage();
@@ -68,7 +73,16 @@ fn main() {
             for (cid, len) in page {
                 match store.get(&cid) {
                     Ok(_) => {}
-                    Err(StoreError::Corrupted { .. }) => corrupt += 1,
+                    Err(StoreError::Corrupted { .. }) => {
+                        corrupt += 1;
+                        if flipped.contains(&cid) {
+                            println!(
+                                "  flipped block found {:.1} s into the pass, after {} MiB",
+                                began.elapsed().as_secs_f64(),
+                                bytes >> 20
+                            );
+                        }
+                    }
                     Err(e) => panic!("{e}"),
                 }
                 bytes += len;
@@ -99,6 +113,37 @@ fn main() {
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// The body of block `i`: the same random bytes for every block, the first 8 replaced by `i`.
+fn block_body(i: u64) -> Vec<u8> {
+    let mut body = vec![0; BLOCK];
+    rand::rngs::StdRng::seed_from_u64(1).fill(&mut body[..]);
+    body[..8].copy_from_slice(&i.to_le_bytes());
+    body
+}
+
+/// Flips a byte in the middle of each of the last `n` of `blocks` blocks written, looked up by content in the
+/// newest pack files. Nothing quarantines them here, so every pass finds them again. Returns their CIDs.
+fn flip_last(packs: &Path, blocks: u64, n: u64) -> Vec<Cid> {
+    use std::os::unix::fs::FileExt;
+    let mut files: Vec<_> = std::fs::read_dir(packs).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).unwrap());
+    let mut flipped = Vec::new();
+    for i in blocks.saturating_sub(n)..blocks {
+        let body = block_body(i);
+        let cid = Cid::new_v1(0x55, Multihash::wrap(0x12, &Sha256::digest(&body)).unwrap());
+        let found = files.iter().rev().take(4).find_map(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes.windows(64).position(|w| w == &body[..64]).map(|at| (path, bytes[at + BLOCK / 2], at + BLOCK / 2))
+        });
+        let (path, byte, at) = found.unwrap_or_else(|| panic!("block {i} is not in the newest packs"));
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&[byte ^ 0x5a], at as u64).unwrap();
+        f.sync_all().unwrap();
+        flipped.push(cid);
+    }
+    flipped
 }
 
 /// User and system CPU seconds of this process.

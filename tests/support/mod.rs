@@ -85,7 +85,8 @@ pub fn group_of(dir: &Path) -> String {
 
 /// Pseudo-random bytes (xorshift): no two chunks alike, so nothing deduplicates.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    // Spread the seed over the state first: `seed | 1` alone gave seeds 2k and 2k+1 the same bytes.
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;

@@ -89,3 +89,18 @@ fn readers_of_a_mutated_root_never_panic() {
         }
     });
 }
+
+/// The driver itself: a planted panic is found, shrunk and reported with its input, so a target that "never
+/// panics" is a real finding and not a driver that swallows failures.
+#[test]
+fn the_fuzzer_reports_a_planted_panic_with_a_shrunk_input() {
+    let seeds = vec![b"a valid encoding, give or take".to_vec()];
+    let found = std::panic::catch_unwind(|| {
+        fuzz("planted", 7, &seeds, |input| assert!(!input.contains(&0xff), "planted: a 0xff byte"));
+    });
+    let panic = found.expect_err("the fuzzer reports the planted panic");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("planted") && message.contains("(shrunk)"), "{message}");
+    let hex = message.rsplit(' ').next().unwrap_or_default();
+    assert!(hex.len() % 2 == 0 && hex.contains("ff"), "the input that failed, in hex: {message}");
+}

@@ -1,10 +1,10 @@
 //! Resident memory of a sled index under random inserts, by segment size: what decided the index's 64 KiB
 //! segments (`src/open.rs`, docs/storage.md "Memory of the index").
 //!
-//! `cargo run --release -p xnode-storage --example index_memory -- --keys 4194304 --segment 65536`
+//! `cargo run --release -p xnode-storage --example index_memory -- --keys 4194304 --segment 65536 [--cache BYTES]`
 //!
 //! Inserts `--keys` keys of 40 bytes (four per block: a kind byte and the block's hash, blocks in random order, as
-//! CIDs arrive) with 20-byte values (an index entry) in batches of 1,024 keys, with the store's 32 MiB cache, and prints the process's resident memory as
+//! CIDs arrive) with 20-byte values (an index entry) in batches of 1,024 keys, with the store's 32 MiB cache (or `--cache`), and prints the process's resident memory as
 //! it goes and after the last flush and a `malloc_trim`. Run it once per segment size: sled's memory is per
 //! process. `--segment 524288` is sled's default and what every index used before.
 
@@ -31,10 +31,11 @@ fn main() {
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let keys: u64 = arg("--keys").map_or(1 << 20, |v| v.parse().expect("--keys N"));
     let segment: usize = arg("--segment").map_or(64 << 10, |v| v.parse().expect("--segment BYTES"));
+    let cache: u64 = arg("--cache").map_or(32 << 20, |v| v.parse().expect("--cache BYTES"));
     let dir = tempfile::tempdir().expect("temporary directory");
     let db = sled::Config::new()
         .path(dir.path().join("index"))
-        .cache_capacity(32 << 20)
+        .cache_capacity(cache)
         .segment_size(segment)
         .open()
         .expect("sled");

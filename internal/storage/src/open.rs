@@ -19,23 +19,11 @@ pub(crate) const SEGMENT_SIZE: usize = 64 << 10;
 /// The index's page cache.
 const CACHE_BYTES: u64 = 32 << 20;
 
-/// How often sled's background thread writes out what is buffered and garbage-collects segments. Everything the
-/// store must keep is flushed explicitly (`Db::flush` at each commit, stage, keep, release and GC), so this bounds
-/// only what may be lost of the rest (the allocation index, which is rebuilt from the catalog, and the scrub's
-/// bookmark). sled's default of 500 ms keeps the thread rewriting pages long after the last write: on 2M keys
-/// written in random order, idle, 0.7-3.1% of a core per minute over 4 minutes, against 0.1-0.5% after the first
-/// minute at 5 s (`examples/index_memory.rs --keys 2097152 --flush-every MS --idle 240`, docs/storage.md).
-const FLUSH_EVERY_MS: u64 = 5_000;
-
 /// Keys copied per batch while moving an index over.
 const COPY_BATCH: usize = 4096;
 
 fn config(dir: &Path, segment_size: usize) -> sled::Config {
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(CACHE_BYTES)
-        .segment_size(segment_size)
-        .flush_every_ms(Some(FLUSH_EVERY_MS))
+    sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).segment_size(segment_size)
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {

@@ -264,7 +264,7 @@ impl Index {
             return Ok(Delta::default());
         }
         let added = self.add_leaves(root, leaves)?;
-        self.finish_file(root, interior, added.pairs, added.bytes)?;
+        self.finish_file(root, interior)?;
         Ok(Delta { leaves: added.listed, interior: Vec::new() })
     }
 
@@ -306,10 +306,18 @@ impl Index {
         Ok(out)
     }
 
-    /// Records a file's interior blocks and marks it indexed, with `leaves` distinct leaves of `leaf_bytes` bytes.
-    pub fn finish_file(&self, root: &Cid, interior: &[Cid], leaves: u64, leaf_bytes: u64) -> Result<(), IndexError> {
+    /// Records a file's interior blocks and marks it indexed. Its leaf counts are those its `add_leaves` calls
+    /// listed, read back from the index: a walk that was cut short (a crash, metadata not fetched yet) and done
+    /// again lists only what the first one did not, so counting what each call added would undercount the file.
+    pub fn finish_file(&self, root: &Cid, interior: &[Cid]) -> Result<(), IndexError> {
         let root_bytes = root.to_bytes();
         let file_prefix = with_len(b'R', &root_bytes);
+        let (mut leaves, mut leaf_bytes) = (0u64, 0u64);
+        for item in self.tree.scan_prefix([file_prefix.as_slice(), b"l"].concat()) {
+            let (_, v) = item?;
+            leaves += 1;
+            leaf_bytes += u64::from(size_of(&v));
+        }
         let mut batch = sled::Batch::default();
         let mut info = FileIndex { leaves, interior: 0, leaf_bytes };
         let mut seen = std::collections::HashSet::new();
@@ -492,6 +500,26 @@ mod tests {
         assert_eq!(gone, want);
         assert!(index.digests().unwrap().is_empty());
         assert!(index.files().unwrap().is_empty());
+    }
+
+    /// A walk cut short (a crash, or metadata not fetched yet) lists some leaves; the walk done again lists only
+    /// the rest. The file's counts must still be all of its distinct leaves and their bytes.
+    #[test]
+    fn a_walk_done_again_after_an_interruption_counts_every_leaf() {
+        let (_dir, index) = index(16);
+        let root = cid(500);
+        let leaves: Vec<(Cid, u32)> = (1..=10).map(|i| (cid(i), 100 + i)).collect();
+        // The first walk got through the first batch, then stopped before `finish_file`.
+        index.add_leaves(&root, &leaves[..4]).unwrap();
+        assert_eq!(index.file(&root).unwrap(), None, "not indexed until finished");
+        // The second walk from the start: the first batch again (all listed already), then the rest, with a leaf
+        // repeated inside the file (same content twice), then finished.
+        let again = index.add_leaves(&root, &leaves[..4]).unwrap();
+        assert_eq!(again.pairs, 0, "nothing new in the batch the first walk listed");
+        index.add_leaves(&root, &[&leaves[4..], &leaves[..1]].concat()).unwrap();
+        index.finish_file(&root, &[root]).unwrap();
+        let want_bytes: u64 = (1..=10).map(|i| 100 + i as u64).sum();
+        assert_eq!(index.file(&root).unwrap(), Some(FileIndex { leaves: 10, interior: 1, leaf_bytes: want_bytes }));
     }
 
     #[test]

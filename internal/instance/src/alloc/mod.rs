@@ -506,7 +506,7 @@ impl Allocator {
         for f in todo {
             let root = f.root;
             let pinned = pins.iter().any(|p| p.root == root);
-            let (mut pairs, mut bytes, mut listed, mut kept) = (0u64, 0u64, 0usize, 0usize);
+            let (mut listed, mut kept) = (0usize, 0usize);
             let started = Instant::now();
             let (mut walking, mut indexing) = (Duration::ZERO, Duration::ZERO);
             let mut walk = Walk::new(&f);
@@ -544,8 +544,6 @@ impl Allocator {
                 for cid in &newly_kept {
                     self.kept(cid);
                 }
-                pairs += added.pairs;
-                bytes += added.bytes;
                 listed += added.listed.len();
                 kept += newly_kept.len();
                 indexing += step.elapsed();
@@ -562,7 +560,7 @@ impl Allocator {
             let store = node.repo().store().clone();
             blocking(move || -> Result<(), InstanceError> {
                 store.keep(&interior)?;
-                index.finish_file(&root, &interior, pairs, bytes).map_err(index_error)?;
+                index.finish_file(&root, &interior).map_err(index_error)?;
                 if pinned {
                     store.unpin(&root)?;
                 }

@@ -194,7 +194,10 @@ def main():
                                          method="POST", headers={"Authorization": f"Bearer {token}"})
             with urllib.request.urlopen(req, timeout=60) as r:
                 state["repair_cid"] = json.load(r)["cid"]
-            wait_until("repair-me.bin at RF before the kill", lambda: at_rf_in_api("xnode-1", state["repair_cid"]), 60)
+            # Every member must have indexed it before the kill: a member that learns of the file only after
+            # xnode-3 is dead fetches its share as a plain placement, not a repair, and shows no repair to watch.
+            wait_until("repair-me.bin at RF on every member before the kill",
+                       lambda: all(at_rf_in_api(s, state["repair_cid"]) for s in SERVICES), 60)
             state["holders_before"] = cluster.get_json("xnode-1", f"/api/v1/files/{state['repair_cid']}/holders")
             click("#members [data-name='xnode-3'] button.kill")
             wait_until("xnode-3 marked dead on the page", lambda: member_state("xnode-3") == "dead", 30)

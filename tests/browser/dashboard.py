@@ -259,8 +259,8 @@ def main():
             shot("05-resized")
         checks.run("resize_changes_the_storage_bar", resize)
 
-        def at_rf_in_api(cid):
-            f = next((f for f in alpha.get_json("/api/v1/files") if f["root"] == cid), None)
+        def at_rf_in_api(cid, node=None):
+            f = next((f for f in (node or alpha).get_json("/api/v1/files") if f["root"] == cid), None)
             h = f and f.get("health")
             return bool(h and h["at_rf"] == h["blocks"] and h["under_replicated"] == 0 and h["missing"] == 0)
 
@@ -273,7 +273,10 @@ def main():
                                          headers={"Authorization": f"Bearer {TOKEN}"})
             with urllib.request.urlopen(req, timeout=30) as r:
                 state["repair_cid"] = json.load(r)["cid"]
-            wait_until("repair-me.bin at RF before the kill", lambda: at_rf_in_api(state["repair_cid"]), 30)
+            # Every member must have indexed it before the kill: one that learns of it only after gamma is dead
+            # fetches its share as a plain placement, not a repair, and shows no repair to watch.
+            wait_until("repair-me.bin at RF on every member before the kill",
+                       lambda: all(at_rf_in_api(state["repair_cid"], n) for n in nodes), 30)
             state["repair_holders"] = alpha.get_json(f"/api/v1/files/{state['repair_cid']}/holders")
 
             def click_kill():
